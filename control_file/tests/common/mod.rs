@@ -1,0 +1,205 @@
+//! Shared test data: the exact contents of the golden fixtures and small helpers.
+//!
+//! The fixture contents below are FROZEN together with the fixture files: changing them requires
+//! regenerating the files, which must only ever happen for the newest, unreleased format.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use control_file::format::v1;
+use control_file::{
+    ClusterState, HistoryObject, Lsn, ObjectStatus, PartialName, PartialObject, RemoteObjects,
+    SegmentRange, TermSwitch,
+};
+
+pub const SEG16: u32 = 16 << 20;
+
+pub fn fixture_path(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("v{version}.control"))
+}
+
+/// The v1 payload stored in `tests/fixtures/v1.control`, spelled in v1's own frozen types.
+pub fn v1_fixture_wire() -> v1::ClusterState {
+    v1::ClusterState {
+        sk_id: 1,
+        cluster_name: "main".into(),
+        system_identifier: 7_301_234_567_890_123_456,
+        wal_segment_size: SEG16,
+        pg_major_version: 15,
+        timeline: 2,
+        term: 3,
+        term_history: vec![
+            v1::TermSwitch {
+                term: 1,
+                timeline: 1,
+                start_lsn: 0x0100_0000,
+            },
+            v1::TermSwitch {
+                term: 2,
+                timeline: 1,
+                start_lsn: 0x0500_0000,
+            },
+            v1::TermSwitch {
+                term: 3,
+                timeline: 2,
+                start_lsn: 0x06A0_0000,
+            },
+        ],
+        flush_lsn: 0x0734_5678,
+        commit_lsn: 0x0734_5000,
+        backup_lsn: 0x0700_0000,
+        remote: v1::RemoteObjects {
+            full_segments: vec![
+                v1::SegmentRange {
+                    timeline: 1,
+                    start_segno: 1,
+                    end_segno: 6,
+                },
+                v1::SegmentRange {
+                    timeline: 2,
+                    start_segno: 6,
+                    end_segno: 7,
+                },
+            ],
+            partials: vec![
+                v1::PartialObject {
+                    name: v1::PartialName {
+                        timeline: 2,
+                        segno: 7,
+                        commit_lsn: 0x0720_0000,
+                        term: 3,
+                        sk_id: 1,
+                    },
+                    status: v1::ObjectStatus::Deleting,
+                    size: 0x20_0000,
+                    crc32c: 0x1234_5678,
+                },
+                v1::PartialObject {
+                    name: v1::PartialName {
+                        timeline: 2,
+                        segno: 7,
+                        commit_lsn: 0x0734_5000,
+                        term: 3,
+                        sk_id: 1,
+                    },
+                    status: v1::ObjectStatus::Uploaded,
+                    size: 0x34_5000,
+                    crc32c: 0x9ABC_DEF0,
+                },
+                v1::PartialObject {
+                    name: v1::PartialName {
+                        timeline: 2,
+                        segno: 7,
+                        commit_lsn: 0x0734_5678,
+                        term: 3,
+                        sk_id: 1,
+                    },
+                    status: v1::ObjectStatus::InProgress,
+                    size: 0x34_5678,
+                    crc32c: 0,
+                },
+            ],
+            history: vec![v1::HistoryObject {
+                timeline: 2,
+                status: v1::ObjectStatus::Uploaded,
+                size: 42,
+                crc32c: 0xE306_9283,
+            }],
+        },
+    }
+}
+
+fn partial(commit: u64, status: ObjectStatus, crc32c: u32) -> PartialObject {
+    PartialObject {
+        name: PartialName {
+            timeline: 2,
+            segno: 7,
+            commit_lsn: Lsn(commit),
+            term: 3,
+            sk_id: 1,
+        },
+        status,
+        size: commit - 7 * u64::from(SEG16),
+        crc32c,
+    }
+}
+
+/// What loading the v1 fixture must produce (in the newest in-memory form).
+pub fn v1_fixture_upgraded() -> ClusterState {
+    ClusterState {
+        sk_id: 1,
+        cluster_name: "main".into(),
+        system_identifier: 7_301_234_567_890_123_456,
+        wal_segment_size: SEG16,
+        pg_major_version: 15,
+        timeline: 2,
+        term: 3,
+        term_history: vec![
+            TermSwitch {
+                term: 1,
+                timeline: 1,
+                start_lsn: Lsn(0x0100_0000),
+            },
+            TermSwitch {
+                term: 2,
+                timeline: 1,
+                start_lsn: Lsn(0x0500_0000),
+            },
+            TermSwitch {
+                term: 3,
+                timeline: 2,
+                start_lsn: Lsn(0x06A0_0000),
+            },
+        ],
+        flush_lsn: Lsn(0x0734_5678),
+        commit_lsn: Lsn(0x0734_5000),
+        backup_lsn: Lsn(0x0700_0000),
+        remote: RemoteObjects {
+            full_segments: vec![
+                SegmentRange {
+                    timeline: 1,
+                    start_segno: 1,
+                    end_segno: 6,
+                },
+                SegmentRange {
+                    timeline: 2,
+                    start_segno: 6,
+                    end_segno: 7,
+                },
+            ],
+            partials: vec![
+                partial(0x0720_0000, ObjectStatus::Deleting, 0x1234_5678),
+                partial(0x0734_5000, ObjectStatus::Uploaded, 0x9ABC_DEF0),
+                partial(0x0734_5678, ObjectStatus::InProgress, 0),
+            ],
+            history: vec![HistoryObject {
+                timeline: 2,
+                status: ObjectStatus::Uploaded,
+                size: 42,
+                crc32c: 0xE306_9283,
+            }],
+        },
+        last_gc_at_unix_ms: 0,
+        partial_interval_ms: 0,
+    }
+}
+
+/// The state stored in `tests/fixtures/v2.control` (v2 fields set).
+pub fn v2_fixture_state() -> ClusterState {
+    let mut s = v1_fixture_upgraded();
+    s.cluster_name = "orders-db".into();
+    s.sk_id = 2;
+    for p in &mut s.remote.partials {
+        p.name.sk_id = 2;
+    }
+    s.last_gc_at_unix_ms = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    s.partial_interval_ms = 500;
+    s
+}
+
+/// A small, valid state for tests that do not care about the contents.
+pub fn simple_state(sk_id: u64) -> ClusterState {
+    ClusterState::new(sk_id, "main", 42, SEG16, 15, 1, Lsn(0x0100_0028))
+}

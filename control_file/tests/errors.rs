@@ -1,0 +1,256 @@
+//! Every error kind of load and save: the right variant, naming the path, on one line.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{simple_state, v2_fixture_state};
+use control_file::format::{self, current, v1};
+use control_file::{ControlFileError, load, load_versioned, save, temp_path};
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("safekeeper.control");
+    (dir, path)
+}
+
+/// Loads `bytes` from a file and checks the error's Display is one line naming the file.
+fn load_bytes(path: &Path, bytes: &[u8]) -> ControlFileError {
+    fs::write(path, bytes).expect("write test file");
+    let err = load(path).expect_err("load must fail");
+    check_message(&err, path);
+    err
+}
+
+fn check_message(err: &ControlFileError, path: &Path) {
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'), "{msg:?}");
+    assert_eq!(err.path(), path);
+}
+
+fn v2_payload() -> Vec<u8> {
+    format::encode_payload(&current::to_wire(&v2_fixture_state())).expect("encode")
+}
+
+#[test]
+fn not_found() {
+    let (_dir, path) = setup();
+    let err = load(&path).expect_err("missing");
+    check_message(&err, &path);
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(err.to_string().contains("does not exist"));
+}
+
+#[test]
+fn empty() {
+    let (_dir, path) = setup();
+    let err = load_bytes(&path, b"");
+    assert!(matches!(err, ControlFileError::Empty { .. }), "{err:?}");
+}
+
+#[test]
+fn truncated() {
+    let (_dir, path) = setup();
+    let good = format::encode_file(&simple_state(1)).expect("encode");
+    for len in [1, 3, 4, 11, 12, 20, good.len() - 4, good.len() - 1] {
+        let err = load_bytes(&path, &good[..len]);
+        match err {
+            ControlFileError::Truncated {
+                expected, actual, ..
+            } => {
+                assert_eq!(actual, len as u64);
+                assert!(expected > actual);
+            }
+            other => panic!("len {len}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes() {
+    let (_dir, path) = setup();
+    let mut bytes = format::encode_file(&simple_state(1)).expect("encode");
+    bytes.push(0);
+    let err = load_bytes(&path, &bytes);
+    assert!(
+        matches!(err, ControlFileError::TrailingBytes { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("1 trailing bytes"), "{err}");
+}
+
+#[test]
+fn bad_magic() {
+    let (_dir, path) = setup();
+    for bytes in [
+        &b"not a control file at all"[..],
+        b"{\"term\": 1}",
+        b"\x7fELF\x02\x01\x01\0\0\0\0\0",
+    ] {
+        let err = load_bytes(&path, bytes);
+        assert!(matches!(err, ControlFileError::BadMagic { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("not a safekeeper control file"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_checksum() {
+    let (_dir, path) = setup();
+    let mut bytes = format::encode_file(&simple_state(1)).expect("encode");
+    bytes[20] ^= 0x40;
+    let err = load_bytes(&path, &bytes);
+    assert!(
+        matches!(err, ControlFileError::BadChecksum { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+
+    // The checksum covers the header: a corrupted version is corruption, not a "newer" file.
+    let mut bytes = format::encode_file(&simple_state(1)).expect("encode");
+    bytes[4] ^= 0x01; // version 2 -> 3
+    let err = load_bytes(&path, &bytes);
+    assert!(
+        matches!(err, ControlFileError::BadChecksum { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn newer_format() {
+    let (_dir, path) = setup();
+    let err = load_bytes(
+        &path,
+        &format::frame(format::CURRENT_FORMAT_VERSION + 1, &v2_payload()),
+    );
+    assert!(
+        matches!(
+            err,
+            ControlFileError::NewerFormat {
+                found: 3,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("written by a newer safekeeper (format 3 > 2)"),
+        "{err}"
+    );
+    let err = load_bytes(&path, &format::frame(u32::MAX, b""));
+    assert!(
+        matches!(err, ControlFileError::NewerFormat { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unknown_old_format() {
+    let (_dir, path) = setup();
+    let err = load_bytes(&path, &format::frame(0, &v2_payload()));
+    assert!(
+        matches!(err, ControlFileError::UnknownFormat { found: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn decode_errors() {
+    let (_dir, path) = setup();
+    let payload = v2_payload();
+    let mut longer = payload.clone();
+    longer.push(7);
+    let v1_payload = format::encode_payload(&common::v1_fixture_wire()).expect("encode v1");
+    let mut bad_status = v1_payload.clone();
+    // The last field of v1 is the history list; its status sits 16 bytes before the end
+    // (u32 status, u64 size, u32 crc): make it variant 9.
+    let at = bad_status.len() - 16;
+    bad_status[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+    let cases: Vec<(u32, Vec<u8>, &str)> = vec![
+        (2, b"garbage".to_vec(), ""),
+        (2, longer, "unused bytes"),
+        (2, payload[..payload.len() - 3].to_vec(), ""),
+        (2, v1_payload.clone(), ""), // a v1 payload labelled v2 is too short
+        (1, payload.clone(), "unused bytes"), // a v2 payload labelled v1 has 16 extra bytes
+        (1, bad_status, ""),
+    ];
+    for (version, payload, needle) in cases {
+        let err = load_bytes(&path, &format::frame(version, &payload));
+        match &err {
+            ControlFileError::Decode {
+                version: v, reason, ..
+            } => {
+                assert_eq!(*v, version);
+                assert!(reason.contains(needle), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Sanity: the untouched v1 payload decodes.
+    fs::write(&path, format::frame(1, &v1_payload)).expect("write");
+    assert_eq!(load_versioned(&path).expect("v1 loads").1, 1);
+    let _: v1::ClusterState = format::decode_payload(&v1_payload).expect("decode");
+}
+
+#[test]
+fn invalid_on_load() {
+    let (_dir, path) = setup();
+    let mut wire = current::to_wire(&simple_state(1));
+    wire.commit_lsn = wire.flush_lsn + 1;
+    let payload = format::encode_payload(&wire).expect("encode");
+    let err = load_bytes(&path, &format::frame(2, &payload));
+    match &err {
+        ControlFileError::Invalid { reason, .. } => {
+            assert!(reason.contains("commit_lsn"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut wire = current::to_wire(&simple_state(1));
+    wire.wal_segment_size = 3 << 20;
+    let payload = format::encode_payload(&wire).expect("encode");
+    let err = load_bytes(&path, &format::frame(2, &payload));
+    assert!(matches!(err, ControlFileError::Invalid { .. }), "{err:?}");
+}
+
+#[test]
+fn invalid_on_save_leaves_file_untouched() {
+    let (_dir, path) = setup();
+    let good = simple_state(1);
+    save(&path, &good).expect("save");
+    let before = fs::read(&path).expect("read");
+    let mut bad = good.clone();
+    bad.term = 7; // history says 1
+    let err = save(&path, &bad).expect_err("invalid state");
+    check_message(&err, &path);
+    assert!(matches!(err, ControlFileError::Invalid { .. }), "{err:?}");
+    assert_eq!(fs::read(&path).expect("read"), before);
+    assert!(!temp_path(&path).exists());
+}
+
+#[test]
+fn io_errors() {
+    let (dir, path) = setup();
+    // A directory where the file should be.
+    fs::create_dir(&path).expect("mkdir");
+    let err = load(&path).expect_err("directory");
+    check_message(&err, &path);
+    assert!(
+        matches!(err, ControlFileError::Io { op: "read", .. }),
+        "{err:?}"
+    );
+
+    // Saving into a directory that does not exist.
+    let missing = dir.path().join("no-such-dir").join("safekeeper.control");
+    let err = save(&missing, &simple_state(1)).expect_err("no dir");
+    assert!(matches!(err, ControlFileError::Io { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+    assert!(!msg.contains('\n'));
+}

@@ -1,0 +1,338 @@
+//! One followed cluster: its task connects to the primary, runs replication sessions and
+//! reconnects with backoff until shutdown or a permanent error.
+//!
+//! Owns (single owner, no sharing): the cluster's [`ControlStore`], its [`WalStore`] and the
+//! `watch` sender of its [`ClusterStatus`].
+//!
+//! Invariants:
+//! - The system identifier is pinned in the control file, which is durably created before the
+//!   first WAL byte is written; a server with another identifier is refused before anything is
+//!   written locally or on the server (no slot is created there).
+//! - Streaming resumes exactly at the durable local end of WAL (see `wal_storage`); after a local
+//!   I/O error the store is reopened from disk, never trusted from memory.
+//! - Errors a retry may cure (network, server restarting, disk full) back off and retry; errors
+//!   it cannot (another system identifier, bad configuration, damaged local WAL) stop this
+//!   cluster only, and are reported in its status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use control_file::{ClusterState, Lsn};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::ClusterConfig;
+use crate::control_store::ControlStore;
+use crate::ingest::{self, IngestOptions, SessionEnd};
+use crate::pg::{ConnInfo, PgError, ReplicationConnection};
+use crate::status::{ClusterStatus, ConnectionState};
+use crate::wal_storage::{WalIdentity, WalStore};
+
+/// File name of a cluster's control file inside its directory.
+pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Everything a cluster task needs from the service configuration.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub sk_id: u64,
+    pub cluster: ClusterConfig,
+    pub cluster_dir: PathBuf,
+    pub ingest: IngestOptions,
+}
+
+/// An error classified for the retry decision.
+#[derive(Debug)]
+enum SessionError {
+    /// Retrying may help.
+    Transient(anyhow::Error),
+    /// Retrying cannot help; the cluster stops.
+    Permanent(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SessionError {
+    /// Errors from the PostgreSQL client are classified by their own rules; anything else
+    /// (local I/O included) is worth a retry after the store has been reopened.
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast_ref::<PgError>() {
+            Some(pg) if !pg.is_transient() => SessionError::Permanent(e),
+            _ => SessionError::Transient(e),
+        }
+    }
+}
+
+impl From<PgError> for SessionError {
+    fn from(e: PgError) -> Self {
+        SessionError::from(anyhow::Error::new(e))
+    }
+}
+
+/// Runs the cluster until `cancel` fires (Ok) or a permanent error (Err).
+pub async fn run_cluster(
+    settings: ClusterSettings,
+    status: watch::Sender<ClusterStatus>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let span = info_span!("cluster", cluster = %settings.cluster.name);
+    async move {
+        let result = follow(&settings, &status, &cancel).await;
+        match &result {
+            Ok(()) => {
+                status.send_modify(|s| s.connection = ConnectionState::Stopped);
+                info!("stopped");
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "cluster stopped after a permanent error");
+                status.send_modify(|s| {
+                    s.connection = ConnectionState::Failed;
+                    s.last_error = Some(format!("{e:#}"));
+                });
+            }
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+struct Follower<'a> {
+    settings: &'a ClusterSettings,
+    conninfo: ConnInfo,
+    control: Option<ControlStore>,
+    wal: Option<WalStore>,
+    /// Highest flush LSN reported durable in this process; survives store reopenings.
+    durable: Lsn,
+}
+
+async fn follow(
+    settings: &ClusterSettings,
+    status: &watch::Sender<ClusterStatus>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    std::fs::create_dir_all(&settings.cluster_dir).with_context(|| {
+        format!(
+            "cannot create the cluster directory {}",
+            settings.cluster_dir.display()
+        )
+    })?;
+    let mut conninfo = ConnInfo::parse(&settings.cluster.primary)
+        .with_context(|| format!("invalid --primary for cluster {}", settings.cluster.name))?;
+    conninfo.application_name = Some(settings.cluster.application_name.clone());
+    let control = ControlStore::load(&settings.cluster_dir.join(CONTROL_FILE_NAME))?;
+    let mut follower = Follower {
+        settings,
+        conninfo,
+        durable: control
+            .as_ref()
+            .map(|c| c.state().flush_lsn)
+            .unwrap_or_default(),
+        control,
+        wal: None,
+    };
+    if let Some(c) = &follower.control {
+        let st = c.state();
+        status.send_modify(|s| {
+            s.system_identifier = Some(st.system_identifier);
+            s.timeline = Some(st.timeline);
+            s.flush_lsn = st.flush_lsn;
+            s.commit_lsn = st.commit_lsn;
+            s.received_lsn = st.flush_lsn;
+        });
+        // Check the local WAL now, so damage is reported even while the primary is down.
+        follower.open_wal()?;
+    }
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        status.send_modify(|s| s.connection = ConnectionState::Connecting);
+        match follower.session(status, cancel).await {
+            Ok(SessionEnd::Cancelled) => break,
+            Ok(SessionEnd::EndOfTimeline {
+                next_timeline,
+                start,
+            }) => {
+                bail!(
+                    "the primary moved to timeline {next_timeline} at {start}; following a \
+                     timeline switch is not supported by this version"
+                );
+            }
+            Err(SessionError::Permanent(e)) => return Err(e),
+            Err(SessionError::Transient(e)) => {
+                // Whatever happened, the next session starts from what is on disk.
+                if let Some(wal) = follower.wal.take() {
+                    follower.durable = follower.durable.max(wal.flushed_lsn());
+                }
+                if status.borrow().connection == ConnectionState::Streaming {
+                    backoff = BACKOFF_MIN;
+                }
+                let delay = jitter(backoff);
+                warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64,
+                      "replication session failed; retrying");
+                status.send_modify(|s| {
+                    s.connection = ConnectionState::Retrying;
+                    s.last_error = Some(format!("{e:#}"));
+                    s.reconnects += 1;
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        }
+    }
+    if let (Some(control), Some(wal)) = (follower.control.as_mut(), follower.wal.as_ref()) {
+        control.record_lsns(wal.flushed_lsn(), control.state().commit_lsn)?;
+    }
+    Ok(())
+}
+
+impl Follower<'_> {
+    fn open_wal(&mut self) -> Result<&mut WalStore> {
+        if self.wal.is_none() {
+            let control = self
+                .control
+                .as_ref()
+                .context("internal error: WAL opened before the control file")?;
+            let st = control.state();
+            let recorded = st.flush_lsn.max(self.durable);
+            let store = tokio::task::block_in_place(|| {
+                WalStore::open(
+                    &self.settings.cluster_dir.join("wal"),
+                    WalIdentity {
+                        system_identifier: st.system_identifier,
+                        timeline: st.timeline,
+                        seg_size: st.wal_segment_size,
+                    },
+                    recorded,
+                )
+            })?;
+            self.wal = Some(store);
+        }
+        self.wal
+            .as_mut()
+            .context("internal error: WAL store missing")
+    }
+
+    /// Connects to the first reachable host of the connection string.
+    async fn connect(&self) -> Result<ReplicationConnection, SessionError> {
+        let mut last = None;
+        for index in 0..self.conninfo.hosts.len() {
+            match ReplicationConnection::connect(&self.conninfo, index).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => {
+                    warn!(host = %self.conninfo.hosts[index].0, port = self.conninfo.hosts[index].1,
+                          error = %e, "cannot connect");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last
+            .map(SessionError::from)
+            .unwrap_or_else(|| SessionError::Permanent(anyhow!("no host in --primary"))))
+    }
+
+    /// One connection: handshake, pinning checks, slot, then streaming until it ends.
+    async fn session(
+        &mut self,
+        status: &watch::Sender<ClusterStatus>,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
+        let mut conn = tokio::select! {
+            _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+            c = self.connect() => c?,
+        };
+        let ident = conn.identify_system().await?;
+        let seg_size = conn.wal_segment_size().await?;
+        let pg_version = conn.server_version_num().await? / 10000;
+        let cluster_name = &self.settings.cluster.name;
+        match &self.control {
+            Some(control) => {
+                let st = control.state();
+                if st.system_identifier != ident.system_identifier {
+                    return Err(SessionError::Permanent(anyhow!(
+                        "the primary has system identifier {} but cluster {cluster_name:?} is \
+                         pinned to {} (control file {}): refusing to follow a different \
+                         PostgreSQL cluster; use another --cluster name or data directory",
+                        ident.system_identifier,
+                        st.system_identifier,
+                        control.path().display()
+                    )));
+                }
+                if st.wal_segment_size != seg_size {
+                    return Err(SessionError::Permanent(anyhow!(
+                        "the primary's wal_segment_size is {seg_size} but the control file says {}",
+                        st.wal_segment_size
+                    )));
+                }
+                if ident.timeline < st.timeline {
+                    return Err(SessionError::Transient(anyhow!(
+                        "the server is on timeline {} but this safekeeper already follows \
+                         timeline {}: is it an old primary?",
+                        ident.timeline,
+                        st.timeline
+                    )));
+                }
+            }
+            None => {
+                let start = Lsn(ident.xlogpos).segment_start(seg_size);
+                let state = ClusterState::new(
+                    self.settings.sk_id,
+                    cluster_name,
+                    ident.system_identifier,
+                    seg_size,
+                    pg_version,
+                    ident.timeline,
+                    start,
+                );
+                let path = self.settings.cluster_dir.join(CONTROL_FILE_NAME);
+                self.control = Some(ControlStore::create(&path, state)?);
+                info!(system_identifier = ident.system_identifier, timeline = ident.timeline,
+                      start_lsn = %start, "following a new cluster");
+            }
+        }
+        let slot = self.settings.cluster.slot.clone();
+        if conn.create_physical_slot_if_missing(&slot).await? {
+            info!(slot = %slot, "created physical replication slot");
+        }
+        let options = self.settings.ingest;
+        let wal = self.open_wal()?;
+        let resume = tokio::task::block_in_place(|| wal.flush())?;
+        let control = self
+            .control
+            .as_mut()
+            .context("internal error: control file missing")?;
+        let timeline = control.state().timeline;
+        let mut stream = conn
+            .start_replication(Some(&slot), resume.0, timeline)
+            .await?;
+        info!(start_lsn = %resume, timeline, slot = %slot, "streaming");
+        status.send_modify(|s| {
+            s.connection = ConnectionState::Streaming;
+            s.system_identifier = Some(ident.system_identifier);
+            s.timeline = Some(timeline);
+            s.last_error = None;
+        });
+        let wal = self
+            .wal
+            .as_mut()
+            .context("internal error: WAL store missing")?;
+        let end = ingest::receive_wal(&mut stream, wal, control, status, options, cancel).await?;
+        self.durable = self.durable.max(wal.flushed_lsn());
+        Ok(end)
+    }
+}
+
+/// Full jitter in [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(rand::thread_rng().r#gen::<f64>())
+}

@@ -1,0 +1,340 @@
+//! Configuration of `safekeeper run`: command-line flags, environment variables and a TOML file.
+//!
+//! Owns the precedence rule — flag, then environment variable, then config file, then built-in
+//! default — and the validation of the merged result (ids, names, addresses, one entry per
+//! cluster name), so the rest of the service only ever sees a complete, checked [`ServiceConfig`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `safekeeper run`. Every one can also be given as an environment variable or in the
+/// `--config` file (same name with `_` instead of `-`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// TOML config file; flags and environment variables override its values.
+    #[arg(long, env = "SAFEKEEPER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// This safekeeper's id, unique among the safekeepers following one cluster (default 1).
+    #[arg(long, env = "SAFEKEEPER_ID", value_name = "N")]
+    pub id: Option<u64>,
+
+    /// Directory for control files and local WAL (default ./.safekeeper).
+    #[arg(long, env = "SAFEKEEPER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Remote storage URL: file:///abs/path or s3://bucket/prefix (default file://<data-dir>/remote).
+    #[arg(long, env = "SAFEKEEPER_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+
+    /// Address of the HTTP admin API (default 127.0.0.1:7676).
+    #[arg(long, env = "SAFEKEEPER_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<String>,
+
+    /// Name of the cluster given on the command line (default main).
+    #[arg(long, env = "SAFEKEEPER_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// Connection string of the primary: libpq keyword/value or URI. The password comes from the
+    /// string, PGPASSWORD or ~/.pgpass.
+    #[arg(long, env = "SAFEKEEPER_PRIMARY", value_name = "CONNSTRING")]
+    pub primary: Option<String>,
+
+    /// Physical replication slot on the primary, created when missing (default safekeeper_<id>).
+    #[arg(long, env = "SAFEKEEPER_SLOT", value_name = "NAME")]
+    pub slot: Option<String>,
+
+    /// application_name reported to the primary, the name to use in synchronous_standby_names
+    /// (default safekeeper<id>).
+    #[arg(long, env = "SAFEKEEPER_APPLICATION_NAME", value_name = "NAME")]
+    pub application_name: Option<String>,
+
+    /// How often to send a standby status update when no WAL arrives (default 10s).
+    #[arg(long, env = "SAFEKEEPER_STATUS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub status_interval: Option<Duration>,
+}
+
+/// The `--config` file. Unknown keys are an error, so a typo never silently falls back to a default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    remote: Option<String>,
+    http_addr: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    status_interval: Option<Duration>,
+    #[serde(default)]
+    cluster: Vec<FileCluster>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    name: String,
+    primary: String,
+    slot: Option<String>,
+    application_name: Option<String>,
+}
+
+/// One upstream cluster to follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub primary: String,
+    pub slot: String,
+    pub application_name: String,
+}
+
+/// The complete, validated configuration of one safekeeper process.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub remote: String,
+    pub http_addr: SocketAddr,
+    pub status_interval: Duration,
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl ServiceConfig {
+    /// Merges flags/env (already in `args`) over the config file over defaults, and validates.
+    pub fn resolve(args: &RunArgs) -> Result<ServiceConfig> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let id = args.id.or(file.id).unwrap_or(1);
+        ensure!(id > 0, "--id must be a positive integer");
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./.safekeeper"));
+        let data_dir = absolute(&data_dir)?;
+        let remote = args
+            .remote
+            .clone()
+            .or(file.remote)
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("remote").display()));
+        ensure!(
+            remote.starts_with("file:///") || remote.starts_with("s3://"),
+            "--remote must be file:///absolute/path or s3://bucket/prefix, got {remote:?}"
+        );
+        let http_addr_text = args
+            .http_addr
+            .clone()
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:7676".to_string());
+        let http_addr: SocketAddr = http_addr_text.parse().with_context(|| {
+            format!("--http-addr {http_addr_text:?} is not an address like 127.0.0.1:7676")
+        })?;
+        let status_interval = args
+            .status_interval
+            .or(file.status_interval)
+            .unwrap_or(Duration::from_secs(10));
+        ensure!(
+            status_interval >= Duration::from_millis(100),
+            "--status-interval must be at least 100ms"
+        );
+
+        let default_slot = format!("safekeeper_{id}");
+        let default_app = format!("safekeeper{id}");
+        let mut clusters = Vec::new();
+        if let Some(primary) = &args.primary {
+            clusters.push(ClusterConfig {
+                name: args.cluster.clone().unwrap_or_else(|| "main".to_string()),
+                primary: primary.clone(),
+                slot: args.slot.clone().unwrap_or_else(|| default_slot.clone()),
+                application_name: args
+                    .application_name
+                    .clone()
+                    .unwrap_or_else(|| default_app.clone()),
+            });
+        } else if args.cluster.is_some() || args.slot.is_some() || args.application_name.is_some() {
+            bail!("--cluster, --slot and --application-name need --primary");
+        }
+        for c in file.cluster {
+            clusters.push(ClusterConfig {
+                slot: c
+                    .slot
+                    .or_else(|| args.slot.clone())
+                    .unwrap_or_else(|| default_slot.clone()),
+                application_name: c
+                    .application_name
+                    .or_else(|| args.application_name.clone())
+                    .unwrap_or_else(|| default_app.clone()),
+                name: c.name,
+                primary: c.primary,
+            });
+        }
+        ensure!(
+            !clusters.is_empty(),
+            "nothing to follow: give --primary CONNSTRING or [[cluster]] entries in --config"
+        );
+        let mut seen = BTreeSet::new();
+        for c in &clusters {
+            validate_name("cluster name", &c.name)?;
+            validate_name("slot name", &c.slot)?;
+            ensure!(
+                seen.insert(c.name.clone()),
+                "cluster {:?} is configured twice",
+                c.name
+            );
+        }
+        Ok(ServiceConfig {
+            id,
+            data_dir,
+            remote,
+            http_addr,
+            status_interval,
+            clusters,
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Cluster and slot names become directory names and SQL identifiers: keep them plain.
+fn validate_name(what: &str, name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !name.starts_with('-'),
+        "{what} {name:?} must be 1-63 characters of letters, digits, '_' or '-'"
+    );
+    if what == "slot name" {
+        ensure!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "slot name {name:?} may contain only lower-case letters, digits and '_' (a PostgreSQL rule)"
+        );
+    }
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(cwd.join(path))
+}
+
+/// `status_interval = "10s"` in the config file.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            primary: Some("host=127.0.0.1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_id() {
+        let mut a = args();
+        a.id = Some(3);
+        let c = ServiceConfig::resolve(&a).unwrap();
+        assert_eq!(c.clusters[0].name, "main");
+        assert_eq!(c.clusters[0].slot, "safekeeper_3");
+        assert_eq!(c.clusters[0].application_name, "safekeeper3");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:7676");
+        assert!(c.data_dir.is_absolute());
+        assert!(c.remote.starts_with("file:///"));
+        assert!(c.remote.ends_with("/.safekeeper/remote"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_file_lists_clusters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sk.toml");
+        std::fs::write(
+            &path,
+            r#"
+id = 7
+data_dir = "/var/lib/sk"
+http_addr = "127.0.0.1:9000"
+status_interval = "2s"
+[[cluster]]
+name = "a"
+primary = "host=a"
+[[cluster]]
+name = "b"
+primary = "host=b"
+slot = "custom"
+"#,
+        )
+        .unwrap();
+        let a = RunArgs {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        let c = ServiceConfig::resolve(&a).unwrap();
+        assert_eq!(c.id, 7);
+        assert_eq!(c.http_addr.port(), 9999);
+        assert_eq!(c.status_interval, Duration::from_secs(2));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/sk"));
+        let names: Vec<_> = c.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(c.clusters[0].slot, "safekeeper_7");
+        assert_eq!(c.clusters[1].slot, "custom");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_clear_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sk.toml");
+        std::fs::write(&path, "idd = 1\n").unwrap();
+        let a = RunArgs {
+            config: Some(path),
+            ..args()
+        };
+        let err = format!("{:#}", ServiceConfig::resolve(&a).unwrap_err());
+        assert!(err.contains("idd"), "{err}");
+
+        let a = RunArgs {
+            cluster: Some("../etc".into()),
+            ..args()
+        };
+        assert!(ServiceConfig::resolve(&a).is_err());
+        let a = RunArgs {
+            slot: Some("Bad-Slot".into()),
+            ..args()
+        };
+        assert!(ServiceConfig::resolve(&a).is_err());
+        let a = RunArgs {
+            remote: Some("http://x".into()),
+            ..args()
+        };
+        assert!(ServiceConfig::resolve(&a).is_err());
+        assert!(ServiceConfig::resolve(&RunArgs::default()).is_err());
+    }
+}

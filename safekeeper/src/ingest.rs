@@ -1,0 +1,179 @@
+//! The receive loop of one replication session: WAL in, fsync, acknowledgement out.
+//!
+//! Owns the group-commit rule: write every XLogData message that is already available, then one
+//! fdatasync, then one standby status update. Keepalives that ask for a reply are answered in the
+//! same round, after the flush, so the reply carries the newest durable position.
+//!
+//! Invariants:
+//! - The flush position sent to the primary is never above `WalStore::flushed_lsn`, which only
+//!   moves after an fdatasync returned. `write` is what was received, `apply` is always 0
+//!   (invalid), so the safekeeper can never be mistaken for a standby that applies WAL.
+//! - The loop never waits on anything but the socket, the disk and its own timers: uploads and
+//!   control-file bookkeeping happen elsewhere or at most once a second.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use control_file::Lsn;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::control_store::ControlStore;
+use crate::pg::{ReplicationMessage, ReplicationStream};
+use crate::status::ClusterStatus;
+use crate::wal_storage::WalStore;
+
+/// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
+/// acknowledged regularly.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How often the LSNs are written to the control file while streaming.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Shutdown was requested; everything received was flushed and acknowledged.
+    Cancelled,
+    /// The server finished streaming this timeline; the next one starts at `start`.
+    EndOfTimeline { next_timeline: u32, start: Lsn },
+}
+
+/// Knobs of the receive loop.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestOptions {
+    /// Send a status update at least this often even when no WAL arrives.
+    pub status_interval: Duration,
+}
+
+/// Streams until cancelled, the timeline ends, or an error. The caller owns reconnecting.
+pub async fn receive_wal(
+    stream: &mut ReplicationStream,
+    wal: &mut WalStore,
+    control: &mut ControlStore,
+    status: &watch::Sender<ClusterStatus>,
+    options: IngestOptions,
+    cancel: &CancellationToken,
+) -> Result<SessionEnd> {
+    let mut last_status = Instant::now();
+    let mut next_persist = Instant::now() + PERSIST_INTERVAL;
+    let mut acknowledged = wal.flushed_lsn();
+    send_status(stream, wal, false).await?;
+    let mut batch: Vec<(Lsn, Bytes)> = Vec::with_capacity(64);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                finish(stream, wal, control, acknowledged).await?;
+                return Ok(SessionEnd::Cancelled);
+            }
+            msg = stream.recv() => msg.context("replication stream failed")?,
+            _ = sleep_until((last_status + options.status_interval).into()) => {
+                send_status(stream, wal, false).await?;
+                last_status = Instant::now();
+                continue;
+            }
+            _ = sleep_until(next_persist.into()) => {
+                control.record_lsns(wal.flushed_lsn(), acknowledged)?;
+                next_persist = Instant::now() + PERSIST_INTERVAL;
+                continue;
+            }
+        };
+
+        // Collect everything already available, up to the batch limit.
+        let mut reply_requested = false;
+        let mut end_of_timeline = None;
+        let mut batch_bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ReplicationMessage::XLogData {
+                    wal_start, data, ..
+                } => {
+                    batch_bytes += data.len();
+                    batch.push((Lsn(wal_start), data));
+                }
+                ReplicationMessage::Keepalive {
+                    reply_requested: r, ..
+                } => reply_requested |= r,
+                ReplicationMessage::EndOfTimeline {
+                    next_timeline,
+                    next_timeline_start,
+                } => {
+                    end_of_timeline = Some(SessionEnd::EndOfTimeline {
+                        next_timeline,
+                        start: Lsn(next_timeline_start),
+                    });
+                    break;
+                }
+            }
+            if batch_bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = stream.try_recv().context("replication stream failed")?;
+        }
+
+        // One write pass and one fdatasync for the whole batch.
+        let before = wal.flushed_lsn();
+        if !batch.is_empty() {
+            let fsync_started = Instant::now();
+            tokio::task::block_in_place(|| -> Result<()> {
+                for (lsn, data) in batch.drain(..) {
+                    wal.write(lsn, &data)?;
+                }
+                wal.flush()?;
+                Ok(())
+            })?;
+            debug!(
+                bytes = batch_bytes,
+                flush_lsn = %wal.flushed_lsn(),
+                elapsed_us = fsync_started.elapsed().as_micros() as u64,
+                "batch flushed"
+            );
+        }
+        let flushed = wal.flushed_lsn();
+        if flushed > before || reply_requested {
+            send_status(stream, wal, false).await?;
+            last_status = Instant::now();
+            acknowledged = flushed;
+        }
+        status.send_modify(|s| {
+            s.received_lsn = wal.written_lsn();
+            s.flush_lsn = flushed;
+            s.commit_lsn = acknowledged;
+        });
+        if let Some(end) = end_of_timeline {
+            control.record_lsns(wal.flushed_lsn(), acknowledged)?;
+            info!(?end, "upstream timeline ended");
+            return Ok(end);
+        }
+    }
+}
+
+/// Shutdown: everything written is flushed, acknowledged once more, and recorded.
+async fn finish(
+    stream: &mut ReplicationStream,
+    wal: &mut WalStore,
+    control: &mut ControlStore,
+    acknowledged: Lsn,
+) -> Result<()> {
+    tokio::task::block_in_place(|| wal.flush())?;
+    // The primary may already be gone; the local state must be saved regardless.
+    let sent = send_status(stream, wal, false).await;
+    let acknowledged = if sent.is_ok() {
+        wal.flushed_lsn()
+    } else {
+        acknowledged
+    };
+    control.record_lsns(wal.flushed_lsn(), acknowledged)?;
+    sent
+}
+
+async fn send_status(stream: &mut ReplicationStream, wal: &WalStore, reply: bool) -> Result<()> {
+    stream
+        .send_status_update(wal.written_lsn().0, wal.flushed_lsn().0, 0, reply)
+        .await
+        .context("cannot send a standby status update")
+}

@@ -1,0 +1,50 @@
+//! What a cluster task publishes about itself: connection state, LSNs and the last error.
+//!
+//! Owned and written only by the cluster's own task (through a `watch` channel); everything else
+//! (the admin API, metrics, the offload manager) reads snapshots.
+
+use control_file::Lsn;
+use serde::Serialize;
+
+/// State of the connection to the upstream primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    Connecting,
+    Streaming,
+    /// Waiting before the next connection attempt after an error.
+    Retrying,
+    /// A permanent error (e.g. a different system identifier): the cluster is not followed.
+    Failed,
+    Stopped,
+}
+
+/// Snapshot of one cluster.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub connection: ConnectionState,
+    pub system_identifier: Option<u64>,
+    pub timeline: Option<u32>,
+    pub received_lsn: Lsn,
+    pub flush_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    pub last_error: Option<String>,
+    pub reconnects: u64,
+}
+
+impl ClusterStatus {
+    pub fn new(name: &str) -> ClusterStatus {
+        ClusterStatus {
+            name: name.to_string(),
+            connection: ConnectionState::Connecting,
+            system_identifier: None,
+            timeline: None,
+            received_lsn: Lsn::INVALID,
+            flush_lsn: Lsn::INVALID,
+            commit_lsn: Lsn::INVALID,
+            last_error: None,
+            reconnects: 0,
+        }
+    }
+}

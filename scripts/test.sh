@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust unit/integration tests, then the end-to-end suite in
+# test_runner/ against real PostgreSQL, real safekeeper processes and a real S3-compatible server.
+#
+# Installs what is missing first: PostgreSQL server binaries (apt-get, when root on Debian/Ubuntu)
+# and a Python venv with the pinned test dependencies (test_runner/requirements.txt).
+# Builds once (one debug build) and reuses the binary in test_runner/.
+#
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- PostgreSQL server binaries -------------------------------------------------------------
+. scripts/lib/find_pg.sh
+if ! pg_bindir=$(find_pg_bindir); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "PostgreSQL server binaries not found: installing them with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+    pg_bindir=$(find_pg_bindir) || { echo "PostgreSQL installed but initdb not found" >&2; exit 1; }
+  else
+    echo "PostgreSQL server binaries (initdb, pg_ctl, pg_waldump, pgbench) are missing." >&2
+    echo "Install them, e.g. 'sudo apt-get install postgresql', or set PG_BINDIR." >&2
+    exit 1
+  fi
+fi
+export PG_BINDIR="$pg_bindir"
+log "PostgreSQL binaries: $PG_BINDIR ($("$PG_BINDIR/postgres" --version))"
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  # initdb refuses to run as root; the harness runs PostgreSQL as this unprivileged user.
+  useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+fi
+command -v openssl >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl >/dev/null; }
+
+# --- Python venv with pinned test dependencies ----------------------------------------------
+venv=test_runner/.venv
+req_stamp="$venv/.requirements.sha256"
+want=$(sha256sum test_runner/requirements.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$req_stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating the Python test venv in $venv"
+  python3 -m venv "$venv" || {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"
+    else
+      echo "python3 -m venv failed: install the python3-venv package" >&2; exit 1
+    fi
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check -r test_runner/requirements.txt
+  echo "$want" > "$req_stamp"
+fi
+export PATH="$root/$venv/bin:$PATH"
+export MOTO_SERVER_BIN="$root/$venv/bin/moto_server"
+
+# --- Build once, then test ------------------------------------------------------------------
+log "building (debug, one build for cargo tests and test_runner)"
+cargo build --workspace --bins --locked
+export SAFEKEEPER_BIN="$root/target/debug/safekeeper"
+
+log "Rust tests"
+cargo test --workspace --locked --features control_file/failpoints
+
+log "end-to-end tests (test_runner/)"
+"$venv/bin/python" -m pytest test_runner "$@"
