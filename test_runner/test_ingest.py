@@ -214,3 +214,25 @@ def test_sigterm_flushes_and_records_position(primary: PgCluster, safekeeper: Sa
     safekeeper.start(primary.connstr())
     safekeeper.wait_log("streaming", timeout=30)
     assert "shutting down" in safekeeper.log()
+
+
+def test_config_file_follows_two_primaries_independently(make_pg, safekeeper: Safekeeper, workdir):
+    """Two [[cluster]] entries in one process; stopping one primary does not stop the other's sync commits."""
+    a, b = make_pg("a"), make_pg("b")
+    cfg = os.path.join(workdir, "sk.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            'id = 1\n'
+            f'[[cluster]]\nname = "alpha"\nprimary = "{a.connstr()}"\n'
+            f'[[cluster]]\nname = "beta"\nprimary = "{b.connstr()}"\napplication_name = "sk_beta"\nslot = "sk_beta"\n'
+        )
+    safekeeper.start(None, extra=["--config", cfg])
+    wait_until("alpha streaming", lambda: (r := a.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
+    wait_until("beta streaming", lambda: (r := b.replication("sk_beta")) and r["state"] == "streaming", timeout=60)
+    a.set_sync_standby("safekeeper1")
+    b.set_sync_standby("sk_beta")
+    a.stop("immediate")
+    b.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")  # sync commit on beta returns
+    assert b.replication("sk_beta")["sync_state"] == "sync"
+    assert os.path.exists(safekeeper.control_file("alpha")) and os.path.exists(safekeeper.control_file("beta"))
+    assert safekeeper.stop() == 0

@@ -4,6 +4,12 @@
 //! Owns (single owner, no sharing): the cluster's [`ControlStore`], its [`WalStore`] and the
 //! `watch` sender of its [`ClusterStatus`].
 //!
+//! Threading: each cluster's follower runs on its own OS thread with a current-thread runtime
+//! ([`spawn_cluster_thread`]). Its disk I/O (WAL writes, fdatasync, control-file saves) is done
+//! inline on that thread: it is the critical path of every synchronous commit, a hand-off to
+//! another thread costs a wake-up each way, and a slow disk or a stuck cluster then blocks only
+//! its own thread, never another cluster's.
+//!
 //! Invariants:
 //! - The system identifier is pinned in the control file, which is durably created before the
 //!   first WAL byte is written; a server with another identifier is refused before anything is
@@ -204,17 +210,15 @@ impl Follower<'_> {
                 .context("internal error: WAL opened before the control file")?;
             let st = control.state();
             let recorded = st.flush_lsn.max(self.durable);
-            let store = tokio::task::block_in_place(|| {
-                WalStore::open(
-                    &self.settings.cluster_dir.join("wal"),
-                    WalIdentity {
-                        system_identifier: st.system_identifier,
-                        timeline: st.timeline,
-                        seg_size: st.wal_segment_size,
-                    },
-                    recorded,
-                )
-            })?;
+            let store = WalStore::open(
+                &self.settings.cluster_dir.join("wal"),
+                WalIdentity {
+                    system_identifier: st.system_identifier,
+                    timeline: st.timeline,
+                    seg_size: st.wal_segment_size,
+                },
+                recorded,
+            )?;
             self.wal = Some(store);
         }
         self.wal
@@ -305,7 +309,7 @@ impl Follower<'_> {
         }
         let options = self.settings.ingest;
         let wal = self.open_wal()?;
-        let resume = tokio::task::block_in_place(|| wal.flush())?;
+        let resume = wal.flush()?;
         let control = self
             .control
             .as_mut()
@@ -329,6 +333,30 @@ impl Follower<'_> {
         self.durable = self.durable.max(wal.flushed_lsn());
         Ok(end)
     }
+}
+
+/// Runs [`run_cluster`] on a dedicated thread with its own current-thread runtime; the returned
+/// receiver yields the cluster's result when the thread ends.
+pub fn spawn_cluster_thread(
+    settings: ClusterSettings,
+    status: watch::Sender<ClusterStatus>,
+    cancel: CancellationToken,
+) -> Result<tokio::sync::oneshot::Receiver<Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let name = format!("sk-{}", settings.cluster.name);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the cluster's runtime")
+                .and_then(|rt| rt.block_on(run_cluster(settings, status, cancel)));
+            // The receiver may be gone during shutdown; nothing to report to then.
+            let _ = done_tx.send(result);
+        })
+        .with_context(|| format!("cannot start thread {name}"))?;
+    Ok(done_rx)
 }
 
 /// Full jitter in [d/2, d].

@@ -80,7 +80,7 @@ impl ControlStore {
 
 fn save(path: &Path, state: &ClusterState) -> Result<()> {
     let started = std::time::Instant::now();
-    tokio::task::block_in_place(|| control_file::save(path, state))
+    control_file::save(path, state)
         .with_context(|| format!("cannot save control file {}", path.display()))?;
     debug!(path = %path.display(), flush_lsn = %state.flush_lsn, commit_lsn = %state.commit_lsn,
            elapsed_us = started.elapsed().as_micros() as u64, "control file saved");

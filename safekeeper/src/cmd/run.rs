@@ -13,10 +13,9 @@ use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
-use safekeeper::cluster::{ClusterSettings, run_cluster};
+use safekeeper::cluster::{ClusterSettings, spawn_cluster_thread};
 use safekeeper::config::{RunArgs, ServiceConfig};
 use safekeeper::ingest::IngestOptions;
 use safekeeper::status::ClusterStatus;
@@ -65,7 +64,6 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
 
-    let tracker = TaskTracker::new();
     let mut handles = Vec::new();
     for cluster in &config.clusters {
         let (status_tx, _status_rx) = watch::channel(ClusterStatus::new(&cluster.name));
@@ -79,10 +77,9 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         };
         handles.push((
             cluster.name.clone(),
-            tracker.spawn(run_cluster(settings, status_tx, cancel.child_token())),
+            spawn_cluster_thread(settings, status_tx, cancel.child_token())?,
         ));
     }
-    tracker.close();
 
     let total = handles.len();
     let mut failed = 0;
@@ -93,13 +90,12 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
                 failed += 1;
                 eprintln!("error: cluster {name}: {e:#}");
             }
-            Err(join) => {
+            Err(_) => {
                 failed += 1;
-                eprintln!("error: cluster {name}: task panicked: {join}");
+                eprintln!("error: cluster {name}: its thread ended without a result (panic)");
             }
         }
     }
-    tracker.wait().await;
     if failed == total {
         return Ok(ExitCode::FAILURE);
     }
