@@ -56,12 +56,15 @@ export PATH="$root/$venv/bin:$PATH"
 export MOTO_SERVER_BIN="$root/$venv/bin/moto_server"
 
 # --- Build once, then test ------------------------------------------------------------------
+# One feature set for both commands, so cargo test reuses the build: failpoints compiled in (armed
+# only through the FAILPOINTS environment variable by the crash tests).
+features="control_file/failpoints,safekeeper/testing"
 log "building (debug, one build for cargo tests and test_runner)"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --locked --features "$features"
 export SAFEKEEPER_BIN="$root/target/debug/safekeeper"
 
 log "Rust tests"
-cargo test --workspace --locked --features control_file/failpoints
+cargo test --workspace --locked --features "$features"
 
 log "end-to-end tests (test_runner/)"
 "$venv/bin/python" -m pytest test_runner "$@"

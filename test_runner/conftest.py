@@ -16,6 +16,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fixtures.pg import PgCluster  # noqa: E402
+from fixtures.remote import LocalRemote  # noqa: E402
+from fixtures.s3 import MotoServer, S3Bucket, new_bucket  # noqa: E402
 from fixtures.safekeeper import Safekeeper  # noqa: E402
 from fixtures.utils import chown_to_pg_user  # noqa: E402
 
@@ -91,3 +93,25 @@ def make_safekeeper(workdir, request):
 @pytest.fixture
 def safekeeper(make_safekeeper) -> Safekeeper:
     return make_safekeeper(1)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """One moto S3 server for the whole session, stopped by PID at the end."""
+    server = MotoServer(str(tmp_path_factory.mktemp("moto")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server) -> S3Bucket:
+    """A fresh bucket for one test."""
+    return new_bucket(moto_server)
+
+
+@pytest.fixture(params=["local", "s3"])
+def remote(request, workdir):
+    """The remote storage of a test, once as a local directory and once as a moto S3 bucket."""
+    if request.param == "local":
+        return LocalRemote(os.path.join(workdir, "remote"))
+    return new_bucket(request.getfixturevalue("moto_server"))

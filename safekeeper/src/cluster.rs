@@ -1,8 +1,9 @@
 //! One followed cluster: its task connects to the primary, runs replication sessions and
 //! reconnects with backoff until shutdown or a permanent error.
 //!
-//! Owns (single owner, no sharing): the cluster's [`ControlStore`], its [`WalStore`] and the
-//! `watch` sender of its [`ClusterStatus`].
+//! Owns (single owner, no sharing): the cluster's [`WalStore`] and the `watch` sender of its
+//! [`ClusterStatus`]. The control file belongs to the cluster's manager task (`manager.rs`); the
+//! follower changes it only through a [`ControlClient`] request that returns once it is durable.
 //!
 //! Threading: each cluster's follower runs on its own OS thread with a current-thread runtime
 //! ([`spawn_cluster_thread`]). Its disk I/O (WAL writes, fdatasync, control-file saves) is done
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::ClusterConfig;
-use crate::control_store::ControlStore;
+use crate::control_client::ControlClient;
 use crate::ingest::{self, IngestOptions, SessionEnd};
 use crate::pg::{ConnInfo, PgError, ReplicationConnection};
 use crate::status::{ClusterStatus, ConnectionState};
@@ -79,14 +80,15 @@ impl From<PgError> for SessionError {
 }
 
 /// Runs the cluster until `cancel` fires (Ok) or a permanent error (Err).
-pub async fn run_cluster(
+pub async fn run_follower(
     settings: ClusterSettings,
+    control: ControlClient,
     status: watch::Sender<ClusterStatus>,
     cancel: CancellationToken,
 ) -> Result<()> {
     let span = info_span!("cluster", cluster = %settings.cluster.name);
     async move {
-        let result = follow(&settings, &status, &cancel).await;
+        let result = follow(&settings, control, &status, &cancel).await;
         match &result {
             Ok(()) => {
                 status.send_modify(|s| s.connection = ConnectionState::Stopped);
@@ -109,7 +111,7 @@ pub async fn run_cluster(
 struct Follower<'a> {
     settings: &'a ClusterSettings,
     conninfo: ConnInfo,
-    control: Option<ControlStore>,
+    control: ControlClient,
     wal: Option<WalStore>,
     /// Highest flush LSN reported durable in this process; survives store reopenings.
     durable: Lsn,
@@ -117,6 +119,7 @@ struct Follower<'a> {
 
 async fn follow(
     settings: &ClusterSettings,
+    control: ControlClient,
     status: &watch::Sender<ClusterStatus>,
     cancel: &CancellationToken,
 ) -> Result<()> {
@@ -129,19 +132,15 @@ async fn follow(
     let mut conninfo = ConnInfo::parse(&settings.cluster.primary)
         .with_context(|| format!("invalid --primary for cluster {}", settings.cluster.name))?;
     conninfo.application_name = Some(settings.cluster.application_name.clone());
-    let control = ControlStore::load(&settings.cluster_dir.join(CONTROL_FILE_NAME))?;
+    let snapshot = control.snapshot();
     let mut follower = Follower {
         settings,
         conninfo,
-        durable: control
-            .as_ref()
-            .map(|c| c.state().flush_lsn)
-            .unwrap_or_default(),
+        durable: snapshot.as_ref().map(|c| c.flush_lsn).unwrap_or_default(),
         control,
         wal: None,
     };
-    if let Some(c) = &follower.control {
-        let st = c.state();
+    if let Some(st) = &snapshot {
         status.send_modify(|s| {
             s.system_identifier = Some(st.system_identifier);
             s.timeline = Some(st.timeline);
@@ -195,20 +194,17 @@ async fn follow(
             }
         }
     }
-    if let (Some(control), Some(wal)) = (follower.control.as_mut(), follower.wal.as_ref()) {
-        control.record_lsns(wal.flushed_lsn(), control.state().commit_lsn)?;
-    }
+    // The final LSNs are in the status channel; the manager records them when this ends.
     Ok(())
 }
 
 impl Follower<'_> {
     fn open_wal(&mut self) -> Result<&mut WalStore> {
         if self.wal.is_none() {
-            let control = self
+            let st = self
                 .control
-                .as_ref()
+                .snapshot()
                 .context("internal error: WAL opened before the control file")?;
-            let st = control.state();
             let recorded = st.flush_lsn.max(self.durable);
             let store = WalStore::open(
                 &self.settings.cluster_dir.join("wal"),
@@ -258,9 +254,8 @@ impl Follower<'_> {
         let seg_size = conn.wal_segment_size().await?;
         let pg_version = conn.server_version_num().await? / 10000;
         let cluster_name = &self.settings.cluster.name;
-        match &self.control {
-            Some(control) => {
-                let st = control.state();
+        match self.control.snapshot() {
+            Some(st) => {
                 if st.system_identifier != ident.system_identifier {
                     return Err(SessionError::Permanent(anyhow!(
                         "the primary has system identifier {} but cluster {cluster_name:?} is \
@@ -268,7 +263,7 @@ impl Follower<'_> {
                          PostgreSQL cluster; use another --cluster name or data directory",
                         ident.system_identifier,
                         st.system_identifier,
-                        control.path().display()
+                        self.settings.cluster_dir.join(CONTROL_FILE_NAME).display()
                     )));
                 }
                 if st.wal_segment_size != seg_size {
@@ -297,8 +292,7 @@ impl Follower<'_> {
                     ident.timeline,
                     start,
                 );
-                let path = self.settings.cluster_dir.join(CONTROL_FILE_NAME);
-                self.control = Some(ControlStore::create(&path, state)?);
+                self.control.create(state).await?;
                 info!(system_identifier = ident.system_identifier, timeline = ident.timeline,
                       start_lsn = %start, "following a new cluster");
             }
@@ -310,11 +304,7 @@ impl Follower<'_> {
         let options = self.settings.ingest;
         let wal = self.open_wal()?;
         let resume = wal.flush()?;
-        let control = self
-            .control
-            .as_mut()
-            .context("internal error: control file missing")?;
-        let timeline = control.state().timeline;
+        let timeline = wal.identity().timeline;
         let mut stream = conn
             .start_replication(Some(&slot), resume.0, timeline)
             .await?;
@@ -329,16 +319,17 @@ impl Follower<'_> {
             .wal
             .as_mut()
             .context("internal error: WAL store missing")?;
-        let end = ingest::receive_wal(&mut stream, wal, control, status, options, cancel).await?;
+        let end = ingest::receive_wal(&mut stream, wal, status, options, cancel).await?;
         self.durable = self.durable.max(wal.flushed_lsn());
         Ok(end)
     }
 }
 
-/// Runs [`run_cluster`] on a dedicated thread with its own current-thread runtime; the returned
+/// Runs [`run_follower`] on a dedicated thread with its own current-thread runtime; the returned
 /// receiver yields the cluster's result when the thread ends.
-pub fn spawn_cluster_thread(
+pub fn spawn_follower_thread(
     settings: ClusterSettings,
+    control: ControlClient,
     status: watch::Sender<ClusterStatus>,
     cancel: CancellationToken,
 ) -> Result<tokio::sync::oneshot::Receiver<Result<()>>> {
@@ -351,7 +342,7 @@ pub fn spawn_cluster_thread(
                 .enable_all()
                 .build()
                 .context("cannot start the cluster's runtime")
-                .and_then(|rt| rt.block_on(run_cluster(settings, status, cancel)));
+                .and_then(|rt| rt.block_on(run_follower(settings, control, status, cancel)));
             // The receiver may be gone during shutdown; nothing to report to then.
             let _ = done_tx.send(result);
         })

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::manager::OffloadSettings;
+use crate::remote::S3Args;
+
 /// Flags of `safekeeper run`. Every one can also be given as an environment variable or in the
 /// `--config` file (same name with `_` instead of `-`).
 #[derive(Args, Debug, Default, Clone)]
@@ -58,6 +61,21 @@ pub struct RunArgs {
     /// How often to send a standby status update when no WAL arrives (default 10s).
     #[arg(long, env = "SAFEKEEPER_STATUS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub status_interval: Option<Duration>,
+
+    /// Full segments uploaded at the same time, per cluster (default 4).
+    #[arg(long, env = "SAFEKEEPER_UPLOAD_PARALLELISM", value_name = "N")]
+    pub upload_parallelism: Option<usize>,
+
+    /// How often the partial segment is uploaded while commits arrive (default 10s; as low as 100ms).
+    #[arg(long, env = "SAFEKEEPER_PARTIAL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub partial_interval: Option<Duration>,
+
+    /// Uploaded WAL kept on local disk for fast serving, per cluster (default 1GiB).
+    #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
+    pub local_retention: Option<u64>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// The `--config` file. Unknown keys are an error, so a typo never silently falls back to a default.
@@ -70,6 +88,15 @@ struct FileConfig {
     http_addr: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     status_interval: Option<Duration>,
+    upload_parallelism: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    partial_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "bytes_opt")]
+    local_retention: Option<u64>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    #[serde(default)]
+    s3_force_path_style: bool,
     #[serde(default)]
     cluster: Vec<FileCluster>,
 }
@@ -100,6 +127,8 @@ pub struct ServiceConfig {
     pub remote: String,
     pub http_addr: SocketAddr,
     pub status_interval: Duration,
+    pub s3: S3Args,
+    pub offload: OffloadSettings,
     pub clusters: Vec<ClusterConfig>,
 }
 
@@ -143,6 +172,32 @@ impl ServiceConfig {
             status_interval >= Duration::from_millis(100),
             "--status-interval must be at least 100ms"
         );
+
+        let upload_parallelism = args
+            .upload_parallelism
+            .or(file.upload_parallelism)
+            .unwrap_or(4);
+        ensure!(
+            (1..=64).contains(&upload_parallelism),
+            "--upload-parallelism must be between 1 and 64"
+        );
+        let partial_interval = args
+            .partial_interval
+            .or(file.partial_interval)
+            .unwrap_or(Duration::from_secs(10));
+        ensure!(
+            partial_interval >= Duration::from_millis(100),
+            "--partial-interval must be at least 100ms"
+        );
+        let local_retention = args
+            .local_retention
+            .or(file.local_retention)
+            .unwrap_or(1 << 30);
+        let s3 = args.s3.or(&S3Args {
+            s3_endpoint: file.s3_endpoint,
+            s3_region: file.s3_region,
+            s3_force_path_style: file.s3_force_path_style,
+        });
 
         let default_slot = format!("safekeeper_{id}");
         let default_app = format!("safekeeper{id}");
@@ -194,6 +249,12 @@ impl ServiceConfig {
             remote,
             http_addr,
             status_interval,
+            s3,
+            offload: OffloadSettings {
+                upload_parallelism,
+                partial_interval,
+                local_retention,
+            },
             clusters,
         })
     }
@@ -234,6 +295,43 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     Ok(cwd.join(path))
 }
 
+/// Parses a byte size: a number with an optional unit (B, kB, MB, GB, KiB, MiB, GiB, TiB).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1GiB or 512MB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000_000,
+        "gb" => 1000_000_000,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown size unit {unit:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Number(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => parse_bytes(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// `status_interval = "10s"` in the config file.
 mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
@@ -269,6 +367,19 @@ mod tests {
         assert!(c.data_dir.is_absolute());
         assert!(c.remote.starts_with("file:///"));
         assert!(c.remote.ends_with("/.safekeeper/remote"));
+        assert_eq!(c.offload.upload_parallelism, 4);
+        assert_eq!(c.offload.partial_interval, Duration::from_secs(10));
+        assert_eq!(c.offload.local_retention, 1 << 30);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MB"), Ok(512_000_000));
+        assert_eq!(parse_bytes("16777216"), Ok(16 << 20));
+        assert!(parse_bytes("1 parsec").is_err());
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
     }
 
     #[test]
@@ -282,6 +393,9 @@ id = 7
 data_dir = "/var/lib/sk"
 http_addr = "127.0.0.1:9000"
 status_interval = "2s"
+partial_interval = "500ms"
+local_retention = "64MiB"
+s3_endpoint = "http://127.0.0.1:9000"
 [[cluster]]
 name = "a"
 primary = "host=a"
@@ -301,6 +415,9 @@ slot = "custom"
         assert_eq!(c.id, 7);
         assert_eq!(c.http_addr.port(), 9999);
         assert_eq!(c.status_interval, Duration::from_secs(2));
+        assert_eq!(c.offload.partial_interval, Duration::from_millis(500));
+        assert_eq!(c.offload.local_retention, 64 << 20);
+        assert_eq!(c.s3.s3_endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sk"));
         let names: Vec<_> = c.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);

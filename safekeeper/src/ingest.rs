@@ -9,7 +9,8 @@
 //!   moves after an fdatasync returned. `write` is what was received, `apply` is always 0
 //!   (invalid), so the safekeeper can never be mistaken for a standby that applies WAL.
 //! - The loop never waits on anything but the socket, the disk and its own timers: uploads and
-//!   control-file bookkeeping happen elsewhere or at most once a second.
+//!   control-file bookkeeping belong to the cluster's manager, which reads the LSNs published
+//!   here (only after the fsync that makes them true).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,6 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::control_store::ControlStore;
 use crate::pg::{ReplicationMessage, ReplicationStream};
 use crate::status::ClusterStatus;
 use crate::wal_storage::WalStore;
@@ -29,8 +29,6 @@ use crate::wal_storage::WalStore;
 /// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
 /// acknowledged regularly.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-/// How often the LSNs are written to the control file while streaming.
-const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,13 +50,11 @@ pub struct IngestOptions {
 pub async fn receive_wal(
     stream: &mut ReplicationStream,
     wal: &mut WalStore,
-    control: &mut ControlStore,
     status: &watch::Sender<ClusterStatus>,
     options: IngestOptions,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd> {
     let mut last_status = Instant::now();
-    let mut next_persist = Instant::now() + PERSIST_INTERVAL;
     let mut acknowledged = wal.flushed_lsn();
     send_status(stream, wal, false).await?;
     let mut batch: Vec<(Lsn, Bytes)> = Vec::with_capacity(64);
@@ -66,18 +62,13 @@ pub async fn receive_wal(
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                finish(stream, wal, control, acknowledged).await?;
+                finish(stream, wal, status, acknowledged).await?;
                 return Ok(SessionEnd::Cancelled);
             }
             msg = stream.recv() => msg.context("replication stream failed")?,
             _ = sleep_until((last_status + options.status_interval).into()) => {
                 send_status(stream, wal, false).await?;
                 last_status = Instant::now();
-                continue;
-            }
-            _ = sleep_until(next_persist.into()) => {
-                control.record_lsns(wal.flushed_lsn(), acknowledged)?;
-                next_persist = Instant::now() + PERSIST_INTERVAL;
                 continue;
             }
         };
@@ -144,7 +135,6 @@ pub async fn receive_wal(
             s.commit_lsn = acknowledged;
         });
         if let Some(end) = end_of_timeline {
-            control.record_lsns(wal.flushed_lsn(), acknowledged)?;
             info!(?end, "upstream timeline ended");
             return Ok(end);
         }
@@ -155,7 +145,7 @@ pub async fn receive_wal(
 async fn finish(
     stream: &mut ReplicationStream,
     wal: &mut WalStore,
-    control: &mut ControlStore,
+    status: &watch::Sender<ClusterStatus>,
     acknowledged: Lsn,
 ) -> Result<()> {
     wal.flush()?;
@@ -166,7 +156,11 @@ async fn finish(
     } else {
         acknowledged
     };
-    control.record_lsns(wal.flushed_lsn(), acknowledged)?;
+    status.send_modify(|s| {
+        s.received_lsn = wal.written_lsn();
+        s.flush_lsn = wal.flushed_lsn();
+        s.commit_lsn = acknowledged;
+    });
     sent
 }
 

@@ -20,24 +20,71 @@ enum Command {
     /// Inspect, verify and upgrade a cluster's control file.
     #[command(subcommand)]
     ControlFile(cmd::control_file::ControlFileCommand),
+    /// PostgreSQL's restore_command: fetch one WAL file (%f) from the archive into %p.
+    ///
+    /// The full segment if it exists, else the best partial of that segment (highest term, then
+    /// highest commit LSN, across safekeepers) zero-padded to the segment size; or a history file.
+    /// Use as: restore_command = 'safekeeper restore-wal --remote URL --cluster NAME %f %p'.
+    ///
+    /// Exit status: 0 restored; 1 not in the archive (PostgreSQL carries on); 255 fatal, which
+    /// stops PostgreSQL's recovery: storage unreachable for --retry-for, access denied, a damaged
+    /// object, an empty archive (wrong --remote/--cluster), a bad command line.
+    RestoreWal(cmd::restore_wal::RestoreWalArgs),
+    /// Background worker of `restore-wal --prefetch` (internal).
+    #[command(hide = true)]
+    RestoreWalPrefetch(cmd::restore_wal::PrefetchArgs),
+    /// List or verify a cluster's archive in remote storage.
+    #[command(subcommand)]
+    Remote(cmd::remote::RemoteCommand),
+    /// Write the WAL of a timeline from the archive into a directory (e.g. a new pg_wal).
+    ///
+    /// Every segment of the newest timeline (and its ancestors, following its history file) up
+    /// to the end of the best partial, or --until-lsn; prints the end LSN reached.
+    Recover(cmd::recover::RecoverArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging();
+    // Failpoints from the FAILPOINTS environment variable (only with the `testing` feature).
+    let _failpoints = fail::FailScenario::setup();
     match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::ControlFile(c) => cmd::control_file::run(c),
+        Command::RestoreWal(args) => cmd::restore_wal::run(args),
+        Command::RestoreWalPrefetch(args) => cmd::restore_wal::run_prefetch(args),
+        Command::Remote(c) => cmd::remote::run(c),
+        Command::Recover(args) => cmd::recover::run(args),
     }
 }
 
-/// Logs go to stderr; RUST_LOG selects levels (default: info).
+/// Prints clap's message. A malformed `restore-wal` command line is fatal for PostgreSQL (exit
+/// 255), not clap's usual 2, which PostgreSQL would read as "file not found" and end recovery.
+fn usage_error(e: clap::Error) -> std::process::ExitCode {
+    let _ = e.print();
+    let is_restore = std::env::args().nth(1).as_deref() == Some("restore-wal");
+    let informational = matches!(
+        e.kind(),
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+    );
+    if is_restore && !informational {
+        return std::process::ExitCode::from(cmd::restore_wal::EXIT_FATAL);
+    }
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// Logs go to stderr (colored only on a terminal: restore-wal's end up in PostgreSQL's log);
+/// RUST_LOG selects levels (default: info).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

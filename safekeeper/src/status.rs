@@ -48,3 +48,23 @@ impl ClusterStatus {
         }
     }
 }
+
+/// What a cluster's manager publishes about object storage.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OffloadStatus {
+    /// Every full segment below it is in remote storage.
+    pub backup_lsn: Lsn,
+    /// Everything below it is in remote storage: `backup_lsn` or the newest partial's commit LSN.
+    pub remote_lsn: Lsn,
+    /// Object name of the newest uploaded partial segment.
+    pub newest_partial: Option<String>,
+    pub uploads_in_flight: usize,
+    /// Partial and history objects the control file lists.
+    pub listed_objects: usize,
+    pub last_error: Option<String>,
+    pub upload_failures: u64,
+    pub full_uploaded: u64,
+    pub partial_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub gc_deleted: u64,
+}

@@ -256,25 +256,9 @@ impl WalStore {
         Ok(())
     }
 
-    /// Completed segments of this store's timeline, oldest first.
+    /// Completed segments in the WAL directory (every timeline), oldest first.
     pub fn list_segments(&self) -> Result<Vec<LocalSegment>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir)
-            .with_context(|| format!("cannot list {}", self.dir.display()))?
-        {
-            let entry = entry.with_context(|| format!("cannot list {}", self.dir.display()))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Ok((timeline, segno)) = parse_segment_file_name(name, self.id.seg_size) {
-                out.push(LocalSegment {
-                    timeline,
-                    segno,
-                    path: entry.path(),
-                });
-            }
-        }
-        out.sort_by_key(|s| (s.timeline, s.segno));
-        Ok(out)
+        list_completed_segments(&self.dir, self.id.seg_size)
     }
 
     /// The `.partial` segments present (normally at most one), as segment numbers.
@@ -416,6 +400,48 @@ impl WalStore {
         }
         Ok(scan.valid_end)
     }
+}
+
+/// Completed segments in a WAL directory (every timeline), ordered by (timeline, segno).
+pub fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<LocalSegment>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Ok((timeline, segno)) = parse_segment_file_name(name, seg_size) {
+            out.push(LocalSegment {
+                timeline,
+                segno,
+                path: entry.path(),
+            });
+        }
+    }
+    out.sort_by_key(|s| (s.timeline, s.segno));
+    Ok(out)
+}
+
+/// Reads the first `len` bytes of segment `segno` of `timeline` from a WAL directory, from the
+/// completed file or, while it is still being written, from its `.partial`. Bytes below the flush
+/// LSN are never rewritten, so reading them while the follower appends is safe.
+pub fn read_segment_prefix(
+    dir: &Path,
+    timeline: u32,
+    segno: u64,
+    seg_size: u32,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let name = segment_file_name(timeline, segno, seg_size);
+    let full = dir.join(&name);
+    let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+    // The .partial may be renamed to the full name between the two attempts: try full last too.
+    let mut file = File::open(&partial)
+        .or_else(|_| File::open(&full))
+        .with_context(|| format!("cannot open local WAL segment {name} in {}", dir.display()))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact(&mut buf)
+        .with_context(|| format!("cannot read {len} bytes of local WAL segment {name}"))?;
+    Ok(buf)
 }
 
 /// Removes `.prealloc` files left by a crash during preallocation; they never hold WAL.

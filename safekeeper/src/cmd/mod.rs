@@ -1,4 +1,8 @@
 //! One module per subcommand of the `safekeeper` binary.
 
+pub mod archive_args;
 pub mod control_file;
+pub mod recover;
+pub mod remote;
+pub mod restore_wal;
 pub mod run;

@@ -11,14 +11,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use safekeeper::cluster::{ClusterSettings, spawn_cluster_thread};
 use safekeeper::config::{RunArgs, ServiceConfig};
 use safekeeper::ingest::IngestOptions;
-use safekeeper::status::ClusterStatus;
+use safekeeper::remote::open_remote;
+use safekeeper::service::{ServiceContext, start_cluster};
 
 pub fn run(args: RunArgs) -> ExitCode {
     let config = match ServiceConfig::resolve(&args) {
@@ -64,36 +63,35 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
 
+    if let Some(local) = config.remote.strip_prefix("file://") {
+        std::fs::create_dir_all(local)
+            .with_context(|| format!("cannot create the remote directory {local}"))?;
+    }
+    let storage = open_remote(&config.remote, &config.s3).await?;
+    let ctx = ServiceContext {
+        sk_id: config.id,
+        data_dir: config.data_dir.clone(),
+        storage,
+        offload: config.offload,
+        ingest: IngestOptions {
+            status_interval: config.status_interval,
+        },
+    };
     let mut handles = Vec::new();
     for cluster in &config.clusters {
-        let (status_tx, _status_rx) = watch::channel(ClusterStatus::new(&cluster.name));
-        let settings = ClusterSettings {
-            sk_id: config.id,
-            cluster: cluster.clone(),
-            cluster_dir: config.data_dir.join(&cluster.name),
-            ingest: IngestOptions {
-                status_interval: config.status_interval,
-            },
-        };
-        handles.push((
-            cluster.name.clone(),
-            spawn_cluster_thread(settings, status_tx, cancel.child_token())?,
-        ));
+        handles.push(
+            start_cluster(&ctx, cluster.clone(), &cancel)
+                .with_context(|| format!("cannot start cluster {}", cluster.name))?,
+        );
     }
 
     let total = handles.len();
     let mut failed = 0;
-    for (name, handle) in handles {
-        match handle.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failed += 1;
-                eprintln!("error: cluster {name}: {e:#}");
-            }
-            Err(_) => {
-                failed += 1;
-                eprintln!("error: cluster {name}: its thread ended without a result (panic)");
-            }
+    for handle in handles {
+        let name = handle.name.clone();
+        if let Err(e) = handle.wait().await {
+            failed += 1;
+            eprintln!("error: cluster {name}: {e:#}");
         }
     }
     if failed == total {

@@ -1,0 +1,321 @@
+//! A cluster's archive in remote storage as recovery sees it: what a listing of
+//! `<cluster>/wal/` means (timelines, contiguous segment ranges, gaps, partial versions, history
+//! files) and the selection rules of DESIGN.md ("Restore semantics").
+//!
+//! Owns:
+//! - [`Archive`]: a parsed listing, built by a pure function ([`Archive::from_listing`]) so every
+//!   rule can be unit-tested without storage;
+//! - the choice of the segment size when no flag gives it: the most common size among full
+//!   segment objects (a full segment is exactly `wal_segment_size` bytes), else 16 MiB;
+//! - [`best_partial`]: among partials of one segment from any safekeeper, the highest term, then
+//!   the highest commit LSN (ties between safekeepers: the lowest id, so the choice is stable);
+//! - [`pad_to_segment`]: a partial zero-padded to the size PostgreSQL requires.
+//!
+//! Invariant: a full segment always wins over any partial of the same segment; nothing here ever
+//! offers a partial for a segment whose full object is listed.
+//!
+//! Submodules: [`history`] (timeline history files and which timeline holds which segment),
+//! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`plan`]
+//! (which objects rebuild a `pg_wal`), [`spool`] (the prefetch spool of `restore-wal`).
+
+pub mod fetch;
+pub mod history;
+pub mod plan;
+pub mod spool;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+
+use control_file::Lsn;
+use control_file::lsn::is_valid_segment_size;
+use control_file::names::{PartialName, TimelineId, WalObjectName, segment_file_name};
+use remote_storage::{ListOptions, ObjectMeta, RemoteStorage, RemoteStorageExt, StorageError};
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::wal_prefix;
+
+/// PostgreSQL's default `wal_segment_size`, used when nothing tells the size.
+pub const DEFAULT_SEGMENT_SIZE: u32 = 16 << 20;
+
+/// Where the segment size used to read a listing came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentSizeSource {
+    /// `--wal-segment-size`.
+    Given,
+    /// The size of the full segment objects in the listing.
+    Inferred,
+    /// No full segment and no flag: PostgreSQL's default.
+    Default,
+}
+
+/// One partial segment version in the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialObject {
+    pub name: PartialName,
+    pub key: String,
+    /// Object size as listed; should equal `name.size(seg_size)`.
+    pub size: u64,
+}
+
+/// The objects of one timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimelineObjects {
+    /// Full segments by segment number.
+    pub segments: BTreeMap<u64, ObjectMeta>,
+    /// Partial versions by segment number, in listing (key) order.
+    pub partials: BTreeMap<u64, Vec<PartialObject>>,
+}
+
+impl TimelineObjects {
+    /// Maximal runs of consecutive full segments, ascending.
+    pub fn segment_ranges(&self) -> Vec<RangeInclusive<u64>> {
+        let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
+        for &segno in self.segments.keys() {
+            match ranges.last_mut() {
+                Some(r) if r.end().checked_add(1) == Some(segno) => *r = *r.start()..=segno,
+                _ => ranges.push(segno..=segno),
+            }
+        }
+        ranges
+    }
+
+    /// Runs of missing full segments between the first and the last one present.
+    pub fn gaps(&self) -> Vec<RangeInclusive<u64>> {
+        self.segment_ranges()
+            .windows(2)
+            .map(|w| (w[0].end() + 1)..=(w[1].start() - 1))
+            .collect()
+    }
+
+    /// The partial PostgreSQL should get for `segno`, unless the full segment exists.
+    pub fn served_partial(&self, segno: u64) -> Option<&PartialObject> {
+        if self.segments.contains_key(&segno) {
+            return None;
+        }
+        best_partial(self.partials.get(&segno)?)
+    }
+
+    /// Lowest segment number with any object.
+    pub fn first_segno(&self) -> Option<u64> {
+        let full = self.segments.keys().next().copied();
+        let partial = self.partials.keys().next().copied();
+        full.into_iter().chain(partial).min()
+    }
+}
+
+/// A parsed listing of `<cluster>/wal/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archive {
+    pub cluster: String,
+    pub seg_size: u32,
+    pub seg_size_source: SegmentSizeSource,
+    pub timelines: BTreeMap<TimelineId, TimelineObjects>,
+    /// History files by timeline.
+    pub histories: BTreeMap<TimelineId, ObjectMeta>,
+    /// Objects under the prefix whose name is not a WAL object name (with the reason).
+    pub unrecognized: Vec<(ObjectMeta, String)>,
+}
+
+impl Archive {
+    /// Lists `<cluster>/wal/` and parses it. `seg_size`: the `--wal-segment-size` flag, if given.
+    pub async fn load(
+        storage: &dyn RemoteStorage,
+        cluster: &str,
+        seg_size: Option<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<Archive, StorageError> {
+        let prefix = wal_prefix(cluster);
+        let metas = storage
+            .list_all(&prefix, ListOptions::default(), cancel)
+            .await?;
+        Ok(Archive::from_listing(cluster, metas, seg_size))
+    }
+
+    /// Parses a listing (keys relative to the storage root, all under `<cluster>/wal/`).
+    pub fn from_listing(cluster: &str, metas: Vec<ObjectMeta>, seg_size: Option<u32>) -> Archive {
+        let prefix = wal_prefix(cluster);
+        let (seg_size, seg_size_source) = match seg_size {
+            Some(s) => (s, SegmentSizeSource::Given),
+            None => match infer_segment_size(&metas, &prefix) {
+                Some(s) => (s, SegmentSizeSource::Inferred),
+                None => (DEFAULT_SEGMENT_SIZE, SegmentSizeSource::Default),
+            },
+        };
+        let mut archive = Archive {
+            cluster: cluster.to_string(),
+            seg_size,
+            seg_size_source,
+            timelines: BTreeMap::new(),
+            histories: BTreeMap::new(),
+            unrecognized: Vec::new(),
+        };
+        for meta in metas {
+            let Some(name) = meta.key.strip_prefix(&prefix) else {
+                archive
+                    .unrecognized
+                    .push((meta, "outside the cluster's wal/ prefix".into()));
+                continue;
+            };
+            match WalObjectName::parse(name, seg_size) {
+                Ok(WalObjectName::Segment { timeline, segno }) => {
+                    archive
+                        .timelines
+                        .entry(timeline)
+                        .or_default()
+                        .segments
+                        .insert(segno, meta);
+                }
+                Ok(WalObjectName::Partial(name)) => {
+                    let partial = PartialObject {
+                        size: meta.size,
+                        key: meta.key.clone(),
+                        name,
+                    };
+                    archive
+                        .timelines
+                        .entry(partial.name.timeline)
+                        .or_default()
+                        .partials
+                        .entry(partial.name.segno)
+                        .or_default()
+                        .push(partial);
+                }
+                Ok(WalObjectName::History(tli)) => {
+                    archive.histories.insert(tli, meta);
+                }
+                Err(e) => {
+                    let reason = e.reason.clone();
+                    archive.unrecognized.push((meta, reason));
+                }
+            }
+        }
+        archive
+    }
+
+    /// Name of segment `segno` of `timeline` at this archive's segment size.
+    pub fn segment_name(&self, timeline: TimelineId, segno: u64) -> String {
+        segment_file_name(timeline, segno, self.seg_size)
+    }
+
+    /// Key of segment `segno` of `timeline`.
+    pub fn segment_key(&self, timeline: TimelineId, segno: u64) -> String {
+        crate::remote::segment_key(&self.cluster, timeline, segno, self.seg_size)
+    }
+
+    /// The newest timeline holding any WAL (full segment or partial).
+    pub fn newest_timeline(&self) -> Option<TimelineId> {
+        self.timelines
+            .iter()
+            .rev()
+            .find(|(_, t)| !t.segments.is_empty() || !t.partials.is_empty())
+            .map(|(tli, _)| *tli)
+    }
+
+    /// Total bytes of every listed object.
+    pub fn total_size(&self) -> u64 {
+        let wal: u64 = self
+            .timelines
+            .values()
+            .map(|t| {
+                t.segments.values().map(|m| m.size).sum::<u64>()
+                    + t.partials.values().flatten().map(|p| p.size).sum::<u64>()
+            })
+            .sum();
+        let other: u64 = self.histories.values().map(|m| m.size).sum::<u64>()
+            + self.unrecognized.iter().map(|(m, _)| m.size).sum::<u64>();
+        wal + other
+    }
+
+    /// Number of listed objects.
+    pub fn object_count(&self) -> usize {
+        let wal: usize = self
+            .timelines
+            .values()
+            .map(|t| t.segments.len() + t.partials.values().map(Vec::len).sum::<usize>())
+            .sum();
+        wal + self.histories.len() + self.unrecognized.len()
+    }
+}
+
+/// The most common size among objects named like a full segment, if it is a valid segment size
+/// (ties: the larger size, so a few truncated objects never shrink the guess).
+pub fn infer_segment_size(metas: &[ObjectMeta], prefix: &str) -> Option<u32> {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for meta in metas {
+        let Some(name) = meta.key.strip_prefix(prefix) else {
+            continue;
+        };
+        if !looks_like_segment_name(name) {
+            continue;
+        }
+        if let Ok(size) = u32::try_from(meta.size)
+            && is_valid_segment_size(size)
+        {
+            *counts.entry(size).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(size, count)| (count, size))
+        .map(|(size, _)| size)
+}
+
+/// 24 uppercase hex digits: the shape of a full segment name at any segment size.
+pub fn looks_like_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+}
+
+/// The partial PostgreSQL should replay among versions of one segment: highest term, then
+/// highest commit LSN; equal (term, commit LSN) from several safekeepers hold the same bytes, and
+/// the lowest safekeeper id is taken so the choice does not depend on listing order.
+pub fn best_partial<'a, I>(partials: I) -> Option<&'a PartialObject>
+where
+    I: IntoIterator<Item = &'a PartialObject>,
+{
+    partials.into_iter().max_by(|a, b| {
+        (a.name.term, a.name.commit_lsn)
+            .cmp(&(b.name.term, b.name.commit_lsn))
+            .then(b.name.sk_id.cmp(&a.name.sk_id))
+    })
+}
+
+/// `wal` (the bytes `[segment start, commit LSN)`) followed by zeros up to `seg_size` bytes.
+/// Fails when `wal` is longer than a segment.
+pub fn pad_to_segment(wal: &[u8], seg_size: u32) -> anyhow::Result<Vec<u8>> {
+    let seg_size = seg_size as usize;
+    anyhow::ensure!(
+        wal.len() <= seg_size,
+        "a partial of {} bytes does not fit a {seg_size}-byte segment",
+        wal.len()
+    );
+    let mut out = Vec::with_capacity(seg_size);
+    out.extend_from_slice(wal);
+    out.resize(seg_size, 0);
+    Ok(out)
+}
+
+/// End of the WAL a partial holds (its commit LSN), for messages.
+pub fn partial_end(p: &PartialName) -> Lsn {
+    p.commit_lsn
+}
+
+/// Human-readable byte count (`16.0 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,269 @@
+//! The prefetch spool of `restore-wal --prefetch N`: full segments fetched ahead of PostgreSQL's
+//! requests, kept in a local directory until PostgreSQL asks for them.
+//!
+//! Layout of the spool directory (by default `.safekeeper-prefetch` next to `%p`, i.e. inside
+//! `pg_wal`, on the same filesystem so serving a file is a rename):
+//! - `SEGMENT`: a complete, verified, fsynced full segment (written as `.SEGMENT.tmp.PID`, renamed);
+//! - `SEGMENT.claim`: a prefetch worker (its pid inside) is downloading SEGMENT;
+//! - `SOURCE`: the remote URL and cluster the spooled files came from;
+//! - `SERVED`: the last segment served to PostgreSQL; workers skip it and everything before it.
+//!
+//! Invariants:
+//! - only full segments are ever spooled (their content is fixed by their name within one cluster's
+//!   archive), never partials, which change as the safekeeper uploads newer versions;
+//! - a spool filled from another remote or cluster is emptied before use (`SOURCE` differs);
+//! - serving a segment removes it from the spool, and every spooled segment of another timeline
+//!   or at or below the one served is removed, so a timeline switch invalidates what was
+//!   prefetched on the old timeline and the spool holds at most about N segments; a worker never
+//!   stores a segment at or below the last one served, or of another timeline than it
+//!   (PostgreSQL has moved past it);
+//! - when a timeline's WAL ends (a partial was served, or a segment is not in the archive) its
+//!   spooled segments are removed: sequential replay on it cannot reach them;
+//! - a claim whose process is gone is stale and ignored, so a killed worker never blocks anyone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::looks_like_segment_name;
+use crate::wal_storage::fsync_dir;
+
+const SOURCE_FILE: &str = "SOURCE";
+const SERVED_FILE: &str = "SERVED";
+const CLAIM_SUFFIX: &str = ".claim";
+
+/// A spool directory bound to one remote and cluster.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating it if needed) the spool at `dir` for `remote`/`cluster`, emptying it if it
+    /// was filled from elsewhere.
+    pub fn open(dir: &Path, remote: &str, cluster: &str) -> Result<Spool> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
+        let spool = Spool {
+            dir: dir.to_path_buf(),
+        };
+        let source = format!("remote={remote}\ncluster={cluster}\n");
+        let path = dir.join(SOURCE_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) if s == source => {}
+            Ok(_) | Err(_) => {
+                spool.remove_segments(|_| true)?;
+                fs::write(&path, source)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, segment: &str) -> PathBuf {
+        self.dir.join(segment)
+    }
+
+    /// Whether `segment` is spooled or being fetched by a live worker.
+    pub fn has_or_claimed(&self, segment: &str) -> bool {
+        self.path(segment).exists() || self.live_claim(segment)
+    }
+
+    /// Moves `segment` to `dest` if it is spooled, waiting up to `wait` for a worker that is
+    /// fetching it right now. Returns whether `dest` now holds it.
+    pub fn take(&self, segment: &str, dest: &Path, wait: Duration) -> Result<bool> {
+        let deadline = Instant::now() + wait;
+        let src = self.path(segment);
+        loop {
+            if src.exists() {
+                move_into_place(&src, dest)?;
+                return Ok(true);
+            }
+            if !self.live_claim(segment) || Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Records that full segment `served` went to PostgreSQL and removes what it will not ask
+    /// for any more: spooled segments of other timelines and those at or below `served`.
+    pub fn mark_served(&self, served: &str) -> Result<()> {
+        let path = self.dir.join(SERVED_FILE);
+        fs::write(&path, served).with_context(|| format!("cannot write {}", path.display()))?;
+        let timeline = timeline_of(served);
+        self.remove_segments(|name| timeline_of(name) != timeline || name <= served)
+    }
+
+    /// The WAL of `segment`'s timeline ends at or before `segment`: drop that timeline's spool.
+    pub fn forget_timeline_of(&self, segment: &str) -> Result<()> {
+        let timeline = timeline_of(segment);
+        self.remove_segments(|name| timeline_of(name) == timeline)
+    }
+
+    /// Whether PostgreSQL has already moved past `segment`: it was served a later segment of
+    /// that timeline, or a segment of another timeline.
+    fn is_behind(&self, segment: &str) -> bool {
+        match fs::read_to_string(self.dir.join(SERVED_FILE)) {
+            Ok(served) => {
+                timeline_of(&served) != timeline_of(segment) || segment <= served.as_str()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Claims `segment` for download; `None` when it is spooled, claimed by a live process, or
+    /// already behind PostgreSQL.
+    pub fn claim(&self, segment: &str) -> Result<Option<Claim>> {
+        if self.path(segment).exists() || self.is_behind(segment) {
+            return Ok(None);
+        }
+        let path = self.dir.join(format!("{segment}{CLAIM_SUFFIX}"));
+        for _ in 0..2 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    write!(f, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(Some(Claim { path }));
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if self.live_claim(segment) {
+                        return Ok(None);
+                    }
+                    let _ = fs::remove_file(&path);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores a downloaded segment durably under its name (unless PostgreSQL moved past it
+    /// meanwhile) and releases the claim.
+    pub fn store(&self, segment: &str, data: &[u8], claim: Claim) -> Result<()> {
+        if !self.is_behind(segment) {
+            write_file_atomic(&self.path(segment), data)?;
+        }
+        drop(claim);
+        Ok(())
+    }
+
+    /// Whether a claim file for `segment` names a live process.
+    fn live_claim(&self, segment: &str) -> bool {
+        let path = self.dir.join(format!("{segment}{CLAIM_SUFFIX}"));
+        let Ok(text) = fs::read_to_string(&path) else {
+            return false;
+        };
+        match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => process_alive(pid),
+            // Being written right now by its creator.
+            _ => path
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(5)),
+        }
+    }
+
+    /// Removes spooled segment files (not claims, not temp files) whose name matches.
+    fn remove_segments(&self, matches: impl Fn(&str) -> bool) -> Result<()> {
+        let entries = fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read the spool {}", self.dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", self.dir.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if looks_like_segment_name(name) && matches(name) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot remove {}", entry.path().display()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A download in progress; removing the claim file when dropped.
+#[derive(Debug)]
+pub struct Claim {
+    path: PathBuf,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The 8 hex digits of a segment name's timeline.
+fn timeline_of(segment: &str) -> &str {
+    segment.get(..8).unwrap_or(segment)
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Writes `data` to `path` so that `path` is either absent/unchanged or complete: a temp file in
+/// the same directory, fsynced, renamed over `path`, then the directory fsynced.
+pub fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(data)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    fsync_dir(&dir)
+}
+
+/// Moves a complete file into place: a rename when on the same filesystem, else a durable copy.
+fn move_into_place(src: &Path, dest: &Path) -> Result<()> {
+    match fs::rename(src, dest) {
+        Ok(()) => fsync_dir(&parent_dir(dest)),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let data = fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+            write_file_atomic(dest, &data)?;
+            let _ = fs::remove_file(src);
+            Ok(())
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))
+        }
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

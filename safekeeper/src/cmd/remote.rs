@@ -1,0 +1,315 @@
+//! `safekeeper remote ls|verify`: what a cluster's archive holds, and whether it can be trusted.
+//!
+//! Owns the rendering of [`Archive`] listings and verification reports as text and JSON, and the
+//! exit status: `ls` exits 0, or 1 when the storage cannot be listed; `verify` exits 0 when no
+//! error was found (warnings allowed), 1 when it found problems (every one is printed, naming
+//! its object), 2 when the check could not run (bad arguments, storage unreachable).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use control_file::Lsn;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use safekeeper::archive::verify::{Severity, VerifyOptions, verify_archive};
+use safekeeper::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
+
+use super::archive_args::{ArchiveArgs, runtime};
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteCommand {
+    /// List a cluster's archive: timelines, segment ranges and gaps, every partial (term, commit
+    /// LSN, safekeeper id), history files and the total size.
+    Ls(LsArgs),
+    /// Check a cluster's archive: continuity, checksums, WAL page headers and records, system
+    /// identifier, partials against the full segments that supersede them. Exit 0 only when clean.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Objects read in parallel.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// The system identifier every segment must carry (default: the most common one).
+    #[arg(long, value_name = "ID")]
+    pub system_identifier: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(command: RemoteCommand) -> ExitCode {
+    let cancel = CancellationToken::new();
+    match command {
+        RemoteCommand::Ls(args) => match runtime().and_then(|rt| rt.block_on(ls(&args, &cancel))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        RemoteCommand::Verify(args) => {
+            match runtime().and_then(|rt| rt.block_on(verify(&args, &cancel))) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: the check could not run: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not worth a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+async fn load(args: &ArchiveArgs, cancel: &CancellationToken) -> Result<Archive> {
+    let storage = args.open().await?;
+    Ok(Archive::load(&*storage, &args.cluster, args.wal_segment_size, cancel).await?)
+}
+
+fn size_source(s: SegmentSizeSource) -> &'static str {
+    match s {
+        SegmentSizeSource::Given => "from --wal-segment-size",
+        SegmentSizeSource::Inferred => "inferred from the full segments",
+        SegmentSizeSource::Default => "default: no full segment to infer it from",
+    }
+}
+
+/// End of the WAL of a timeline: its best partial past the last full segment, else the end of
+/// the last full segment.
+fn end_of_wal(archive: &Archive, t: &TimelineObjects) -> Option<Lsn> {
+    let last_full = t.segments.keys().next_back().copied();
+    let tail = t
+        .partials
+        .keys()
+        .rev()
+        .find(|&&s| last_full.is_none_or(|l| s > l))
+        .and_then(|&s| t.served_partial(s));
+    match (tail, last_full) {
+        (Some(p), _) => Some(p.name.commit_lsn),
+        (None, Some(l)) => Some(Lsn::from_segment(l + 1, archive.seg_size)),
+        (None, None) => None,
+    }
+}
+
+async fn ls(args: &LsArgs, cancel: &CancellationToken) -> Result<()> {
+    let archive = load(&args.archive, cancel).await?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&ls_json(&args.archive.remote, &archive))? + "\n"
+    } else {
+        ls_text(&args.archive.remote, &archive)
+    };
+    emit(&text);
+    Ok(())
+}
+
+fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
+    let run = |tli, r: &std::ops::RangeInclusive<u64>| {
+        json!({
+            "first": a.segment_name(tli, *r.start()),
+            "last": a.segment_name(tli, *r.end()),
+            "count": r.end() - r.start() + 1,
+        })
+    };
+    let timelines: Vec<_> = a
+        .timelines
+        .iter()
+        .map(|(&tli, t)| {
+            let mut partials = Vec::new();
+            for (segno, versions) in &t.partials {
+                let best = t.served_partial(*segno);
+                for p in versions {
+                    partials.push(json!({
+                        "key": p.key,
+                        "segment": a.segment_name(tli, *segno),
+                        "term": p.name.term,
+                        "commit_lsn": p.name.commit_lsn.to_string(),
+                        "sk_id": p.name.sk_id,
+                        "size": p.size,
+                        "best": best == Some(p),
+                        "superseded": t.segments.contains_key(segno),
+                    }));
+                }
+            }
+            json!({
+                "timeline": tli,
+                "full_segments": t.segments.len(),
+                "full_segment_bytes": t.segments.values().map(|m| m.size).sum::<u64>(),
+                "ranges": t.segment_ranges().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
+                "gaps": t.gaps().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
+                "partials": partials,
+                "end_of_wal": end_of_wal(a, t).map(|l| l.to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "remote": remote,
+        "cluster": a.cluster,
+        "segment_size": a.seg_size,
+        "segment_size_source": a.seg_size_source,
+        "timelines": timelines,
+        "history_files": a.histories.iter().map(|(tli, m)| json!({
+            "timeline": tli, "key": m.key, "size": m.size,
+        })).collect::<Vec<_>>(),
+        "unrecognized": a.unrecognized.iter().map(|(m, reason)| json!({
+            "key": m.key, "size": m.size, "reason": reason,
+        })).collect::<Vec<_>>(),
+        "objects": a.object_count(),
+        "total_size": a.total_size(),
+    })
+}
+
+fn ls_text(remote: &str, a: &Archive) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "cluster {} in {remote}: {} objects, {}; segment size {} ({})",
+        a.cluster,
+        a.object_count(),
+        human_bytes(a.total_size()),
+        human_bytes(u64::from(a.seg_size)),
+        size_source(a.seg_size_source)
+    );
+    if a.timelines.is_empty() && a.histories.is_empty() {
+        let _ = writeln!(s, "no WAL");
+    }
+    for (&tli, t) in &a.timelines {
+        let _ = writeln!(s, "timeline {tli}:");
+        for r in t.segment_ranges() {
+            let _ = writeln!(
+                s,
+                "  segments {} .. {} ({} full segments)",
+                a.segment_name(tli, *r.start()),
+                a.segment_name(tli, *r.end()),
+                r.end() - r.start() + 1
+            );
+        }
+        for g in t.gaps() {
+            let _ = writeln!(
+                s,
+                "  GAP      {} .. {} ({} missing)",
+                a.segment_name(tli, *g.start()),
+                a.segment_name(tli, *g.end()),
+                g.end() - g.start() + 1
+            );
+        }
+        for (segno, versions) in &t.partials {
+            let best = best_partial(versions);
+            let superseded = t.segments.contains_key(segno);
+            for p in versions {
+                let note = if superseded {
+                    "superseded by the full segment"
+                } else if best == Some(p) {
+                    "best"
+                } else {
+                    "not chosen"
+                };
+                let _ = writeln!(
+                    s,
+                    "  partial  {}  term {}  commit {}  sk{}  {}  ({note})",
+                    a.segment_name(tli, *segno),
+                    p.name.term,
+                    p.name.commit_lsn,
+                    p.name.sk_id,
+                    human_bytes(p.size)
+                );
+            }
+        }
+        if let Some(end) = end_of_wal(a, t) {
+            let _ = writeln!(s, "  end of WAL {end}");
+        }
+    }
+    for (tli, m) in &a.histories {
+        let _ = writeln!(
+            s,
+            "history  {} (timeline {tli}, {})",
+            m.key,
+            human_bytes(m.size)
+        );
+    }
+    for (m, reason) in &a.unrecognized {
+        let _ = writeln!(s, "unrecognized {} ({reason})", m.key);
+    }
+    s
+}
+
+/// Returns whether the archive is clean (no errors).
+async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<bool> {
+    let storage = args.archive.open().await?;
+    let archive = Archive::load(
+        &*storage,
+        &args.archive.cluster,
+        args.archive.wal_segment_size,
+        cancel,
+    )
+    .await?;
+    let opts = VerifyOptions {
+        jobs: args.jobs,
+        system_identifier: args.system_identifier,
+    };
+    let report = verify_archive(&*storage, &archive, &opts, cancel).await?;
+    let clean = report.errors() == 0;
+    if args.json {
+        let doc = json!({
+            "remote": args.archive.remote,
+            "cluster": archive.cluster,
+            "segment_size": archive.seg_size,
+            "clean": clean,
+            "errors": report.errors(),
+            "warnings": report.warnings(),
+            "report": report,
+        });
+        emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+        return Ok(clean);
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "verified cluster {} in {}: {} objects read ({}), segment size {}, system identifier {}",
+        archive.cluster,
+        args.archive.remote,
+        report.objects_read,
+        human_bytes(report.bytes_read),
+        human_bytes(u64::from(archive.seg_size)),
+        report
+            .system_identifier
+            .map_or("unknown".to_string(), |id| id.to_string())
+    );
+    for p in &report.problems {
+        let tag = match p.severity {
+            Severity::Error => "ERROR",
+            Severity::Warning => "WARN ",
+        };
+        let _ = writeln!(s, "{tag} {}: {}", p.object, p.message);
+    }
+    let _ = writeln!(
+        s,
+        "{}: {} errors, {} warnings",
+        if clean { "clean" } else { "PROBLEMS FOUND" },
+        report.errors(),
+        report.warnings()
+    );
+    emit(&s);
+    Ok(clean)
+}

@@ -1,0 +1,77 @@
+//! How the follower thread reaches the control file, which the cluster's manager task owns.
+//!
+//! The follower never writes the control file itself: it sends a request and waits for the
+//! manager's answer, which comes only after the change is durable. The manager publishes every
+//! durable state on a `watch` channel, read here as a snapshot.
+
+use anyhow::{Context, Result, anyhow};
+use control_file::ClusterState;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A change to apply to the control file.
+pub type StateChange = Box<dyn FnOnce(&mut ClusterState) + Send>;
+
+/// A request to the manager; the reply comes once the result is on disk.
+pub enum ControlRequest {
+    /// First contact with a cluster: create the control file with this state.
+    Create {
+        state: Box<ClusterState>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Apply a change and save.
+    Update {
+        change: StateChange,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// The follower's handle on the control file.
+#[derive(Clone)]
+pub struct ControlClient {
+    requests: mpsc::Sender<ControlRequest>,
+    state: watch::Receiver<Option<ClusterState>>,
+}
+
+impl ControlClient {
+    pub fn new(
+        requests: mpsc::Sender<ControlRequest>,
+        state: watch::Receiver<Option<ClusterState>>,
+    ) -> ControlClient {
+        ControlClient { requests, state }
+    }
+
+    /// The latest durable state, or `None` before the control file exists.
+    pub fn snapshot(&self) -> Option<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    /// Durably creates the control file.
+    pub async fn create(&self, state: ClusterState) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ControlRequest::Create {
+            state: Box::new(state),
+            reply,
+        })
+        .await?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the cluster manager stopped before answering"))?
+    }
+
+    /// Durably applies `change`.
+    pub async fn update(&self, change: StateChange) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ControlRequest::Update { change, reply }).await?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the cluster manager stopped before answering"))?
+    }
+
+    async fn send(&self, request: ControlRequest) -> Result<()> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| anyhow!("the cluster manager is not running"))
+            .context("cannot update the control file")
+    }
+}

@@ -1,0 +1,372 @@
+//! The per-cluster manager task: owns the control file and all background work of one cluster —
+//! full-segment uploads, partial uploads, GC of superseded objects, local WAL removal — and
+//! answers the follower's and the admin API's requests.
+//!
+//! It runs on the main runtime, apart from the follower's thread, so receiving WAL never waits
+//! for an upload: the follower only publishes its LSNs on a `watch` channel.
+//!
+//! Invariants (DESIGN.md, "Partial upload protocol" and "Control file"):
+//! - The control file lists every remote object this safekeeper may have created. Partial and
+//!   history objects are persisted `InProgress` *before* their PUT. A full segment's object is a
+//!   function of the WAL; before one is uploaded the recorded `flush_lsn` is advanced past it, so
+//!   every full segment that may exist remotely is in the recorded ranges or in
+//!   `[backup_lsn, flush_lsn)` of the current timeline.
+//! - `backup_lsn` only advances over segments whose upload finished, in order.
+//! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
+//!   an object whose name equals an `Uploaded` partial. Entries leave the control file only after
+//!   the delete succeeded, so a crash anywhere leaves a superset of what exists remotely.
+//! - A local segment is removed only when it is below `backup_lsn` and outside the newest
+//!   `local_retention` bytes, and never the newest completed segment.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use control_file::names::{PartialName, TimelineId};
+use control_file::{ClusterState, Lsn, ObjectStatus, PartialObject};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::control_client::ControlRequest;
+use crate::control_store::ControlStore;
+use crate::offload::{Offloader, Uploaded};
+use crate::status::{ClusterStatus, OffloadStatus};
+
+/// How often LSNs from the follower are written to the control file.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Bound on the final partial upload at shutdown.
+const FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Knobs of the background work.
+#[derive(Clone, Copy, Debug)]
+pub struct OffloadSettings {
+    pub upload_parallelism: usize,
+    pub partial_interval: Duration,
+    pub local_retention: u64,
+}
+
+/// Requests from the admin API.
+pub enum ManagerCommand {
+    /// Upload the partial segment now; answers with its object name (None: nothing to upload).
+    UploadPartialNow(oneshot::Sender<Result<Option<String>>>),
+    /// Run GC now; answers with the deleted object names.
+    GcNow(oneshot::Sender<Result<Vec<String>>>),
+    /// Start a new term at the current flush LSN; answers with it.
+    TermBump(oneshot::Sender<Result<u64>>),
+}
+
+/// Everything the manager is wired to.
+pub struct ManagerIo {
+    pub requests: mpsc::Receiver<ControlRequest>,
+    pub commands: mpsc::Receiver<ManagerCommand>,
+    pub progress: watch::Receiver<ClusterStatus>,
+    pub state_tx: watch::Sender<Option<ClusterState>>,
+    pub offload_tx: watch::Sender<OffloadStatus>,
+}
+
+enum TaskDone {
+    Full {
+        timeline: TimelineId,
+        segno: u64,
+        result: Result<Uploaded>,
+    },
+    Partial {
+        name: PartialName,
+        result: Result<()>,
+    },
+    History {
+        timeline: TimelineId,
+        result: Result<Uploaded>,
+    },
+    Gc {
+        names: Vec<String>,
+        result: Result<()>,
+    },
+}
+
+pub struct Manager {
+    settings: OffloadSettings,
+    offloader: Option<Offloader>,
+    storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
+    cluster: String,
+    sk_id: u64,
+    wal_dir: std::path::PathBuf,
+    control: Option<ControlStore>,
+    io: ManagerIo,
+    flush_lsn: Lsn,
+    commit_lsn: Lsn,
+    tasks: JoinSet<TaskDone>,
+    full_in_flight: BTreeSet<u64>,
+    full_done: BTreeSet<u64>,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    partial_in_flight: Option<PartialName>,
+    partial_waiters: Vec<oneshot::Sender<Result<Option<String>>>>,
+    history_in_flight: BTreeSet<TimelineId>,
+    gc_in_flight: Option<Vec<String>>,
+    gc_waiters: Vec<oneshot::Sender<Result<Vec<String>>>>,
+    gc_wanted: bool,
+    /// Cancels storage requests at the very end of shutdown.
+    storage_cancel: CancellationToken,
+}
+
+impl Manager {
+    pub fn new(
+        settings: OffloadSettings,
+        storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
+        cluster: &str,
+        sk_id: u64,
+        wal_dir: std::path::PathBuf,
+        control: Option<ControlStore>,
+        io: ManagerIo,
+    ) -> Manager {
+        let (flush_lsn, commit_lsn) = control
+            .as_ref()
+            .map(|c| (c.state().flush_lsn, c.state().commit_lsn))
+            .unwrap_or_default();
+        let mut m = Manager {
+            settings,
+            offloader: None,
+            storage,
+            cluster: cluster.to_string(),
+            sk_id,
+            wal_dir,
+            control,
+            io,
+            flush_lsn,
+            commit_lsn,
+            tasks: JoinSet::new(),
+            full_in_flight: BTreeSet::new(),
+            full_done: BTreeSet::new(),
+            retry_at: None,
+            retry_delay: RETRY_MIN,
+            partial_in_flight: None,
+            partial_waiters: Vec::new(),
+            history_in_flight: BTreeSet::new(),
+            gc_in_flight: None,
+            gc_waiters: Vec::new(),
+            gc_wanted: true,
+            storage_cancel: CancellationToken::new(),
+        };
+        m.on_state_changed();
+        m
+    }
+
+    /// Runs until the follower has stopped (its status channel closes) after `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        let mut persist = interval(PERSIST_INTERVAL);
+        persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut partial_tick = interval(self.settings.partial_interval);
+        partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut follower_running = true;
+        self.schedule();
+        while follower_running {
+            let retry_at = self.retry_at.unwrap_or_else(|| Instant::now() + RETRY_MAX);
+            tokio::select! {
+                req = self.io.requests.recv() => match req {
+                    Some(req) => self.handle_request(req),
+                    None => follower_running = false,
+                },
+                changed = self.io.progress.changed() => match changed {
+                    Ok(()) => self.on_progress(),
+                    Err(_) => follower_running = false,
+                },
+                cmd = self.io.commands.recv(), if !cancel.is_cancelled() => match cmd {
+                    Some(cmd) => self.handle_command(cmd).await,
+                    None => {}
+                },
+                Some(done) = self.tasks.join_next() => self.on_task_done(done),
+                _ = persist.tick() => self.persist_lsns(),
+                _ = partial_tick.tick(), if !cancel.is_cancelled() => self.start_partial().await,
+                _ = sleep_until(retry_at.into()), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                }
+            }
+            if !cancel.is_cancelled() {
+                self.schedule();
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Starts whatever work is due: full uploads, history uploads, GC.
+    fn schedule(&mut self) {
+        if self.retry_at.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        self.schedule_full_uploads();
+        self.schedule_history_uploads();
+        if self.gc_wanted {
+            self.start_gc();
+        }
+    }
+
+    fn on_progress(&mut self) {
+        let p = self.io.progress.borrow_and_update();
+        self.flush_lsn = self.flush_lsn.max(p.flush_lsn);
+        self.commit_lsn = self.commit_lsn.max(p.commit_lsn);
+    }
+
+    fn handle_request(&mut self, req: ControlRequest) {
+        match req {
+            ControlRequest::Create { state, reply } => {
+                let path = self
+                    .wal_dir
+                    .with_file_name(crate::cluster::CONTROL_FILE_NAME);
+                let result = if self.control.is_some() {
+                    Err(anyhow!("internal error: control file created twice"))
+                } else {
+                    ControlStore::create(&path, *state).map(|c| {
+                        self.flush_lsn = c.state().flush_lsn;
+                        self.commit_lsn = c.state().commit_lsn;
+                        self.control = Some(c);
+                    })
+                };
+                self.on_state_changed();
+                let _ = reply.send(result);
+            }
+            ControlRequest::Update { change, reply } => {
+                let result = self.update(change);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, cmd: ManagerCommand) {
+        match cmd {
+            ManagerCommand::UploadPartialNow(reply) => {
+                self.partial_waiters.push(reply);
+                if self.partial_in_flight.is_none() {
+                    self.start_partial().await;
+                }
+                if self.partial_in_flight.is_none() {
+                    // Nothing to upload: answer with the newest existing one.
+                    let newest = self.newest_uploaded_partial();
+                    for w in self.partial_waiters.drain(..) {
+                        let _ = w.send(Ok(newest.clone()));
+                    }
+                }
+            }
+            ManagerCommand::GcNow(reply) => {
+                self.gc_waiters.push(reply);
+                self.start_gc();
+            }
+            ManagerCommand::TermBump(reply) => {
+                let flush = self.flush_lsn;
+                let result = self
+                    .update(Box::new(move |s| {
+                        let timeline = s.timeline;
+                        s.start_term(timeline, flush.max(s.flush_lsn));
+                    }))
+                    .and_then(|()| self.state().map(|s| s.term));
+                if let Ok(term) = &result {
+                    info!(term, at = %flush, "started a new term on request");
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn state(&self) -> Result<&ClusterState> {
+        self.control
+            .as_ref()
+            .map(|c| c.state())
+            .context("the cluster has no control file yet (never connected to its primary)")
+    }
+
+    /// Applies a change durably and republishes the state.
+    fn update(&mut self, change: Box<dyn FnOnce(&mut ClusterState) + Send>) -> Result<()> {
+        let control = self
+            .control
+            .as_mut()
+            .context("the cluster has no control file yet")?;
+        let result = control.update(change);
+        self.on_state_changed();
+        result
+    }
+
+    fn on_state_changed(&mut self) {
+        let snapshot = self.control.as_ref().map(|c| c.state().clone());
+        if let Some(st) = &snapshot {
+            if self
+                .offloader
+                .as_ref()
+                .is_none_or(|o| o.seg_size != st.wal_segment_size)
+            {
+                self.offloader = Some(Offloader {
+                    storage: self.storage.clone(),
+                    cluster: self.cluster.clone(),
+                    wal_dir: self.wal_dir.clone(),
+                    seg_size: st.wal_segment_size,
+                });
+            }
+        }
+        self.publish(snapshot.as_ref());
+        self.io.state_tx.send_replace(snapshot);
+    }
+
+    fn publish(&self, st: Option<&ClusterState>) {
+        let newest = self.newest_uploaded_partial_entry();
+        let backup_lsn = st.map(|s| s.backup_lsn).unwrap_or_default();
+        let partial_lsn = newest.map(|p| p.name.commit_lsn).unwrap_or_default();
+        self.io.offload_tx.send_modify(|o| {
+            o.backup_lsn = backup_lsn;
+            o.remote_lsn = backup_lsn.max(partial_lsn);
+            o.newest_partial =
+                st.and_then(|s| newest.map(|p| p.name.to_file_name(s.wal_segment_size)));
+            o.uploads_in_flight =
+                self.full_in_flight.len() + usize::from(self.partial_in_flight.is_some());
+            o.listed_objects = st
+                .map(|s| s.remote.partials.len() + s.remote.history.len())
+                .unwrap_or(0);
+        });
+    }
+
+    fn newest_uploaded_partial_entry(&self) -> Option<&PartialObject> {
+        self.control.as_ref().and_then(|c| {
+            c.state()
+                .remote
+                .partials
+                .iter()
+                .filter(|p| p.status == ObjectStatus::Uploaded)
+                .max_by_key(|p| (p.name.commit_lsn, p.name.term))
+        })
+    }
+
+    fn newest_uploaded_partial(&self) -> Option<String> {
+        let seg = self.state().ok()?.wal_segment_size;
+        self.newest_uploaded_partial_entry()
+            .map(|p| p.name.to_file_name(seg))
+    }
+
+    fn persist_lsns(&mut self) {
+        let (flush, commit) = (self.flush_lsn, self.commit_lsn);
+        if let Some(c) = self.control.as_mut() {
+            if let Err(e) = c.record_lsns(flush, commit) {
+                warn!(error = %format!("{e:#}"), "cannot record LSNs in the control file");
+            }
+        }
+    }
+
+    fn note_failure(&mut self, what: &str, e: &anyhow::Error) {
+        warn!(error = %format!("{e:#}"), retry_in_ms = self.retry_delay.as_millis() as u64, "{what} failed");
+        self.retry_at = Some(Instant::now() + self.retry_delay);
+        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+        let msg = format!("{what}: {e:#}");
+        self.io.offload_tx.send_modify(|o| {
+            o.last_error = Some(msg);
+            o.upload_failures += 1;
+        });
+    }
+
+    fn note_success(&mut self) {
+        self.retry_delay = RETRY_MIN;
+    }
+}
+
+mod work;

@@ -1,0 +1,128 @@
+//! Starting and stopping followed clusters: each is a follower thread (WAL in, acknowledgements
+//! out) plus a manager task (control file, uploads, GC), tied together by channels.
+//!
+//! Owns the wiring only. A [`ClusterHandle`] is how the rest of the process (the `run` command,
+//! the admin API) sees a cluster: read-only `watch` receivers of its state, a command channel to
+//! its manager, and its cancellation token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use control_file::ClusterState;
+use remote_storage::RemoteStorage;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
+
+use crate::cluster::{CONTROL_FILE_NAME, ClusterSettings, spawn_follower_thread};
+use crate::config::ClusterConfig;
+use crate::control_client::ControlClient;
+use crate::control_store::ControlStore;
+use crate::ingest::IngestOptions;
+use crate::manager::{Manager, ManagerCommand, ManagerIo, OffloadSettings};
+use crate::status::{ClusterStatus, OffloadStatus};
+
+/// Process-wide settings every cluster shares.
+#[derive(Clone, Debug)]
+pub struct ServiceContext {
+    pub sk_id: u64,
+    pub data_dir: PathBuf,
+    /// One storage for all clusters, so its concurrency limit is shared fairly among them.
+    pub storage: Arc<dyn RemoteStorage>,
+    pub offload: OffloadSettings,
+    pub ingest: IngestOptions,
+}
+
+/// A running cluster as the rest of the process sees it.
+pub struct ClusterHandle {
+    pub name: String,
+    pub config: ClusterConfig,
+    pub status: watch::Receiver<ClusterStatus>,
+    pub offload: watch::Receiver<OffloadStatus>,
+    pub state: watch::Receiver<Option<ClusterState>>,
+    pub commands: mpsc::Sender<ManagerCommand>,
+    pub cancel: CancellationToken,
+    follower: oneshot::Receiver<Result<()>>,
+    manager: JoinHandle<Result<()>>,
+}
+
+/// Starts following one cluster. Fails (without starting anything) when its control file cannot
+/// be read: a damaged control file is never guessed around.
+pub fn start_cluster(
+    ctx: &ServiceContext,
+    config: ClusterConfig,
+    parent: &CancellationToken,
+) -> Result<ClusterHandle> {
+    let cluster_dir = ctx.data_dir.join(&config.name);
+    std::fs::create_dir_all(&cluster_dir).with_context(|| {
+        format!(
+            "cannot create the cluster directory {} (check permissions on --data-dir)",
+            cluster_dir.display()
+        )
+    })?;
+    let control = ControlStore::load(&cluster_dir.join(CONTROL_FILE_NAME))?;
+    let cancel = parent.child_token();
+    let (status_tx, status_rx) = watch::channel(ClusterStatus::new(&config.name));
+    let (offload_tx, offload_rx) = watch::channel(OffloadStatus::default());
+    let (state_tx, state_rx) = watch::channel(control.as_ref().map(|c| c.state().clone()));
+    let (request_tx, request_rx) = mpsc::channel(16);
+    let (command_tx, command_rx) = mpsc::channel(16);
+
+    let manager = Manager::new(
+        ctx.offload,
+        ctx.storage.clone(),
+        &config.name,
+        ctx.sk_id,
+        cluster_dir.join("wal"),
+        control,
+        ManagerIo {
+            requests: request_rx,
+            commands: command_rx,
+            progress: status_tx.subscribe(),
+            state_tx,
+            offload_tx,
+        },
+    );
+    let span = info_span!("cluster", cluster = %config.name);
+    let manager = tokio::spawn(manager.run(cancel.clone()).instrument(span));
+    let follower = spawn_follower_thread(
+        ClusterSettings {
+            sk_id: ctx.sk_id,
+            cluster: config.clone(),
+            cluster_dir,
+            ingest: ctx.ingest,
+        },
+        ControlClient::new(request_tx, state_rx.clone()),
+        status_tx,
+        cancel.clone(),
+    )?;
+    Ok(ClusterHandle {
+        name: config.name.clone(),
+        config,
+        status: status_rx,
+        offload: offload_rx,
+        state: state_rx,
+        commands: command_tx,
+        cancel,
+        follower,
+        manager,
+    })
+}
+
+impl ClusterHandle {
+    /// Waits until both halves stopped; the follower's error (if any) is the cluster's result.
+    pub async fn wait(self) -> Result<()> {
+        let follower = self.follower.await.unwrap_or_else(|_| {
+            Err(anyhow!(
+                "the follower thread ended without a result (panic)"
+            ))
+        });
+        let manager = self
+            .manager
+            .await
+            .unwrap_or_else(|e| Err(anyhow!("the manager task panicked: {e}")));
+        follower.and(manager)
+    }
+}

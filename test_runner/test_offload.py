@@ -1,0 +1,320 @@
+"""Offload to object storage: full segments, the partial segment, GC — on a local directory and on
+a real S3-compatible server (moto).
+
+What a user fears, and what each test shows does not happen:
+- an archive whose segments differ from the primary's WAL, or that keeps stale partial versions;
+- losing acknowledged commits when the primary *and* its disk are lost (RPO test, real recovery);
+- a crash between the steps of the partial protocol that orphans objects or deletes the newest one;
+- commits that stall while object storage is down, or uploads that never catch up afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from fixtures.pg import PgCluster
+from fixtures.s3 import MotoServer, new_bucket
+from fixtures.safekeeper import Safekeeper
+from fixtures.utils import as_pg_user, chown_to_pg_user, parse_segment_name, run, segment_name, wait_until
+
+SEG = 16 << 20
+PARTIAL_RE = re.compile(r"^main/wal/([0-9A-F]{24})_([0-9A-F]{16})_([0-9A-F]{16})_sk(\d+)\.partial$")
+FULL_RE = re.compile(r"^main/wal/([0-9A-F]{24})$")
+
+
+def start(sk: Safekeeper, pg: PgCluster, remote, interval: str = "500ms", extra: list[str] | None = None, env: dict | None = None, sync: bool = True) -> None:
+    sk.start(pg.connstr(), extra=remote.args() + ["--partial-interval", interval] + (extra or []), env={**remote.env(), **(env or {})})
+    wait_until("streaming", lambda: (r := pg.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
+    if sync:
+        pg.set_sync_standby(sk.application_name)
+        wait_until("sync", lambda: (r := pg.replication(sk.application_name)) and r["sync_state"] == "sync", timeout=30)
+
+
+def partials(remote) -> list[tuple[str, int, int, int, str]]:
+    """(segment, commit_lsn, term, sk_id, key) of every partial object."""
+    out = []
+    for k in remote.keys("main/wal/"):
+        m = PARTIAL_RE.match(k)
+        if m:
+            out.append((m.group(1), int(m.group(2), 16), int(m.group(3), 16), int(m.group(4)), k))
+    return out
+
+
+def fulls(remote) -> list[str]:
+    return [m.group(1) for k in remote.keys("main/wal/") if (m := FULL_RE.match(k))]
+
+
+def wait_partial_at(remote, lsn: int, timeout: float = 60) -> tuple:
+    """Waits until exactly one partial exists and its commit LSN is >= lsn."""
+    def ok():
+        p = partials(remote)
+        return len(p) == 1 and p[0][1] >= lsn and p[0]
+    return wait_until(f"one partial at or past {lsn:X}", ok, timeout=timeout)
+
+
+def wait_backed_up(remote, segments: list[str], timeout: float = 90) -> None:
+    wait_until(f"full segments {segments[0]}..{segments[-1]} uploaded", lambda: set(segments) <= set(fulls(remote)), timeout=timeout)
+
+
+def primary_bytes(pg: PgCluster, seg: str) -> bytes:
+    with open(os.path.join(pg.pg_wal, seg), "rb") as f:
+        return f.read()
+
+
+def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, safekeeper: Safekeeper, remote):
+    primary.pgbench("-i", "-s", "1", "-q")
+    start(safekeeper, primary, remote)
+    switched = []
+    for _ in range(2):
+        primary.pgbench("-n", "-c", "2", "-T", "2")
+        end = primary.switch_wal()
+        switched.append(segment_name(1, (end - 1) // SEG))
+    primary.pgbench("-n", "-c", "2", "-T", "1")
+    wait_backed_up(remote, switched)
+    ack = primary.replication(safekeeper.application_name)["flush_lsn"]
+    seg, commit, term, sk_id, key = wait_partial_at(remote, ack)
+
+    # Every full segment is exact and the archive has no gap.
+    names = fulls(remote)
+    segnos = [parse_segment_name(n)[1] for n in names]
+    assert segnos == list(range(segnos[0], segnos[0] + len(segnos))), names
+    for n in names:
+        data = remote.get(f"main/wal/{n}")
+        assert len(data) == SEG
+        if os.path.exists(os.path.join(primary.pg_wal, n)):
+            assert data == primary_bytes(primary, n), f"{n} differs from the primary's"
+        assert remote.tags(f"main/wal/{n}") == {"safekeeper-kind": "full"}
+
+    # Exactly one partial: the current segment, bytes = primary's WAL up to its commit LSN.
+    assert seg == segment_name(1, commit // SEG) and parse_segment_name(seg)[1] == segnos[-1] + 1
+    assert (term, sk_id) == (1, 1)
+    data = remote.get(key)
+    assert len(data) == commit % SEG
+    assert data == primary_bytes(primary, seg)[: len(data)]
+    assert remote.tags(key) == {"safekeeper-kind": "partial"}
+
+    # The control file lists what exists (and nothing is listed twice).
+    assert safekeeper.stop() == 0
+    cf = safekeeper.control_file_json()["state"]
+    listed = [p for p in cf["remote"]["partials"]]
+    assert [p["status"] for p in listed] == ["Uploaded"], listed
+    assert cf["backup_lsn"] == (segnos[-1] + 1) * SEG
+
+
+def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int], errors: list[str], start_id: int) -> None:
+    """Inserts ids one transaction at a time; records an id only after its COMMIT returned."""
+    i = start_id
+    try:
+        with psycopg.connect(pg.connstr(), autocommit=True, connect_timeout=5) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO rpo VALUES (%s, repeat('x', 200))", (i,))
+                committed.append(i)
+                i += 4
+    except psycopg.Error as e:
+        errors.append(str(e))
+
+
+def restore_from_archive(remote, archive_dir: str) -> None:
+    """Copies the archive into a directory PostgreSQL's restore_command can read: full segments
+    as they are, the best partial of a segment zero-padded to 16 MiB (what `restore-wal` does)."""
+    os.makedirs(archive_dir, exist_ok=True)
+    full = set(fulls(remote))
+    for n in full:
+        with open(os.path.join(archive_dir, n), "wb") as f:
+            f.write(remote.get(f"main/wal/{n}"))
+    best: dict[str, tuple] = {}
+    for seg, commit, term, sk_id, key in partials(remote):
+        if seg not in full and (seg not in best or (term, commit) > best[seg][:2]):
+            best[seg] = (term, commit, key)
+    for seg, (_t, _c, key) in best.items():
+        data = remote.get(key)
+        with open(os.path.join(archive_dir, seg), "wb") as f:
+            f.write(data + b"\0" * (SEG - len(data)))
+    for root, dirs, files in os.walk(archive_dir):
+        for x in dirs + files:
+            chown_to_pg_user(os.path.join(root, x))
+    chown_to_pg_user(archive_dir)
+
+
+def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir):
+    """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit."""
+    primary = make_pg("primary")
+    primary.sql("CREATE TABLE rpo (id int PRIMARY KEY, pad text)")
+    backup = os.path.join(workdir, "basebackup")
+    os.makedirs(backup)
+    chown_to_pg_user(backup)
+    run(as_pg_user([primary.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D", backup, "-X", "stream", "-c", "fast"]), timeout=120)
+    start(safekeeper, primary, remote, interval="1s")
+
+    stop, committed, errors = threading.Event(), [], []
+    writers = [threading.Thread(target=committed_writer, args=(primary, stop, committed, errors, k)) for k in range(4)]
+    for w in writers:
+        w.start()
+    time.sleep(6)
+    primary.kill9()
+    stop.set()
+    for w in writers:
+        w.join(timeout=30)
+    assert len(committed) > 500, f"only {len(committed)} commits"
+    # The partial interval (1 s) plus a margin: then the remote alone must hold every commit.
+    time.sleep(4)
+    archive = os.path.join(workdir, "archive")
+    restore_from_archive(remote, archive)
+    safekeeper.kill9()
+    run(["rm", "-rf", primary.datadir])  # the primary's disk is gone
+
+    restored = PgCluster(workdir, "restored")
+    run(["cp", "-a", backup, restored.datadir])
+    chown_to_pg_user(restored.datadir)
+    os.chmod(restored.datadir, 0o700)
+    restored.write_conf(
+        f"port = {restored.port}\nunix_socket_directories = '{restored.sockdir}'\n"
+        f"restore_command = 'cp {archive}/%f %p'\nrecovery_target_timeline = 'latest'\n"
+        "synchronous_standby_names = ''\n"
+    )
+    open(os.path.join(restored.datadir, "recovery.signal"), "w").close()
+    chown_to_pg_user(os.path.join(restored.datadir, "recovery.signal"))
+    try:
+        restored.start()
+        wait_until("recovery finished", lambda: restored.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=120)
+        have = {r[0] for r in restored.sql("SELECT id FROM rpo")}
+    finally:
+        restored.stop("immediate")
+    missing = sorted(set(committed) - have)
+    print(f"committed {len(committed)}, recovered {len(have)}, missing {len(missing)}")
+    assert not missing, f"{len(missing)} acknowledged commits lost, e.g. {missing[:10]}"
+
+
+def control_snapshot(sk: Safekeeper) -> dict:
+    return sk.control_file_json()["state"]
+
+
+def listed_partial_names(cf: dict) -> dict[str, str]:
+    """file name -> status, from a decoded control file."""
+    out = {}
+    for p in cf["remote"]["partials"]:
+        n = p["name"]
+        seg = segment_name(n["timeline"], n["segno"])
+        out[f"{seg}_{n['commit_lsn']:016X}_{n['term']:016X}_sk{n['sk_id']}.partial"] = p["status"]
+    return out
+
+
+def full_implied(cf: dict, seg: str) -> bool:
+    tli, segno = parse_segment_name(seg)
+    if any(r["timeline"] == tli and r["start_segno"] <= segno < r["end_segno"] for r in cf["remote"]["full_segments"]):
+        return True
+    return tli == cf["timeline"] and cf["backup_lsn"] // SEG <= segno < (cf["flush_lsn"] + SEG - 1) // SEG
+
+
+@pytest.mark.parametrize("failpoint", ["partial-after-intent", "partial-after-put", "partial-after-uploaded", "gc-after-delete", "full-after-put"])
+def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safekeeper: Safekeeper, workdir, failpoint):
+    from fixtures.remote import LocalRemote
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    primary.sql("CREATE TABLE t (id serial, pad text)")
+    start(safekeeper, primary, remote, interval="200ms", env={"FAILPOINTS": f"{failpoint}=2*off->return"}, sync=False)
+
+    stop = threading.Event()
+
+    def load():
+        with psycopg.connect(primary.connstr(), autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                conn.execute("INSERT INTO t (pad) SELECT repeat('y', 1000) FROM generate_series(1, 50)")
+                n += 1
+                if n % 40 == 0:
+                    conn.execute("SELECT pg_switch_wal()")
+                time.sleep(0.01)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        rc = safekeeper.wait_exit(timeout=90)
+        assert rc != 0 and f"failpoint {failpoint}" in safekeeper.log(), f"no crash at {failpoint} (rc={rc})"
+
+        # After the crash: the control file lists a superset of what exists remotely.
+        cf = control_snapshot(safekeeper)
+        listed = listed_partial_names(cf)
+        for seg, commit, term, sk_id, key in partials(remote):
+            assert key.split("/")[-1] in listed, f"{key} exists but the control file does not list it ({listed})"
+        for seg in fulls(remote):
+            assert full_implied(cf, seg), f"full segment {seg} exists but is not implied by the control file"
+
+        # Restart without the failpoint: leftovers are finished, the newest partial is never deleted.
+        safekeeper.start(primary.connstr(), extra=remote.args() + ["--partial-interval", "200ms"], env=remote.env())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            before = control_snapshot(safekeeper)
+            keys = {k.split("/")[-1] for k in remote.keys("main/wal/")}
+            after = control_snapshot(safekeeper)
+            up_before = {n for n, s in listed_partial_names(before).items() if s == "Uploaded"}
+            up_after = {n for n, s in listed_partial_names(after).items() if s == "Uploaded"}
+            if up_before == up_after:
+                assert up_before <= keys, f"the newest Uploaded partial {up_before} is missing from {sorted(keys)}"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        loader.join(timeout=30)
+
+    def converged():
+        cf = control_snapshot(safekeeper)
+        names = listed_partial_names(cf)
+        p = partials(remote)
+        return len(p) == 1 and names == {p[0][4].split("/")[-1]: "Uploaded"}
+
+    wait_until("GC converged to exactly the newest partial", converged, timeout=60)
+    assert safekeeper.stop() == 0
+
+
+def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: Safekeeper, workdir):
+    """A hung S3 server (SIGSTOP) during sync load: commits go on, uploads catch up afterwards."""
+    server = MotoServer(workdir)
+    try:
+        remote = new_bucket(server)
+        primary.pgbench("-i", "-s", "1", "-q")
+        start(safekeeper, primary, remote)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            out = primary.pgbench("-n", "-c", "2", "-T", "6", timeout=120)
+            during = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
+            ends = [primary.switch_wal() for _ in range(2)]
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert during > 100, f"only {during} commits while storage was down"
+        switched = [segment_name(1, (e - 1) // SEG) for e in ends]
+        wait_backed_up(remote, switched, timeout=180)
+        primary.sql("SELECT 1")
+        ack = primary.replication(safekeeper.application_name)["flush_lsn"]
+        wait_partial_at(remote, ack - SEG if ack % SEG == 0 else ack, timeout=120)
+        names = fulls(remote)
+        segnos = [parse_segment_name(n)[1] for n in names]
+        assert segnos == list(range(segnos[0], segnos[0] + len(segnos)))
+        for n in names:
+            if os.path.exists(os.path.join(primary.pg_wal, n)):
+                assert remote.get(f"main/wal/{n}") == primary_bytes(primary, n)
+        assert safekeeper.stop() == 0
+    finally:
+        server.stop()
+
+
+def test_local_wal_is_removed_only_after_upload(primary: PgCluster, safekeeper: Safekeeper, workdir):
+    from fixtures.remote import LocalRemote
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    start(safekeeper, primary, remote, extra=["--local-retention", "0"], sync=False)
+    switched = []
+    for _ in range(4):
+        primary.sql("SELECT pg_logical_emit_message(false, 'x', repeat('z', 100000))")
+        switched.append(segment_name(1, (primary.switch_wal() - 1) // SEG))
+    wait_backed_up(remote, switched)
+    wait_until("old local segments removed", lambda: len(safekeeper.local_segments()) == 1, timeout=30)
+    # The one kept is the newest completed segment, and every removed one is in the archive.
+    assert sorted(safekeeper.local_segments()) == [switched[-1]]
+    assert set(switched) <= set(fulls(remote))
+    assert safekeeper.stop() == 0

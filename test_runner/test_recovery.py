@@ -1,0 +1,372 @@
+"""Recovery from the archive: restore-wal as PostgreSQL's restore_command, remote ls/verify, recover.
+
+What a user fears, and what each test shows does not happen:
+- a recovered server that lacks commits the archive holds, because restore-wal served an older
+  partial, a stale term's partial, or a partial where the full segment exists;
+- recovery that silently ends early (and promotes) because the storage was unreachable, the
+  archive name was wrong or an object was damaged, instead of stopping with a clear error;
+- an archive that verify calls clean although a segment is missing, damaged, truncated or from
+  another cluster;
+- prefetching that serves the wrong bytes, prefetches partials or keeps another timeline's WAL.
+
+The archives are written directly in the layout of DESIGN.md (fixtures/archive.py) from the WAL of
+a real primary, so these tests do not depend on the safekeeper's offload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from fixtures.archive import MIB, ArchiveWriter, partial_name, synthetic_segment
+from fixtures.pg import PgCluster
+from fixtures.safekeeper import safekeeper_bin
+from fixtures.utils import as_pg_user, chown_to_pg_user, format_lsn, parse_lsn, run, segment_name, wait_until
+
+SEG = 16 * MIB
+SYSID = 7_300_000_000_000_000_001
+
+
+# --- a real primary's WAL, made once per module ----------------------------------------------------
+
+class RealWal:
+    """WAL of a real primary after a base backup: full segments, and the segment being written
+    at the crash with three commit points A < B < C in it."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.backup = os.path.join(base, "backup")
+        self.segments: dict[str, bytes] = {}   # full segments, by name
+        self.tail_name = ""                    # segment holding A, B, C
+        self.tail = b""                        # its bytes up to C
+        self.lsn: dict[str, int] = {}          # "A", "B", "C"
+        self.ids: dict[str, list[int]] = {}    # committed ids up to and including each point
+        self.system_identifier = 0
+
+    def tail_segno(self) -> int:
+        return int(self.tail_name[8:16], 16) * 256 + int(self.tail_name[16:], 16)
+
+    def partial(self, point: str, term: int, sk_id: int) -> tuple[str, bytes]:
+        lsn = self.lsn[point]
+        start = self.tail_segno() * SEG
+        return partial_name(1, self.tail_segno(), lsn, term, sk_id), self.tail[: lsn - start]
+
+
+@pytest.fixture(scope="module")
+def real_wal() -> RealWal:
+    base = tempfile.mkdtemp(prefix="sk-realwal-", dir=os.environ.get("SK_TEST_TMP", "/tmp"))
+    os.chmod(base, 0o755)
+    chown_to_pg_user(base)
+    wal = RealWal(base)
+    pg = PgCluster(base, "primary").initdb()
+    pg.start()
+    try:
+        wal.system_identifier = pg.system_identifier()
+        pg.sql("CREATE TABLE t (id int PRIMARY KEY, batch int NOT NULL)")
+        run(as_pg_user([pg.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                        "-D", wal.backup, "-X", "stream", "-c", "fast"]), timeout=120)
+        committed: list[int] = []
+
+        def batch(rows: int) -> int:
+            first = len(committed) + 1
+            pg.sql("INSERT INTO t SELECT g, %s FROM generate_series(%s, %s) g", (first, first, first + rows - 1))
+            committed.extend(range(first, first + rows))  # the client saw the commit
+            return pg.current_lsn()
+
+        batch(250_000)  # ~20 MB of WAL: records that continue across a segment boundary
+        for _ in range(2):
+            batch(1000)
+            pg.switch_wal()
+        for point in ("A", "B", "C"):
+            wal.lsn[point] = batch(100)
+            wal.ids[point] = list(committed)
+        tail_segno = wal.lsn["A"] // SEG
+        assert wal.lsn["C"] // SEG == tail_segno, "A, B and C must share a segment"
+        pg.kill9()
+        wal.tail_name = segment_name(1, tail_segno)
+        with open(os.path.join(pg.pg_wal, wal.tail_name), "rb") as f:
+            wal.tail = f.read(wal.lsn["C"] - tail_segno * SEG)
+        for name in sorted(os.listdir(pg.pg_wal)):
+            if len(name) == 24 and name.startswith("00000001") and name < wal.tail_name:
+                with open(os.path.join(pg.pg_wal, name), "rb") as f:
+                    wal.segments[name] = f.read()
+        assert len(wal.segments) >= 3
+    finally:
+        pg.destroy()
+    shutil.rmtree(pg.datadir, ignore_errors=True)  # the primary is gone for good
+    yield wal
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def fill_archive(w: ArchiveWriter, wal: RealWal, bogus: bool = True) -> dict:
+    """The archive two safekeepers (and an older third one) would have left: every full segment,
+    in the tail segment sk1's partial at A and sk2's at B (term 2), a stale term-1 partial of sk3
+    reaching C, and, with `bogus`, a garbage high-term partial of a segment whose full object exists."""
+    for name, data in wal.segments.items():
+        w.put(name, data)
+    names = {}
+    for label, point, term, sk in (("sk1", "A", 2, 1), ("sk2", "B", 2, 2), ("stale", "C", 1, 3)):
+        name, data = wal.partial(point, term, sk)
+        w.put(name, data)
+        names[label] = name
+    if bogus:
+        first = min(wal.segments)
+        segno = int(first[16:], 16) + int(first[8:16], 16) * 256
+        names["bogus"] = partial_name(1, segno, segno * SEG + 8192, 99, 9)
+        w.put(names["bogus"], b"\xee" * 8192)
+    return names
+
+
+def sk(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("RUST_LOG", "info")
+    full_env["NO_COLOR"] = "1"
+    return subprocess.run([safekeeper_bin(), *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def local_writer(workdir: str, name: str = "remote") -> ArchiveWriter:
+    root = os.path.join(workdir, name)
+    os.makedirs(root)
+    return ArchiveWriter(root_dir=root)
+
+
+@pytest.fixture(params=["local", "s3"])
+def writer(request, workdir) -> ArchiveWriter:
+    if request.param == "local":
+        return local_writer(workdir)
+    return ArchiveWriter(bucket=request.getfixturevalue("s3_bucket"))
+
+
+# --- real PostgreSQL recovery ---------------------------------------------------------------------
+
+def restore_base_backup(workdir: str, wal: RealWal, restore_command: str) -> PgCluster:
+    pg = PgCluster(workdir, "restored")
+    run(as_pg_user(["cp", "-a", wal.backup, pg.datadir]))
+    pg.write_conf(
+        f"port = {pg.port}\n"
+        f"unix_socket_directories = '{pg.sockdir}'\n"
+        f"restore_command = '{restore_command}'\n"
+        "recovery_target_timeline = 'latest'\n"
+    )
+    signal = os.path.join(pg.datadir, "recovery.signal")
+    open(signal, "w").close()
+    chown_to_pg_user(signal)
+    return pg
+
+
+def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, real_wal):
+    """Two safekeepers' partials at A and B (term 2), a stale term-1 partial reaching C and a bogus
+    partial beside a full segment: PostgreSQL replays to B exactly, then ends recovery and promotes."""
+    names = fill_archive(writer, real_wal)
+    cmd = f"{writer.env_prefix()} {safekeeper_bin()} restore-wal {' '.join(writer.args())} %f %p".strip()
+    pg = restore_base_backup(workdir, real_wal, cmd)
+    try:
+        pg.start(timeout=120)
+        wait_until("promoted", lambda: pg.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=60)
+        ids = [r[0] for r in pg.sql("SELECT id FROM t ORDER BY id")]
+        assert ids == real_wal.ids["B"], f"{len(ids)} rows recovered, expected {len(real_wal.ids['B'])}"
+        assert pg.timeline() == 2
+        with open(pg.logfile, errors="replace") as f:
+            log = f.read()
+        assert names["sk2"] in log, "restore-wal logs the partial it served"
+        assert names["stale"] not in log and names["bogus"] not in log
+        for name in real_wal.segments:
+            assert f"restored log file \"{name}\" from archive" in log or name < min(real_wal.segments)
+    finally:
+        pg.destroy()
+
+
+# --- restore-wal selection and exit codes, without PostgreSQL ---------------------------------------
+
+def test_restore_wal_picks_full_segment_then_best_partial(writer, workdir, real_wal):
+    names = fill_archive(writer, real_wal)
+    dest = os.path.join(workdir, "RECOVERYXLOG")
+    for name, data in list(real_wal.segments.items())[:2]:
+        cp = sk("restore-wal", *writer.args(), name, dest, env=writer.env())
+        assert cp.returncode == 0, cp.stderr
+        with open(dest, "rb") as f:
+            assert f.read() == data, f"{name}: the full segment, not the high-term partial beside it"
+    cp = sk("restore-wal", *writer.args(), real_wal.tail_name, dest, env=writer.env())
+    assert cp.returncode == 0, cp.stderr
+    assert names["sk2"] in cp.stderr
+    _, best = real_wal.partial("B", 2, 2)
+    with open(dest, "rb") as f:
+        got = f.read()
+    assert len(got) == SEG and got[: len(best)] == best and got[len(best):].count(0) == SEG - len(best)
+    leftovers = [n for n in os.listdir(workdir) if "RECOVERYXLOG" in n and n != "RECOVERYXLOG"]
+    assert not leftovers, f"temp files left behind: {leftovers}"
+
+
+def test_restore_wal_exit_codes(workdir):
+    """1 for a missing file (PostgreSQL carries on); 255 (recovery stops) for everything that must
+    not read as 'missing': unreachable storage, empty archive, damaged object, bad command line."""
+    w = local_writer(workdir)
+    w.put(segment_name(1, 1, MIB), synthetic_segment(1, MIB, SYSID))
+    dest = os.path.join(workdir, "out")
+
+    cp = sk("restore-wal", *w.args(), segment_name(1, 2, MIB), dest)
+    assert cp.returncode == 1, cp.stderr
+    assert not os.path.exists(dest)
+    assert sk("restore-wal", *w.args(), "00000002.history", dest).returncode == 1
+    assert sk("restore-wal", *w.args(), segment_name(1, 1, MIB), dest).returncode == 0
+
+    cp = sk("restore-wal", "--remote", w.url, "--cluster", "typo", segment_name(1, 1, MIB), dest)
+    assert cp.returncode == 255 and "no WAL at all" in cp.stderr, cp.stderr
+    cp = sk("restore-wal", "--remote", f"file://{workdir}/nowhere", segment_name(1, 1, MIB), dest)
+    assert cp.returncode == 255 and "does not exist" in cp.stderr, cp.stderr
+    cp = sk("restore-wal", "--remote", w.url, "--no-such-flag", "x", dest)
+    assert cp.returncode == 255, cp.stderr
+
+    w.damage(segment_name(1, 1, MIB), synthetic_segment(1, MIB, SYSID)[:-1] + b"\x01")
+    cp = sk("restore-wal", *w.args(), segment_name(1, 1, MIB), dest)
+    assert cp.returncode == 255 and "damaged" in cp.stderr, cp.stderr
+
+    # Nothing listens on this port: retried for --retry-for, then fatal with a clear message.
+    with tempfile.TemporaryDirectory() as _:
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+    started = time.monotonic()
+    cp = sk("restore-wal", "--remote", "s3://bucket/prefix", "--s3-endpoint", f"http://127.0.0.1:{port}",
+            "--s3-force-path-style", "--retry-for", "3s", segment_name(1, 1, MIB), dest,
+            env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true"})
+    assert cp.returncode == 255, cp.stderr
+    assert "kept failing" in cp.stderr and "stopping recovery" in cp.stderr, cp.stderr
+    assert time.monotonic() - started < 60
+
+
+# --- remote ls / verify / recover -------------------------------------------------------------------
+
+def test_ls_shows_ranges_gaps_partials_and_history(workdir):
+    w = local_writer(workdir)
+    for segno in (1, 2, 3, 5):
+        w.put(segment_name(1, segno, MIB), synthetic_segment(segno, MIB, SYSID))
+    w.put(segment_name(2, 5, MIB), synthetic_segment(5, MIB, SYSID, timeline=2))
+    w.put("00000002.history", b"1\t0/500000\tno recovery target specified\n")
+    p1 = partial_name(2, 6, 6 * MIB + 4096, 2, 1, MIB)
+    p2 = partial_name(2, 6, 6 * MIB + 8192, 2, 2, MIB)
+    w.put(p1, synthetic_segment(6, MIB, SYSID, 2)[:4096])
+    w.put(p2, synthetic_segment(6, MIB, SYSID, 2)[:8192])
+    cp = sk("remote", "ls", *w.args(), "--json")
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
+    assert doc["segment_size"] == MIB and doc["segment_size_source"] == "inferred"
+    t1, t2 = doc["timelines"]
+    assert t1["ranges"] == [{"first": segment_name(1, 1, MIB), "last": segment_name(1, 3, MIB), "count": 3},
+                            {"first": segment_name(1, 5, MIB), "last": segment_name(1, 5, MIB), "count": 1}]
+    assert t1["gaps"] == [{"first": segment_name(1, 4, MIB), "last": segment_name(1, 4, MIB), "count": 1}]
+    parts = {p["key"].rsplit("/", 1)[1]: p for p in t2["partials"]}
+    assert parts[p2]["best"] and not parts[p1]["best"]
+    assert (parts[p2]["term"], parts[p2]["commit_lsn"], parts[p2]["sk_id"]) == (2, format_lsn(6 * MIB + 8192), 2)
+    assert t2["end_of_wal"] == format_lsn(6 * MIB + 8192)
+    assert doc["history_files"][0]["timeline"] == 2
+    assert doc["total_size"] == 5 * MIB + 4096 + 8192 + len(b"1\t0/500000\tno recovery target specified\n")
+    text = sk("remote", "ls", *w.args()).stdout
+    assert "GAP" in text and "best" in text, text
+
+
+def test_verify_names_every_kind_of_damage(writer, real_wal):
+    fill_archive(writer, real_wal, bogus=False)
+    clean = sk("remote", "verify", *writer.args(), env=writer.env())
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert f"system identifier {real_wal.system_identifier}" in clean.stdout
+
+    names = sorted(real_wal.segments)
+    middle = names[len(names) // 2]
+    original = real_wal.segments[middle]
+    other_system = bytearray(original)
+    other_system[24:32] = (real_wal.system_identifier + 1).to_bytes(8, "little")
+    flipped = bytearray(original)
+    flipped[SEG // 2] ^= 0x01
+    damages = {
+        "missing": lambda: writer.delete(middle),
+        "flipped byte": lambda: writer.damage(middle, bytes(flipped)),
+        "truncated": lambda: writer.damage(middle, original[: SEG // 2]),
+        "other system": lambda: writer.put(middle, bytes(other_system)),
+    }
+    for what, damage in damages.items():
+        damage()
+        cp = sk("remote", "verify", *writer.args(), env=writer.env())
+        assert cp.returncode == 1, f"{what}: {cp.stdout}{cp.stderr}"
+        errors = [line for line in cp.stdout.splitlines() if line.startswith("ERROR")]
+        assert errors and all(middle in line for line in errors), f"{what}: {cp.stdout}"
+        writer.put(middle, original)
+        assert sk("remote", "verify", *writer.args(), env=writer.env()).returncode == 0, f"repaired after {what}"
+
+
+def test_recover_rebuilds_pg_wal_up_to_the_best_partial(workdir, real_wal):
+    w = local_writer(workdir)
+    fill_archive(w, real_wal)
+    target = os.path.join(workdir, "pg_wal")
+    cp = sk("recover", *w.args(), "--target-dir", target)
+    assert cp.returncode == 0, cp.stderr
+    assert f"up to {format_lsn(real_wal.lsn['B'])}" in cp.stdout, cp.stdout
+    written = sorted(os.listdir(target))
+    assert written == sorted(real_wal.segments) + [real_wal.tail_name]
+    for name, data in real_wal.segments.items():
+        with open(os.path.join(target, name), "rb") as f:
+            assert f.read() == data, name
+    _, best = real_wal.partial("B", 2, 2)
+    with open(os.path.join(target, real_wal.tail_name), "rb") as f:
+        assert f.read() == best + bytes(SEG - len(best))
+
+    # Refuses to overwrite; --until-lsn stops after the segment holding it.
+    assert sk("recover", *w.args(), "--target-dir", target).returncode == 1
+    until = os.path.join(workdir, "until")
+    second = sorted(real_wal.segments)[1]
+    segno = int(second[16:], 16)
+    cp = sk("recover", *w.args(), "--target-dir", until, "--until-lsn", format_lsn(segno * SEG + 100))
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(os.listdir(until)) == sorted(real_wal.segments)[:2]
+    assert re.search(r"up to \S+", cp.stdout)
+
+
+# --- prefetch ---------------------------------------------------------------------------------------
+
+def test_prefetch_serves_the_same_bytes_and_never_spools_partials(s3_bucket, workdir):
+    w = ArchiveWriter(bucket=s3_bucket)
+    segs = {segno: synthetic_segment(segno, MIB, SYSID) for segno in range(1, 7)}
+    for segno, data in segs.items():
+        w.put(segment_name(1, segno, MIB), data)
+    tail = partial_name(1, 7, 7 * MIB + 8192, 1, 1, MIB)
+    w.put(tail, synthetic_segment(7, MIB, SYSID)[:8192])
+    w.put(segment_name(2, 4, MIB), synthetic_segment(4, MIB, SYSID, timeline=2))
+    pg_wal = os.path.join(workdir, "pg_wal")
+    os.makedirs(pg_wal)
+    spool = os.path.join(pg_wal, ".safekeeper-prefetch")
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+
+    def restore(name: str) -> bytes:
+        cp = sk("restore-wal", *w.args(), "--prefetch", "3", name, dest, env=w.env())
+        assert cp.returncode == 0, cp.stderr
+        with open(dest, "rb") as f:
+            return f.read()
+
+    def spooled() -> set[str]:
+        return {n for n in os.listdir(spool) if len(n) == 24}
+
+    assert restore(segment_name(1, 1, MIB)) == segs[1]
+    want = {segment_name(1, s, MIB) for s in (2, 3, 4)}
+    wait_until("segments 2..4 prefetched", lambda: spooled() == want, timeout=30)
+    for segno in range(2, 7):
+        assert restore(segment_name(1, segno, MIB)) == segs[segno]
+    wait_until("workers done", lambda: not [n for n in os.listdir(spool) if n.endswith(".claim")], timeout=30)
+    assert spooled() == set(), f"nothing after segment 6 is a full segment: {spooled()}"
+    padded = restore(segment_name(1, 7, MIB))
+    assert padded[:8192] == synthetic_segment(7, MIB, SYSID)[:8192] and len(padded) == MIB
+
+    # A timeline switch drops what was prefetched on the old timeline.
+    restore(segment_name(1, 1, MIB))
+    wait_until("refilled", lambda: len(spooled()) == 3, timeout=30)
+    assert restore(segment_name(2, 4, MIB)) == synthetic_segment(4, MIB, SYSID, timeline=2)
+    assert not any(n.startswith("00000001") for n in spooled()), spooled()
