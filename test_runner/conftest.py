@@ -48,7 +48,11 @@ def make_pg(workdir, request):
     """Factory for real PostgreSQL clusters; all are stopped at teardown."""
     clusters: list[PgCluster] = []
 
-    def make(name: str = "primary", extra_conf: str = "", start: bool = True) -> PgCluster:
+    def make(name: str = "primary", extra_conf: str = "", start: bool = True, standby_of: PgCluster | None = None) -> PgCluster:
+        if standby_of is not None:
+            pg = standby_of.make_standby(workdir, name)
+            clusters.append(pg)
+            return pg
         pg = PgCluster(workdir, name).initdb(extra_conf)
         clusters.append(pg)
         if start:

@@ -21,9 +21,10 @@ import psycopg
 import pytest
 
 from fixtures.pg import PgCluster
+from fixtures.restore import copy_archive, recover, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
 from fixtures.safekeeper import Safekeeper
-from fixtures.utils import as_pg_user, chown_to_pg_user, parse_segment_name, run, segment_name, wait_until
+from fixtures.utils import parse_segment_name, run, segment_name, wait_until
 
 SEG = 16 << 20
 PARTIAL_RE = re.compile(r"^main/wal/([0-9A-F]{24})_([0-9A-F]{16})_([0-9A-F]{16})_sk(\d+)\.partial$")
@@ -122,36 +123,11 @@ def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int],
         errors.append(str(e))
 
 
-def restore_from_archive(remote, archive_dir: str) -> None:
-    """Copies the archive into a directory PostgreSQL's restore_command can read: full segments
-    as they are, the best partial of a segment zero-padded to 16 MiB (what `restore-wal` does)."""
-    os.makedirs(archive_dir, exist_ok=True)
-    full = set(fulls(remote))
-    for n in full:
-        with open(os.path.join(archive_dir, n), "wb") as f:
-            f.write(remote.get(f"main/wal/{n}"))
-    best: dict[str, tuple] = {}
-    for seg, commit, term, sk_id, key in partials(remote):
-        if seg not in full and (seg not in best or (term, commit) > best[seg][:2]):
-            best[seg] = (term, commit, key)
-    for seg, (_t, _c, key) in best.items():
-        data = remote.get(key)
-        with open(os.path.join(archive_dir, seg), "wb") as f:
-            f.write(data + b"\0" * (SEG - len(data)))
-    for root, dirs, files in os.walk(archive_dir):
-        for x in dirs + files:
-            chown_to_pg_user(os.path.join(root, x))
-    chown_to_pg_user(archive_dir)
-
-
 def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir):
     """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit."""
     primary = make_pg("primary")
     primary.sql("CREATE TABLE rpo (id int PRIMARY KEY, pad text)")
-    backup = os.path.join(workdir, "basebackup")
-    os.makedirs(backup)
-    chown_to_pg_user(backup)
-    run(as_pg_user([primary.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D", backup, "-X", "stream", "-c", "fast"]), timeout=120)
+    backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
     start(safekeeper, primary, remote, interval="1s")
 
     stop, committed, errors = threading.Event(), [], []
@@ -167,24 +143,12 @@ def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remo
     # The partial interval (1 s) plus a margin: then the remote alone must hold every commit.
     time.sleep(4)
     archive = os.path.join(workdir, "archive")
-    restore_from_archive(remote, archive)
+    print("archive:", copy_archive(remote, archive))
     safekeeper.kill9()
     run(["rm", "-rf", primary.datadir])  # the primary's disk is gone
 
-    restored = PgCluster(workdir, "restored")
-    run(["cp", "-a", backup, restored.datadir])
-    chown_to_pg_user(restored.datadir)
-    os.chmod(restored.datadir, 0o700)
-    restored.write_conf(
-        f"port = {restored.port}\nunix_socket_directories = '{restored.sockdir}'\n"
-        f"restore_command = 'cp {archive}/%f %p'\nrecovery_target_timeline = 'latest'\n"
-        "synchronous_standby_names = ''\n"
-    )
-    open(os.path.join(restored.datadir, "recovery.signal"), "w").close()
-    chown_to_pg_user(os.path.join(restored.datadir, "recovery.signal"))
+    restored = recover(workdir, "restored", backup, f"cp {archive}/%f %p")
     try:
-        restored.start()
-        wait_until("recovery finished", lambda: restored.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=120)
         have = {r[0] for r in restored.sql("SELECT id FROM rpo")}
     finally:
         restored.stop("immediate")

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -165,7 +166,9 @@ def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, 
     """Two safekeepers' partials at A and B (term 2), a stale term-1 partial reaching C and a bogus
     partial beside a full segment: PostgreSQL replays to B exactly, then ends recovery and promotes."""
     names = fill_archive(writer, real_wal)
-    cmd = f"{writer.env_prefix()} {safekeeper_bin()} restore-wal {' '.join(writer.args())} %f %p".strip()
+    # On S3 with prefetching, as one would run it against a remote region.
+    prefetch = "--prefetch 2 " if writer.bucket else ""
+    cmd = f"{writer.env_prefix()} {safekeeper_bin()} restore-wal {prefetch}{' '.join(writer.args())} %f %p".strip()
     pg = restore_base_backup(workdir, real_wal, cmd)
     try:
         pg.start(timeout=120)
@@ -179,6 +182,11 @@ def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, 
         assert names["stale"] not in log and names["bogus"] not in log
         for name in real_wal.segments:
             assert f"restored log file \"{name}\" from archive" in log or name < min(real_wal.segments)
+        if prefetch:
+            assert "restored from the prefetch spool" in log
+            spool = os.path.join(pg.pg_wal, ".safekeeper-prefetch")
+            wait_until("spool emptied at the end of the WAL",
+                       lambda: not [n for n in os.listdir(spool) if len(n) == 24], timeout=30)
     finally:
         pg.destroy()
 
@@ -228,21 +236,27 @@ def test_restore_wal_exit_codes(workdir):
     cp = sk("restore-wal", *w.args(), segment_name(1, 1, MIB), dest)
     assert cp.returncode == 255 and "damaged" in cp.stderr, cp.stderr
 
-    # Nothing listens on this port: retried for --retry-for, then fatal with a clear message.
-    with tempfile.TemporaryDirectory() as _:
-        import socket
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-    started = time.monotonic()
-    cp = sk("restore-wal", "--remote", "s3://bucket/prefix", "--s3-endpoint", f"http://127.0.0.1:{port}",
-            "--s3-force-path-style", "--retry-for", "3s", segment_name(1, 1, MIB), dest,
-            env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
-                 "AWS_EC2_METADATA_DISABLED": "true"})
-    assert cp.returncode == 255, cp.stderr
-    assert "kept failing" in cp.stderr and "stopping recovery" in cp.stderr, cp.stderr
-    assert time.monotonic() - started < 60
+    # Nothing listens on one port; the other accepts connections and never answers (a hung
+    # storage): either way retried for --retry-for, then fatal with a clear message.
+    s3_env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
+              "AWS_EC2_METADATA_DISABLED": "true"}
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+    try:
+        for sock in (closed, hung):
+            port = sock.getsockname()[1]
+            started = time.monotonic()
+            cp = sk("restore-wal", "--remote", "s3://bucket/prefix", "--s3-endpoint", f"http://127.0.0.1:{port}",
+                    "--s3-force-path-style", "--retry-for", "3s", segment_name(1, 1, MIB), dest, env=s3_env)
+            assert cp.returncode == 255, cp.stderr
+            assert "kept failing" in cp.stderr and "stopping recovery" in cp.stderr, cp.stderr
+            assert time.monotonic() - started < 30, "--retry-for bounds the wait"
+    finally:
+        closed.close()
+        hung.close()
 
 
 # --- remote ls / verify / recover -------------------------------------------------------------------
@@ -273,6 +287,36 @@ def test_ls_shows_ranges_gaps_partials_and_history(workdir):
     assert doc["total_size"] == 5 * MIB + 4096 + 8192 + len(b"1\t0/500000\tno recovery target specified\n")
     text = sk("remote", "ls", *w.args()).stdout
     assert "GAP" in text and "best" in text, text
+
+
+def test_recover_follows_the_timeline_history_and_stops_at_a_gap(workdir):
+    """Timeline 2 branched at the start of segment 5: segments 1..4 come from timeline 1, the rest
+    (up to the best partial) from timeline 2; a missing segment stops the walk with exit 1."""
+    w = local_writer(workdir)
+    for segno in (1, 2, 3, 5, 6):
+        w.put(segment_name(1, segno, MIB), synthetic_segment(segno, MIB, SYSID))
+    w.put(segment_name(2, 5, MIB), synthetic_segment(5, MIB, SYSID, timeline=2))
+    history = b"1\t0/500000\tno recovery target specified\n"
+    w.put("00000002.history", history)
+    tail = synthetic_segment(6, MIB, SYSID, 2)[:8192]
+    w.put(partial_name(2, 6, 6 * MIB + 8192, 2, 1, MIB), tail)
+    target = os.path.join(workdir, "pg_wal")
+
+    cp = sk("recover", *w.args(), "--target-dir", target)
+    assert cp.returncode == 1 and segment_name(1, 4, MIB) in cp.stderr, cp.stderr
+    assert f"up to {format_lsn(4 * MIB)}" in cp.stdout, cp.stdout
+    assert sorted(os.listdir(target)) == sorted(["00000002.history"] + [segment_name(1, s, MIB) for s in (1, 2, 3)])
+
+    w.put(segment_name(1, 4, MIB), synthetic_segment(4, MIB, SYSID))
+    cp = sk("recover", *w.args(), "--target-dir", target, "--overwrite")
+    assert cp.returncode == 0, cp.stderr
+    assert f"up to {format_lsn(6 * MIB + 8192)}" in cp.stdout, cp.stdout
+    assert sorted(os.listdir(target)) == sorted(["00000002.history"] + [segment_name(1, s, MIB) for s in (1, 2, 3, 4)] + [
+        segment_name(2, 5, MIB), segment_name(2, 6, MIB)])
+    with open(os.path.join(target, segment_name(2, 6, MIB)), "rb") as f:
+        assert f.read() == tail + bytes(MIB - len(tail))
+    with open(os.path.join(target, "00000002.history"), "rb") as f:
+        assert f.read() == history
 
 
 def test_verify_names_every_kind_of_damage(writer, real_wal):
@@ -329,6 +373,38 @@ def test_recover_rebuilds_pg_wal_up_to_the_best_partial(workdir, real_wal):
     assert cp.returncode == 0, cp.stderr
     assert sorted(os.listdir(until)) == sorted(real_wal.segments)[:2]
     assert re.search(r"up to \S+", cp.stdout)
+
+
+def test_archive_written_by_a_safekeeper_lists_verifies_and_restores(primary, safekeeper, workdir):
+    """The reader and the offload agree on the layout: what `safekeeper run` uploads verifies clean,
+    and restore-wal serves its newest partial."""
+    remote = local_writer(workdir)
+    safekeeper.start(primary.connstr(), extra=["--remote", remote.url, "--partial-interval", "300ms"])
+    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    primary.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100000) g")
+    primary.switch_wal()
+    primary.sql("INSERT INTO t SELECT g FROM generate_series(100001, 100100) g")
+    end = primary.current_lsn()
+
+    def listing():
+        cp = sk("remote", "ls", *remote.args(), "--json")
+        doc = json.loads(cp.stdout) if cp.returncode == 0 else None
+        return doc and doc["timelines"] and parse_lsn(doc["timelines"][0]["end_of_wal"]) >= end and doc
+    doc = wait_until("partial at the end of WAL uploaded", listing, timeout=60)
+    t1 = doc["timelines"][0]
+    assert t1["gaps"] == [] and t1["full_segments"] >= 1
+    best = [p for p in t1["partials"] if p["best"]]
+    assert len(best) == 1 and best[0]["sk_id"] == safekeeper.id
+    assert best[0]["segment"] == segment_name(1, end // SEG)
+    cp = sk("remote", "verify", *remote.args())
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    dest = os.path.join(workdir, "RECOVERYXLOG")
+    cp = sk("restore-wal", *remote.args(), best[0]["segment"], dest)
+    assert cp.returncode == 0, cp.stderr
+    with open(os.path.join(primary.pg_wal, best[0]["segment"]), "rb") as f:
+        want = f.read(end % SEG)
+    with open(dest, "rb") as f:
+        assert f.read(end % SEG) == want
 
 
 # --- prefetch ---------------------------------------------------------------------------------------

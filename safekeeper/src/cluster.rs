@@ -24,7 +24,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use control_file::{ClusterState, Lsn};
 use rand::Rng;
 use tokio::sync::watch;
@@ -108,7 +108,9 @@ pub async fn run_follower(
     .await
 }
 
-struct Follower<'a> {
+mod switch;
+
+pub(crate) struct Follower<'a> {
     settings: &'a ClusterSettings,
     conninfo: ConnInfo,
     control: ControlClient,
@@ -132,6 +134,9 @@ async fn follow(
     let mut conninfo = ConnInfo::parse(&settings.cluster.primary)
         .with_context(|| format!("invalid --primary for cluster {}", settings.cluster.name))?;
     conninfo.application_name = Some(settings.cluster.application_name.clone());
+    if conninfo.hosts.len() > 1 && !settings.cluster.primary.contains("target_session_attrs") {
+        conninfo.target_session_attrs = crate::pg::TargetSessionAttrs::ReadWrite;
+    }
     let snapshot = control.snapshot();
     let mut follower = Follower {
         settings,
@@ -159,15 +164,9 @@ async fn follow(
         status.send_modify(|s| s.connection = ConnectionState::Connecting);
         match follower.session(status, cancel).await {
             Ok(SessionEnd::Cancelled) => break,
-            Ok(SessionEnd::EndOfTimeline {
-                next_timeline,
-                start,
-            }) => {
-                bail!(
-                    "the primary moved to timeline {next_timeline} at {start}; following a \
-                     timeline switch is not supported by this version"
-                );
-            }
+            // A session follows timeline switches itself; should one end here anyway, the next
+            // session starts again from what is durable.
+            Ok(SessionEnd::EndOfTimeline { .. }) => continue,
             Err(SessionError::Permanent(e)) => return Err(e),
             Err(SessionError::Transient(e)) => {
                 // Whatever happened, the next session starts from what is on disk.
@@ -222,22 +221,16 @@ impl Follower<'_> {
             .context("internal error: WAL store missing")
     }
 
-    /// Connects to the first reachable host of the connection string.
+    /// Connects like libpq: hosts in order; with several hosts and no explicit
+    /// `target_session_attrs`, only to one that is not in recovery (the primary), so that after a
+    /// failover the follower finds the promoted server by itself.
     async fn connect(&self) -> Result<ReplicationConnection, SessionError> {
-        let mut last = None;
-        for index in 0..self.conninfo.hosts.len() {
-            match ReplicationConnection::connect(&self.conninfo, index).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => {
-                    warn!(host = %self.conninfo.hosts[index].0, port = self.conninfo.hosts[index].1,
-                          error = %e, "cannot connect");
-                    last = Some(e);
-                }
-            }
+        let (conn, index) = ReplicationConnection::connect_any(&self.conninfo).await?;
+        if self.conninfo.hosts.len() > 1 {
+            let (host, port) = &self.conninfo.hosts[index];
+            info!(host = %host, port, "connected");
         }
-        Err(last
-            .map(SessionError::from)
-            .unwrap_or_else(|| SessionError::Permanent(anyhow!("no host in --primary"))))
+        Ok(conn)
     }
 
     /// One connection: handshake, pinning checks, slot, then streaming until it ends.
@@ -302,26 +295,41 @@ impl Follower<'_> {
             info!(slot = %slot, "created physical replication slot");
         }
         let options = self.settings.ingest;
-        let wal = self.open_wal()?;
-        let resume = wal.flush()?;
-        let timeline = wal.identity().timeline;
-        let mut stream = conn
-            .start_replication(Some(&slot), resume.0, timeline)
-            .await?;
-        info!(start_lsn = %resume, timeline, slot = %slot, "streaming");
-        status.send_modify(|s| {
-            s.connection = ConnectionState::Streaming;
-            s.system_identifier = Some(ident.system_identifier);
-            s.timeline = Some(timeline);
-            s.last_error = None;
-        });
-        let wal = self
-            .wal
-            .as_mut()
-            .context("internal error: WAL store missing")?;
-        let end = ingest::receive_wal(&mut stream, wal, status, options, cancel).await?;
-        self.durable = self.durable.max(wal.flushed_lsn());
-        Ok(end)
+        let mut server_timeline = ident.timeline;
+        loop {
+            self.follow_fork(&mut conn, server_timeline, status).await?;
+            let wal = self.open_wal()?;
+            let resume = wal.flush()?;
+            let timeline = wal.identity().timeline;
+            let mut stream = conn
+                .start_replication(Some(&slot), resume.0, timeline)
+                .await?;
+            info!(start_lsn = %resume, timeline, slot = %slot, "streaming");
+            status.send_modify(|s| {
+                s.connection = ConnectionState::Streaming;
+                s.system_identifier = Some(ident.system_identifier);
+                s.timeline = Some(timeline);
+                s.last_error = None;
+            });
+            let wal = self
+                .wal
+                .as_mut()
+                .context("internal error: WAL store missing")?;
+            let end = ingest::receive_wal(&mut stream, wal, status, options, cancel).await?;
+            self.durable = self.durable.max(wal.flushed_lsn());
+            match end {
+                SessionEnd::Cancelled => return Ok(SessionEnd::Cancelled),
+                SessionEnd::EndOfTimeline {
+                    next_timeline,
+                    start,
+                } => {
+                    conn = stream.into_connection().await?;
+                    self.switch_timeline(&mut conn, next_timeline, start, status)
+                        .await?;
+                    server_timeline = server_timeline.max(next_timeline);
+                }
+            }
+        }
     }
 }
 

@@ -40,6 +40,17 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<String>,
 
+    /// File holding the bearer token of the admin API. When set, every route except the public
+    /// ones (--http-auth-public-routes) needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "SAFEKEEPER_HTTP_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub http_auth_token_file: Option<PathBuf>,
+
+    /// Routes served without the token when auth is on, comma-separated from `metrics`
+    /// (/metrics), `status` (/v1/status) and `openapi` (/v1/openapi.json); `none` for none
+    /// (default metrics,status).
+    #[arg(long, env = "SAFEKEEPER_HTTP_AUTH_PUBLIC_ROUTES", value_name = "LIST")]
+    pub http_auth_public_routes: Option<String>,
+
     /// Name of the cluster given on the command line (default main).
     #[arg(long, env = "SAFEKEEPER_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
@@ -86,6 +97,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     remote: Option<String>,
     http_addr: Option<String>,
+    http_auth_token_file: Option<PathBuf>,
+    http_auth_public_routes: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     status_interval: Option<Duration>,
     upload_parallelism: Option<usize>,
@@ -126,6 +139,9 @@ pub struct ServiceConfig {
     pub data_dir: PathBuf,
     pub remote: String,
     pub http_addr: SocketAddr,
+    pub http_auth_token_file: Option<PathBuf>,
+    /// Routes that need no token when auth is on (names from [`PUBLIC_ROUTE_NAMES`]).
+    pub http_public_routes: BTreeSet<String>,
     pub status_interval: Duration,
     pub s3: S3Args,
     pub offload: OffloadSettings,
@@ -164,6 +180,18 @@ impl ServiceConfig {
         let http_addr: SocketAddr = http_addr_text.parse().with_context(|| {
             format!("--http-addr {http_addr_text:?} is not an address like 127.0.0.1:7676")
         })?;
+        let http_auth_token_file = args
+            .http_auth_token_file
+            .clone()
+            .or(file.http_auth_token_file)
+            .map(|p| absolute(&p))
+            .transpose()?;
+        let http_public_routes = parse_public_routes(
+            args.http_auth_public_routes
+                .as_deref()
+                .or(file.http_auth_public_routes.as_deref())
+                .unwrap_or("metrics,status"),
+        )?;
         let status_interval = args
             .status_interval
             .or(file.status_interval)
@@ -229,14 +257,9 @@ impl ServiceConfig {
                 primary: c.primary,
             });
         }
-        ensure!(
-            !clusters.is_empty(),
-            "nothing to follow: give --primary CONNSTRING or [[cluster]] entries in --config"
-        );
         let mut seen = BTreeSet::new();
         for c in &clusters {
-            validate_name("cluster name", &c.name)?;
-            validate_name("slot name", &c.slot)?;
+            validate_cluster(c)?;
             ensure!(
                 seen.insert(c.name.clone()),
                 "cluster {:?} is configured twice",
@@ -248,6 +271,8 @@ impl ServiceConfig {
             data_dir,
             remote,
             http_addr,
+            http_auth_token_file,
+            http_public_routes,
             status_interval,
             s3,
             offload: OffloadSettings {
@@ -260,10 +285,46 @@ impl ServiceConfig {
     }
 }
 
+/// Route names `--http-auth-public-routes` accepts.
+pub const PUBLIC_ROUTE_NAMES: [&str; 3] = ["metrics", "status", "openapi"];
+
+fn parse_public_routes(text: &str) -> Result<BTreeSet<String>> {
+    let mut routes = BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "none" {
+            continue;
+        }
+        ensure!(
+            PUBLIC_ROUTE_NAMES.contains(&part),
+            "--http-auth-public-routes: unknown route {part:?} (expected a comma-separated list \
+             of {} or none)",
+            PUBLIC_ROUTE_NAMES.join(", ")
+        );
+        routes.insert(part.to_string());
+    }
+    Ok(routes)
+}
+
 fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Checks the names of one cluster entry (from the command line, the config file or the admin
+/// API): the cluster name becomes a directory name, the slot an SQL identifier, and the
+/// application name goes into the startup packet (PostgreSQL keeps 63 bytes of it).
+pub fn validate_cluster(c: &ClusterConfig) -> Result<()> {
+    validate_name("cluster name", &c.name)?;
+    validate_name("slot name", &c.slot)?;
+    ensure!(
+        !c.application_name.is_empty()
+            && c.application_name.len() <= 63
+            && c.application_name.bytes().all(|b| (0x20..0x7f).contains(&b)),
+        "application name {:?} must be 1-63 printable ASCII characters",
+        c.application_name
+    );
+    Ok(())
 }
 
 /// Cluster and slot names become directory names and SQL identifiers: keep them plain.
@@ -452,6 +513,32 @@ slot = "custom"
             ..args()
         };
         assert!(ServiceConfig::resolve(&a).is_err());
-        assert!(ServiceConfig::resolve(&RunArgs::default()).is_err());
+        let a = RunArgs {
+            http_auth_public_routes: Some("metrics,secrets".into()),
+            ..args()
+        };
+        assert!(ServiceConfig::resolve(&a).is_err());
+    }
+
+    #[test]
+    fn auth_public_routes_default_to_metrics_and_status() {
+        let c = ServiceConfig::resolve(&args()).unwrap();
+        assert!(c.http_auth_token_file.is_none());
+        assert_eq!(
+            c.http_public_routes.iter().collect::<Vec<_>>(),
+            ["metrics", "status"]
+        );
+        let a = RunArgs {
+            http_auth_public_routes: Some("none".into()),
+            ..args()
+        };
+        assert!(
+            ServiceConfig::resolve(&a)
+                .unwrap()
+                .http_public_routes
+                .is_empty()
+        );
+        // Clusters may all come from <data-dir>/clusters.toml or the admin API.
+        assert!(ServiceConfig::resolve(&RunArgs::default()).unwrap().clusters.is_empty());
     }
 }

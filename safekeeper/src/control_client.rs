@@ -23,6 +23,11 @@ pub enum ControlRequest {
         change: StateChange,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Upload the partial segment at the current commit LSN now (e.g. the final partial of a
+    /// timeline that is ending); the reply names it, or `None` when there was nothing to upload.
+    UploadPartial {
+        reply: oneshot::Sender<Result<Option<String>>>,
+    },
 }
 
 /// The follower's handle on the control file.
@@ -62,6 +67,15 @@ impl ControlClient {
     pub async fn update(&self, change: StateChange) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.send(ControlRequest::Update { change, reply }).await?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the cluster manager stopped before answering"))?
+    }
+
+    /// Uploads the partial segment at the current commit LSN and waits for it.
+    pub async fn upload_partial_now(&self) -> Result<Option<String>> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ControlRequest::UploadPartial { reply }).await?;
         answer
             .await
             .map_err(|_| anyhow!("the cluster manager stopped before answering"))?

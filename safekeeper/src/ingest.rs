@@ -56,8 +56,14 @@ pub async fn receive_wal(
 ) -> Result<SessionEnd> {
     let mut last_status = Instant::now();
     let mut acknowledged = wal.flushed_lsn();
-    send_status(stream, wal, false).await?;
+    if stream.is_streaming() {
+        send_status(stream, wal, false).await?;
+    }
     let mut batch: Vec<(Lsn, Bytes)> = Vec::with_capacity(64);
+    // Handles resolved once per session: recording is then an atomic push per batch.
+    let cluster = status.borrow().name.clone();
+    let fsync_seconds = metrics::histogram!(crate::telemetry::WAL_FSYNC_SECONDS, "cluster" => cluster.clone());
+    let batch_bytes_hist = metrics::histogram!(crate::telemetry::WAL_FLUSH_BATCH_BYTES, "cluster" => cluster);
     loop {
         let first = tokio::select! {
             biased;
@@ -66,7 +72,7 @@ pub async fn receive_wal(
                 return Ok(SessionEnd::Cancelled);
             }
             msg = stream.recv() => msg.context("replication stream failed")?,
-            _ = sleep_until((last_status + options.status_interval).into()) => {
+            _ = sleep_until((last_status + options.status_interval).into()), if stream.is_streaming() => {
                 send_status(stream, wal, false).await?;
                 last_status = Instant::now();
                 continue;
@@ -115,7 +121,10 @@ pub async fn receive_wal(
             for (lsn, data) in batch.drain(..) {
                 wal.write(lsn, &data)?;
             }
+            let flush_started = Instant::now();
             wal.flush()?;
+            fsync_seconds.record(flush_started.elapsed().as_secs_f64());
+            batch_bytes_hist.record(batch_bytes as f64);
             debug!(
                 bytes = batch_bytes,
                 flush_lsn = %wal.flushed_lsn(),
@@ -124,7 +133,9 @@ pub async fn receive_wal(
             );
         }
         let flushed = wal.flushed_lsn();
-        if flushed > before || reply_requested {
+        // After the end of a timeline the server accepts no more status updates; the position
+        // is reported on the next timeline's stream.
+        if end_of_timeline.is_none() && stream.is_streaming() && (flushed > before || reply_requested) {
             send_status(stream, wal, false).await?;
             last_status = Instant::now();
             acknowledged = flushed;
@@ -150,7 +161,11 @@ async fn finish(
 ) -> Result<()> {
     wal.flush()?;
     // The primary may already be gone; the local state must be saved regardless.
-    let sent = send_status(stream, wal, false).await;
+    let sent = if stream.is_streaming() {
+        send_status(stream, wal, false).await
+    } else {
+        Ok(())
+    };
     let acknowledged = if sent.is_ok() {
         wal.flushed_lsn()
     } else {

@@ -111,6 +111,10 @@ pub struct Manager {
     gc_in_flight: Option<Vec<String>>,
     gc_waiters: Vec<oneshot::Sender<Result<Vec<String>>>>,
     gc_wanted: bool,
+    /// A partial upload was requested (answered through `partial_waiters`).
+    kick_partial: bool,
+    /// Timeline of the LSNs in `flush_lsn`/`commit_lsn`; they restart when it changes.
+    progress_timeline: Option<TimelineId>,
     /// Cancels storage requests at the very end of shutdown.
     storage_cancel: CancellationToken,
 }
@@ -129,6 +133,7 @@ impl Manager {
             .as_ref()
             .map(|c| (c.state().flush_lsn, c.state().commit_lsn))
             .unwrap_or_default();
+        let progress_timeline = control.as_ref().map(|c| c.state().timeline);
         let mut m = Manager {
             settings,
             offloader: None,
@@ -151,6 +156,8 @@ impl Manager {
             gc_in_flight: None,
             gc_waiters: Vec::new(),
             gc_wanted: true,
+            kick_partial: false,
+            progress_timeline,
             storage_cancel: CancellationToken::new(),
         };
         m.on_state_changed();
@@ -187,6 +194,10 @@ impl Manager {
                     self.retry_at = None;
                 }
             }
+            if std::mem::take(&mut self.kick_partial) {
+                self.start_partial().await;
+                self.answer_idle_partial_waiters();
+            }
             if !cancel.is_cancelled() {
                 self.schedule();
             }
@@ -206,8 +217,28 @@ impl Manager {
         }
     }
 
+    /// Waiters for a partial upload when none is running: nothing needed uploading, so the answer
+    /// is the newest existing one.
+    fn answer_idle_partial_waiters(&mut self) {
+        if self.partial_in_flight.is_none() && !self.partial_waiters.is_empty() {
+            let newest = self.newest_uploaded_partial();
+            for w in self.partial_waiters.drain(..) {
+                let _ = w.send(Ok(newest.clone()));
+            }
+        }
+    }
+
     fn on_progress(&mut self) {
         let p = self.io.progress.borrow_and_update();
+        if p.timeline.is_some() && p.timeline != self.progress_timeline {
+            // A new timeline may start below the old end (a fork): take its LSNs as they are.
+            if p.timeline > self.progress_timeline {
+                self.progress_timeline = p.timeline;
+                self.flush_lsn = p.flush_lsn;
+                self.commit_lsn = p.commit_lsn;
+            }
+            return;
+        }
         self.flush_lsn = self.flush_lsn.max(p.flush_lsn);
         self.commit_lsn = self.commit_lsn.max(p.commit_lsn);
     }
@@ -234,23 +265,21 @@ impl Manager {
                 let result = self.update(change);
                 let _ = reply.send(result);
             }
+            ControlRequest::UploadPartial { reply } => {
+                self.on_progress();
+                self.partial_waiters.push(reply);
+                self.kick_partial = true;
+            }
         }
     }
 
     async fn handle_command(&mut self, cmd: ManagerCommand) {
         match cmd {
             ManagerCommand::UploadPartialNow(reply) => {
+                self.on_progress();
                 self.partial_waiters.push(reply);
-                if self.partial_in_flight.is_none() {
-                    self.start_partial().await;
-                }
-                if self.partial_in_flight.is_none() {
-                    // Nothing to upload: answer with the newest existing one.
-                    let newest = self.newest_uploaded_partial();
-                    for w in self.partial_waiters.drain(..) {
-                        let _ = w.send(Ok(newest.clone()));
-                    }
-                }
+                self.start_partial().await;
+                self.answer_idle_partial_waiters();
             }
             ManagerCommand::GcNow(reply) => {
                 self.gc_waiters.push(reply);
@@ -293,6 +322,16 @@ impl Manager {
     fn on_state_changed(&mut self) {
         let snapshot = self.control.as_ref().map(|c| c.state().clone());
         if let Some(st) = &snapshot {
+            if self.progress_timeline != Some(st.timeline) {
+                // A timeline switch was recorded: LSNs restart from the switch point, and uploads
+                // counted for the old timeline's numbering no longer apply.
+                self.progress_timeline = Some(st.timeline);
+                self.flush_lsn = st.flush_lsn;
+                self.commit_lsn = st.commit_lsn;
+                self.full_done.clear();
+            }
+        }
+        if let Some(st) = &snapshot {
             if self
                 .offloader
                 .as_ref()
@@ -327,6 +366,7 @@ impl Manager {
         });
     }
 
+    /// The newest uploaded partial of the history being followed (highest term, then LSN).
     fn newest_uploaded_partial_entry(&self) -> Option<&PartialObject> {
         self.control.as_ref().and_then(|c| {
             c.state()
@@ -334,7 +374,7 @@ impl Manager {
                 .partials
                 .iter()
                 .filter(|p| p.status == ObjectStatus::Uploaded)
-                .max_by_key(|p| (p.name.commit_lsn, p.name.term))
+                .max_by_key(|p| (p.name.term, p.name.commit_lsn))
         })
     }
 

@@ -31,6 +31,10 @@ pub struct ClusterStatus {
     pub commit_lsn: Lsn,
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// The last time the upstream could not continue the WAL this safekeeper holds (a fork of
+    /// the history below our end, or WAL no longer available): what happened, never silent.
+    pub last_gap: Option<String>,
+    pub gaps: u64,
 }
 
 impl ClusterStatus {
@@ -45,6 +49,8 @@ impl ClusterStatus {
             commit_lsn: Lsn::INVALID,
             last_error: None,
             reconnects: 0,
+            last_gap: None,
+            gaps: 0,
         }
     }
 }

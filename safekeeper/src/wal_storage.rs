@@ -96,6 +96,42 @@ impl WalStore {
         Ok(store)
     }
 
+    /// Starts the WAL of a new timeline at `start`. The segment holding `start` begins with the
+    /// bytes the new timeline shares with its parent (`[segment start, start)`), which are copied
+    /// from `parent_timeline`'s file of that segment, fsynced, before anything is streamed into it.
+    pub fn start_timeline(
+        dir: &Path,
+        id: WalIdentity,
+        start: Lsn,
+        parent_timeline: u32,
+    ) -> Result<WalStore> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create WAL directory {}", dir.display()))?;
+        let mut store = WalStore {
+            dir: dir.to_path_buf(),
+            id,
+            open: None,
+            written_lsn: start,
+            flushed_lsn: start,
+        };
+        if !start.is_segment_start(id.seg_size) {
+            let segno = start.segment_number(id.seg_size);
+            let shared = start.segment_offset(id.seg_size) as usize;
+            let prefix = read_segment_prefix(dir, parent_timeline, segno, id.seg_size, shared)
+                .with_context(|| {
+                    format!("cannot copy the start of timeline {} from its parent", id.timeline)
+                })?;
+            let file = store.create_preallocated(segno)?;
+            file.write_all_at(&prefix, 0)
+                .and_then(|_| file.sync_data())
+                .with_context(|| format!("cannot seed the first segment of timeline {}", id.timeline))?;
+            let path = store.partial_path(segno);
+            store.open = Some(OpenSegment { segno, file, path });
+        }
+        info!(timeline = id.timeline, %start, parent_timeline, "started local WAL of a new timeline");
+        Ok(store)
+    }
+
     pub fn identity(&self) -> WalIdentity {
         self.id
     }
@@ -442,6 +478,20 @@ pub fn read_segment_prefix(
     file.read_exact(&mut buf)
         .with_context(|| format!("cannot read {len} bytes of local WAL segment {name}"))?;
     Ok(buf)
+}
+
+/// Writes a timeline history file durably (temp file, fsync, rename, directory fsync).
+pub fn write_history_file(dir: &Path, timeline: u32, content: &[u8]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = control_file::names::history_file_name(timeline);
+    let tmp = dir.join(format!("{name}{PREALLOC_SUFFIX}"));
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(content)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(&name))
+        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
+    fsync_dir(dir)
 }
 
 /// Removes `.prealloc` files left by a crash during preallocation; they never hold WAL.

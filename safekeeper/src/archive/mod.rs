@@ -30,7 +30,6 @@ mod tests;
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
-use control_file::Lsn;
 use control_file::lsn::is_valid_segment_size;
 use control_file::names::{PartialName, TimelineId, WalObjectName, segment_file_name};
 use remote_storage::{ListOptions, ObjectMeta, RemoteStorage, RemoteStorageExt, StorageError};
@@ -297,11 +296,6 @@ pub fn pad_to_segment(wal: &[u8], seg_size: u32) -> anyhow::Result<Vec<u8>> {
     out.extend_from_slice(wal);
     out.resize(seg_size, 0);
     Ok(out)
-}
-
-/// End of the WAL a partial holds (its commit LSN), for messages.
-pub fn partial_end(p: &PartialName) -> Lsn {
-    p.commit_lsn
 }
 
 /// Human-readable byte count (`16.0 MiB`).

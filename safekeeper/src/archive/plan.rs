@@ -116,8 +116,13 @@ pub fn plan_recovery(
         }
         let Some(step) = choose(archive, &path, segno) else {
             if last_available.is_some_and(|l| l > segno) {
+                // Named on the timeline PostgreSQL would ask for first.
+                let tli = candidate_timelines(&path, segno, seg_size)
+                    .first()
+                    .copied()
+                    .unwrap_or(target);
                 plan.stop = Stop::Gap {
-                    missing: segment_file_name(target, segno, seg_size),
+                    missing: segment_file_name(tli, segno, seg_size),
                 };
             }
             return plan;

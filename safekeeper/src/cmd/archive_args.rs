@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use remote_storage::{RemoteLocation, RemoteStorage};
 
-use safekeeper::remote::{S3Args, open_remote};
+use safekeeper::remote::S3Args;
 
 /// Where the archive is.
 #[derive(Args, Debug, Clone)]
@@ -52,7 +52,13 @@ impl ArchiveArgs {
                 self.remote
             );
         }
-        open_remote(&self.remote, &self.s3).await
+        // Few quick retries per request: the commands retry whole lookups themselves (restore-wal
+        // for --retry-for) and report the last error they saw.
+        let mut config = self.s3.remote_config();
+        config.retry.max_attempts = 3;
+        remote_storage::from_url(&self.remote, &config)
+            .await
+            .with_context(|| format!("cannot open remote storage {}", self.remote))
     }
 
     /// The flags that reproduce these arguments on another command line.

@@ -164,7 +164,8 @@ async fn restore(args: &RestoreWalArgs) -> Result<Outcome> {
     Ok(Outcome::Restored)
 }
 
-/// Looks the file up, retrying storage failures that may pass until `--retry-for` is spent.
+/// Looks the file up, retrying storage failures that may pass, for at most `--retry-for` in
+/// total (a hung request is abandoned at that deadline too).
 async fn fetch_with_retries(
     storage: &dyn RemoteStorage,
     args: &RestoreWalArgs,
@@ -172,20 +173,34 @@ async fn fetch_with_retries(
     cancel: &CancellationToken,
 ) -> Result<Option<Fetched>> {
     let started = Instant::now();
+    let give_up = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "{e}; the storage kept failing for {}: stopping recovery instead of reporting the \
+             file as missing, which would end recovery early",
+            humantime::format_duration(round_secs(started.elapsed()))
+        )
+    };
     let mut delay = Duration::from_millis(500);
+    let mut last_error: Option<String> = None;
     loop {
         let seg_size = args.archive.wal_segment_size;
-        match fetch_wal_file(storage, &args.archive.cluster, name, seg_size, cancel).await {
+        let remaining = args.retry_for.saturating_sub(started.elapsed());
+        let attempt = fetch_wal_file(storage, &args.archive.cluster, name, seg_size, cancel);
+        let Ok(result) = tokio::time::timeout(remaining, attempt).await else {
+            let e = match &last_error {
+                Some(e) => format!("no answer from the storage (last error: {e})"),
+                None => "no answer from the storage".to_string(),
+            };
+            return Err(give_up(&e));
+        };
+        match result {
             Ok(found) => return Ok(found),
             Err(e @ FetchError::Storage(_)) if e.is_retryable() => {
                 if started.elapsed() + delay > args.retry_for {
-                    bail!(
-                        "{e}; the storage kept failing for {}: stopping recovery instead of \
-                         reporting the file as missing, which would end recovery early",
-                        humantime::format_duration(round_secs(started.elapsed()))
-                    );
+                    return Err(give_up(&e));
                 }
                 warn!("storage failure, retrying in {delay:?}: {e}");
+                last_error = Some(e.to_string());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -1,23 +1,27 @@
-//! `safekeeper run`: follow the configured primaries until SIGTERM/SIGINT.
+//! `safekeeper run`: follow the configured primaries until SIGTERM/SIGINT, serving the admin API.
 //!
 //! Owns process-level concerns: logging, the data-directory lock (two processes on one data
-//! directory would corrupt each other's WAL), signal handling through one cancellation token, and
-//! the exit status (non-zero when every cluster stopped on a permanent error).
+//! directory would corrupt each other's WAL), the HTTP listener (bound before anything starts),
+//! merging configured clusters with `<data-dir>/clusters.toml`, signal handling through one
+//! cancellation token that stops the clusters and the server, and the exit status (non-zero when
+//! every cluster stopped on a permanent error and at least one of them was configured).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use safekeeper::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
 use safekeeper::config::{RunArgs, ServiceConfig};
+use safekeeper::http::{self, ApiState, Auth};
 use safekeeper::ingest::IngestOptions;
-use safekeeper::remote::open_remote;
-use safekeeper::service::{ServiceContext, start_cluster};
+use safekeeper::service::ServiceContext;
+use safekeeper::{runtime_clusters, telemetry};
 
 pub fn run(args: RunArgs) -> ExitCode {
     let config = match ServiceConfig::resolve(&args) {
@@ -57,17 +61,29 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         )
     })?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let auth = match &config.http_auth_token_file {
+        Some(path) => Auth::from_file(path, &config.http_public_routes)?,
+        None => Auth::off(),
+    };
+    // Before anything starts: a busy port is a one-line error, not a half-started service.
+    let listener = http::bind(config.http_addr).await?;
     info!(id = config.id, data_dir = %config.data_dir.display(), remote = %config.remote,
-          clusters = config.clusters.len(), version = env!("CARGO_PKG_VERSION"), "safekeeper starting");
+          http_addr = %config.http_addr, http_auth = auth.enabled(),
+          version = env!("CARGO_PKG_VERSION"), "safekeeper starting");
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
-
-    if let Some(local) = config.remote.strip_prefix("file://") {
-        std::fs::create_dir_all(local)
-            .with_context(|| format!("cannot create the remote directory {local}"))?;
+    let recorder = telemetry::install();
+    if let Some(handle) = &recorder {
+        telemetry::spawn_upkeep(handle.clone(), cancel.clone());
     }
-    let storage = open_remote(&config.remote, &config.s3).await?;
+
+    let local_remote = config.remote.strip_prefix("file://").map(PathBuf::from);
+    if let Some(local) = &local_remote {
+        std::fs::create_dir_all(local)
+            .with_context(|| format!("cannot create the remote directory {}", local.display()))?;
+    }
+    let storage = telemetry::storage::open_observed(&config.remote, &config.s3).await?;
     let ctx = ServiceContext {
         sk_id: config.id,
         data_dir: config.data_dir.clone(),
@@ -77,24 +93,58 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
             status_interval: config.status_interval,
         },
     };
-    let mut handles = Vec::new();
-    for cluster in &config.clusters {
-        handles.push(
-            start_cluster(&ctx, cluster.clone(), &cancel)
-                .with_context(|| format!("cannot start cluster {}", cluster.name))?,
-        );
+    let runtime = runtime_clusters::load(&config.data_dir)?;
+    let (clusters, shadowed) = runtime_clusters::merge(config.clusters.clone(), runtime);
+    warn_shadowed(&shadowed);
+    let set = ClusterSet::new(ctx, cancel.clone(), local_remote);
+    let initial = clusters
+        .into_iter()
+        .map(|(c, runtime)| (c, if runtime { Origin::Api } else { Origin::Config }))
+        .collect();
+    let started = set.start_initial(initial).and_then(|()| {
+        if shadowed.is_empty() {
+            Ok(())
+        } else {
+            set.save_runtime_list()
+        }
+    });
+    if let Err(e) = started {
+        cancel.cancel();
+        set.wait_all().await;
+        return Err(e);
+    }
+    if set.list().is_empty() {
+        warn!("no cluster to follow yet: add one with POST /v1/clusters or configure --primary");
     }
 
-    let total = handles.len();
-    let mut failed = 0;
-    for handle in handles {
-        let name = handle.name.clone();
-        if let Err(e) = handle.wait().await {
-            failed += 1;
-            eprintln!("error: cluster {name}: {e:#}");
+    let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
+    let (app, _) = http::app(state, auth);
+    let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
+    info!(clusters = set.list().len(), "following; admin API at http://{}", config.http_addr);
+
+    // Until shutdown, or until every cluster stopped on a permanent error.
+    let mut changes = set.subscribe();
+    while !set.all_failed() {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = changes.changed() => if r.is_err() { break },
         }
     }
-    if failed == total {
+    cancel.cancel();
+    let outcomes = set.wait_all().await;
+    let mut failed = 0;
+    for (name, outcome) in &outcomes {
+        if let Outcome::Failed(e) = outcome {
+            failed += 1;
+            eprintln!("error: cluster {name}: {e}");
+        }
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!("{e:#}"),
+        Err(e) => error!("the HTTP server task failed: {e}"),
+    }
+    if failed > 0 && failed == outcomes.len() {
         return Ok(ExitCode::FAILURE);
     }
     info!("safekeeper stopped");

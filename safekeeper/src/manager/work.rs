@@ -5,27 +5,29 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use control_file::names::{PartialName, history_file_name};
-use control_file::{HistoryObject, Lsn, ObjectStatus, PartialObject};
+use control_file::names::TimelineId;
+use control_file::{ClusterState, HistoryObject, Lsn, ObjectStatus, PartialObject};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::{FINAL_UPLOAD_TIMEOUT, Manager, TaskDone};
-use crate::failpoint::crash;
 use crate::wal_storage::list_completed_segments;
 
 impl Manager {
     /// Starts uploads of completed segments at or above `backup_lsn`, up to the parallelism.
     pub(super) fn schedule_full_uploads(&mut self) {
         let Ok(st) = self.state() else { return };
-        let (seg_size, timeline) = (st.wal_segment_size, st.timeline);
+        let seg_size = st.wal_segment_size;
         let first = st.backup_lsn.segment_number(seg_size);
         // Segments strictly below the flush LSN's segment are complete and renamed locally.
         let end = self.flush_lsn.segment_number(seg_size);
-        let candidates: Vec<u64> = (first..end)
-            .filter(|s| {
+        let candidates: Vec<(TimelineId, u64)> = (first..end)
+            .map(|s| (timeline_of_segment(st, s), s))
+            .filter(|(tli, s)| {
                 !self.full_in_flight.contains(s)
                     && !self.full_done.contains(s)
-                    && !st.remote.contains_full_segment(timeline, *s)
+                    && !st.remote.contains_full_segment(*tli, *s)
+                    && history_uploaded(st, *tli)
             })
             .take(
                 self.settings
@@ -33,7 +35,7 @@ impl Manager {
                     .saturating_sub(self.full_in_flight.len()),
             )
             .collect();
-        let Some(&last) = candidates.last() else {
+        let Some(&(_, last)) = candidates.last() else {
             return;
         };
         // Make every object about to be created implied by the control file (see invariants).
@@ -50,7 +52,7 @@ impl Manager {
         let Some(offloader) = self.offloader.clone() else {
             return;
         };
-        for segno in candidates {
+        for (timeline, segno) in candidates {
             self.full_in_flight.insert(segno);
             let (o, cancel) = (offloader.clone(), self.storage_cancel.clone());
             self.tasks.spawn(async move {
@@ -127,7 +129,8 @@ impl Manager {
             return;
         }
         let segno = commit.segment_number(seg_size);
-        if st.remote.contains_full_segment(st.timeline, segno) {
+        if st.remote.contains_full_segment(st.timeline, segno) || !history_uploaded(st, st.timeline)
+        {
             return;
         }
         let name = PartialName {
@@ -169,7 +172,7 @@ impl Manager {
             self.note_failure("recording a partial upload", &e);
             return;
         }
-        fail::fail_point!("partial-after-intent", |_| crash("partial-after-intent"));
+        fail::fail_point!("partial-after-intent", |_| crate::failpoint::crash("partial-after-intent"));
         self.partial_in_flight = Some(name.clone());
         let cancel = self.storage_cancel.clone();
         self.tasks.spawn(async move {
@@ -255,7 +258,7 @@ impl Manager {
                 self.full_in_flight.remove(&segno);
                 match result {
                     Ok(up) => {
-                        fail::fail_point!("full-after-put", |_| crash("full-after-put"));
+                        fail::fail_point!("full-after-put", |_| crate::failpoint::crash("full-after-put"));
                         self.note_success();
                         self.io.offload_tx.send_modify(|o| {
                             o.full_uploaded += u64::from(!up.skipped);
@@ -296,7 +299,7 @@ impl Manager {
                 self.gc_in_flight = None;
                 match result {
                     Ok(()) => {
-                        fail::fail_point!("gc-after-delete", |_| crash("gc-after-delete"));
+                        fail::fail_point!("gc-after-delete", |_| crate::failpoint::crash("gc-after-delete"));
                         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
                         let gone: BTreeSet<String> = names.iter().cloned().collect();
                         let r = self.update(Box::new(move |s| {
@@ -338,14 +341,20 @@ impl Manager {
         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
         match result {
             Ok(()) => {
-                fail::fail_point!("partial-after-put", |_| crash("partial-after-put"));
+                fail::fail_point!("partial-after-put", |_| crate::failpoint::crash("partial-after-put"));
                 self.note_success();
                 let done = name.clone();
+                // Only older versions of the same segment are superseded: a partial of another
+                // segment stays until that segment's full object is up (step 5), and the final
+                // partial of an ended timeline is the only copy of its tail, kept for good.
                 let r = self.update(Box::new(move |s| {
                     for p in s.remote.partials.iter_mut() {
                         if p.name == done {
                             p.status = ObjectStatus::Uploaded;
-                        } else if p.status == ObjectStatus::Uploaded {
+                        } else if p.status == ObjectStatus::Uploaded
+                            && p.name.timeline == done.timeline
+                            && p.name.segno == done.segno
+                        {
                             p.status = ObjectStatus::Deleting;
                         }
                     }
@@ -353,7 +362,7 @@ impl Manager {
                 let file_name = name.to_file_name(seg);
                 match r {
                     Ok(()) => {
-                        fail::fail_point!("partial-after-uploaded", |_| crash(
+                        fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
                             "partial-after-uploaded"
                         ));
                         self.io.offload_tx.send_modify(|o| o.partial_uploaded += 1);
@@ -384,7 +393,7 @@ impl Manager {
 
     /// Advances `backup_lsn` over the uploaded segments that directly follow it (step 5: the
     /// partials of those segments become `Deleting`), then removes local WAL past retention.
-    fn advance_backup(&mut self, timeline: control_file::names::TimelineId) {
+    fn advance_backup(&mut self, _timeline: TimelineId) {
         let Ok(st) = self.state() else { return };
         let seg_size = st.wal_segment_size;
         let start = st.backup_lsn.segment_number(seg_size);
@@ -397,11 +406,14 @@ impl Manager {
         }
         let r = self.update(Box::new(move |s| {
             for segno in start..next {
+                let timeline = timeline_of_segment(s, segno);
                 s.remote.add_full_segment(timeline, segno);
             }
             s.backup_lsn = s.backup_lsn.max(Lsn::from_segment(next, seg_size));
+            let history = s.clone();
             for p in s.remote.partials.iter_mut() {
-                if p.name.timeline == timeline && p.name.segno < next {
+                let segno = p.name.segno;
+                if segno < next && p.name.timeline == timeline_of_segment(&history, segno) {
                     p.status = ObjectStatus::Deleting;
                 }
             }
@@ -478,4 +490,30 @@ impl Manager {
         info!(newest_partial = ?self.newest_uploaded_partial(), "manager stopped");
         Ok(())
     }
+}
+
+/// The timeline whose file holds segment `segno` of the history this safekeeper follows: the
+/// timeline of the last term that starts before the segment's end (a timeline that starts
+/// inside a segment owns that segment's file).
+pub(super) fn timeline_of_segment(st: &ClusterState, segno: u64) -> TimelineId {
+    let end = Lsn::from_segment(segno + 1, st.wal_segment_size);
+    st.term_history
+        .iter()
+        .rev()
+        .find(|t| t.start_lsn < end)
+        .map(|t| t.timeline)
+        .unwrap_or(st.timeline)
+}
+
+/// A timeline's WAL goes remote only after its history file: restore must be able to find the
+/// history of any WAL it finds. The first timeline this safekeeper followed needs none.
+pub(super) fn history_uploaded(st: &ClusterState, timeline: TimelineId) -> bool {
+    let first = st.term_history.first().map(|t| t.timeline);
+    first == Some(timeline)
+        || timeline == 1
+        || st
+            .remote
+            .history
+            .iter()
+            .any(|h| h.timeline == timeline && h.status == ObjectStatus::Uploaded)
 }

@@ -160,6 +160,12 @@ impl ReplicationStream {
         Ok(None)
     }
 
+    /// True while the server streams; false once it ended the stream (the end of a timeline,
+    /// possibly right at START_REPLICATION), after which no status update is accepted.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.state, State::Streaming) && !self.pending_copy_done
+    }
+
     /// Sends a standby status update (`r`) and flushes the socket. Positions are byte LSNs;
     /// pass `apply = 0` (invalid) unless WAL is really applied. `reply_requested` asks the
     /// server to answer with a keepalive at once.

@@ -1,0 +1,193 @@
+//! Following the upstream across timelines: the end of a timeline announced by the server, and a
+//! fork found in the server's history below the WAL this safekeeper holds.
+//!
+//! Owns the order of a switch, each step durable before the next, so a crash anywhere redoes it:
+//! 1. the new timeline's `.history` file is stored locally (the manager uploads it before any WAL
+//!    of that timeline);
+//! 2. the old timeline's final partial is uploaded (best effort, bounded: a periodic one exists);
+//! 3. the new timeline's first segment is created, holding the bytes it shares with its parent;
+//! 4. the control file starts a new term at the switch point (DESIGN.md: a switch of timeline or
+//!    a truncation of local WAL both start a new term).
+//!
+//! Never silent: a fork below our end is logged, counted and shown in the cluster status. The WAL
+//! held beyond the fork point stays where it is (old timeline's local files and remote objects).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use control_file::Lsn;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Follower, SessionError};
+use crate::pg::ReplicationConnection;
+use crate::status::ClusterStatus;
+use crate::wal_storage::{WalIdentity, WalStore, write_history_file};
+
+/// Bound on the final partial upload of an ending timeline.
+const FINAL_PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One line of a timeline history file: `parent` ended at `switchpoint`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub parent: u32,
+    pub switchpoint: Lsn,
+}
+
+/// Parses a history file (`<parent tli>\t<switchpoint X/Y>\t<reason>` per line; blank lines and
+/// `#` comments ignored, as PostgreSQL does).
+pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>> {
+    let text = std::str::from_utf8(content).context("timeline history is not UTF-8")?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let bad = || anyhow!("timeline history line {}: {line:?}", n + 1);
+        let parent = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        let switchpoint = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        out.push(HistoryEntry {
+            parent,
+            switchpoint,
+        });
+    }
+    Ok(out)
+}
+
+/// Where timeline `ours` ends in the history of `server_timeline`, and which timeline follows:
+/// `None` when `ours` is not an ancestor of the server's timeline.
+pub fn end_of_timeline(
+    history: &[HistoryEntry],
+    server_timeline: u32,
+    ours: u32,
+) -> Option<(Lsn, u32)> {
+    let i = history.iter().position(|e| e.parent == ours)?;
+    let next = history
+        .get(i + 1)
+        .map(|e| e.parent)
+        .unwrap_or(server_timeline);
+    Some((history[i].switchpoint, next))
+}
+
+impl Follower<'_> {
+    /// Before streaming our timeline from a server on a newer one: if the server's history left
+    /// our timeline below the WAL we hold, switch to the server's history at the fork point.
+    pub(super) async fn follow_fork(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        server_timeline: u32,
+        status: &watch::Sender<ClusterStatus>,
+    ) -> Result<(), SessionError> {
+        let wal = self.open_wal()?;
+        let ours = wal.identity().timeline;
+        if server_timeline <= ours {
+            return Ok(());
+        }
+        let held = wal.flush()?;
+        let (_, content) = conn.timeline_history(server_timeline).await?;
+        let history = parse_history(&content)?;
+        let Some((end, next)) = end_of_timeline(&history, server_timeline, ours) else {
+            let msg = format!(
+                "the server's timeline {server_timeline} does not descend from timeline {ours} \
+                 that this safekeeper holds: not following an unrelated history"
+            );
+            self.report_gap(status, &msg);
+            return Err(SessionError::Permanent(anyhow!(msg)));
+        };
+        if held > end {
+            let msg = format!(
+                "the upstream's history left timeline {ours} at {end}, below the {held} held \
+                 here: the WAL in [{end}, {held}) of timeline {ours} is kept but not part of the \
+                 new history; following timeline {next} from {end} in a new term"
+            );
+            self.report_gap(status, &msg);
+            self.switch_timeline(conn, next, end, status).await?;
+        }
+        Ok(())
+    }
+
+    fn report_gap(&self, status: &watch::Sender<ClusterStatus>, msg: &str) {
+        warn!(gap = %msg, "upstream history diverges from the WAL held");
+        status.send_modify(|s| {
+            s.last_gap = Some(msg.to_string());
+            s.gaps += 1;
+        });
+    }
+
+    /// Switches to timeline `next`, which the upstream's history starts at `switch`.
+    pub(super) async fn switch_timeline(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        next: u32,
+        switch: Lsn,
+        status: &watch::Sender<ClusterStatus>,
+    ) -> Result<(), SessionError> {
+        let wal_dir = self.settings.cluster_dir.join("wal");
+        let (_, content) = conn.timeline_history(next).await?;
+        write_history_file(&wal_dir, next, &content)?;
+
+        match tokio::time::timeout(FINAL_PARTIAL_TIMEOUT, self.control.upload_partial_now()).await {
+            Ok(Ok(name)) => info!(object = ?name, "final partial of the ending timeline uploaded"),
+            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "final partial of the ending timeline not uploaded"),
+            Err(_) => warn!("final partial of the ending timeline not uploaded in time"),
+        }
+
+        let old = self.open_wal()?;
+        let flushed = old.flush()?;
+        let parent = old.identity();
+        // Bytes below `switch` we do not have yet are streamed on the new timeline, whose history
+        // holds them too; bytes above it (a fork) stay behind on the parent timeline.
+        let start = flushed.min(switch);
+        let store = WalStore::start_timeline(
+            &wal_dir,
+            WalIdentity {
+                timeline: next,
+                ..parent
+            },
+            start,
+            parent.timeline,
+        )?;
+        let seg_size = parent.seg_size;
+        let mut term = 0;
+        self.control
+            .update(Box::new(move |s| {
+                s.start_term(next, start);
+                s.flush_lsn = s.flush_lsn.min(start);
+                s.commit_lsn = s.commit_lsn.min(start);
+                s.backup_lsn = s.backup_lsn.min(start.segment_start(seg_size));
+            }))
+            .await?;
+        if let Some(st) = self.control.snapshot() {
+            term = st.term;
+        }
+        self.wal = Some(store);
+        self.durable = start;
+        status.send_modify(|s| {
+            s.timeline = Some(next);
+            s.received_lsn = start;
+            s.flush_lsn = start;
+            s.commit_lsn = s.commit_lsn.min(start);
+        });
+        info!(from = parent.timeline, to = next, at = %start, switch = %switch, term, "switched timeline");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_parses_and_locates_our_end() {
+        let content = b"1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n";
+        let h = parse_history(content).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(end_of_timeline(&h, 3, 1), Some((Lsn(0x300_0158), 2)));
+        assert_eq!(end_of_timeline(&h, 3, 2), Some((Lsn(0x500_0000), 3)));
+        assert_eq!(end_of_timeline(&h, 3, 7), None);
+        assert!(parse_history(b"x\t0/1\n").is_err());
+        assert!(parse_history(b"1\tnot-an-lsn\n").is_err());
+    }
+}

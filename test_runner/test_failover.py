@@ -1,0 +1,142 @@
+"""Failover, timelines, several safekeepers, many clusters in one process.
+
+What a user fears at failover, and what each test shows does not happen:
+- a safekeeper that keeps following the dead primary, or skips WAL when the standby is promoted;
+- an archive that cannot be restored across the timeline switch to the newest commit;
+- one dead safekeeper (of two) stopping commits, or one dead primary slowing the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import psycopg
+
+from fixtures.pg import PgCluster
+from fixtures.remote import LocalRemote
+from fixtures.restore import copy_archive, recover, take_base_backup
+from fixtures.safekeeper import Safekeeper
+from fixtures.utils import wait_until
+
+SEG = 16 << 20
+
+
+def insert_ids(pg: PgCluster, ids: range) -> list[int]:
+    """Commits one row per id (autocommit); returns the ids whose COMMIT returned."""
+    done = []
+    with psycopg.connect(pg.connstr(), autocommit=True, connect_timeout=5) as conn:
+        for i in ids:
+            conn.execute("INSERT INTO ids VALUES (%s)", (i,))
+            done.append(i)
+    return done
+
+
+def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg, safekeeper: Safekeeper, workdir):
+    primary = make_pg("primary")
+    primary.sql("CREATE TABLE ids (id int PRIMARY KEY)")
+    primary.pgbench("-i", "-s", "1", "-q")
+    standby = make_pg("standby", standby_of=primary)
+    backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    both = f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} user=postgres dbname=postgres"
+    safekeeper.start(both, extra=remote.args() + ["--partial-interval", "500ms"])
+    wait_until("streaming from the primary", lambda: (r := primary.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
+    primary.set_sync_standby("safekeeper1")
+    wait_until("sync", lambda: (r := primary.replication("safekeeper1")) and r["sync_state"] == "sync", timeout=30)
+
+    before = insert_ids(primary, range(0, 300))
+    primary.pgbench("-n", "-c", "2", "-T", "2")
+    primary.kill9()
+    standby.promote()
+    # The promoted standby takes sync commits once the safekeeper found it.
+    standby.set_sync_standby("safekeeper1")
+    wait_until("following the promoted standby", lambda: (r := standby.replication("safekeeper1")) and r["sync_state"] == "sync", timeout=90)
+    assert standby.timeline() == 2
+    after = insert_ids(standby, range(100000, 100300))
+    standby.pgbench("-n", "-c", "2", "-T", "2")
+    end = standby.switch_wal()
+    wait_until("new timeline's segment uploaded", lambda: f"main/wal/00000002{(end - 1) // SEG >> 8:08X}{(end - 1) // SEG & 0xFF:08X}" in remote.keys("main/wal/"), timeout=90)
+    last = insert_ids(standby, range(200000, 200050))
+    flushed = standby.current_lsn()
+    wait_until("partial at the newest commit", lambda: any(
+        k.startswith("main/wal/00000002") and k.endswith(".partial") and int(k.split("_")[1], 16) >= flushed
+        for k in remote.keys("main/wal/")), timeout=60)
+
+    keys = remote.keys("main/wal/")
+    assert "main/wal/00000002.history" in keys, keys
+    assert any(re.match(r"main/wal/00000001[0-9A-F]{16}_[0-9A-F]{16}_0{15}1_sk1\.partial$", k) for k in keys), \
+        f"the old timeline's final partial is missing: {keys}"
+    assert any(re.match(r"main/wal/00000002[0-9A-F]{16}$", k) for k in keys)
+    log = safekeeper.log()
+    assert "switched timeline" in log
+    cf = safekeeper.control_file_json()["state"]
+    assert cf["timeline"] == 2 and cf["term"] == 2
+    assert [(t["term"], t["timeline"]) for t in cf["term_history"]] == [(1, 1), (2, 2)]
+
+    # Recovery from the base backup taken before the failover reaches the newest commit.
+    archive = os.path.join(workdir, "archive")
+    print("archive:", copy_archive(remote, archive))
+    restored = recover(workdir, "restored", backup, f"cp {archive}/%f %p")
+    try:
+        have = {r[0] for r in restored.sql("SELECT id FROM ids")}
+        assert restored.timeline() >= 2
+    finally:
+        restored.stop("immediate")
+    assert set(after) | set(last) <= have, "commits on the new timeline are missing"
+    assert set(before) <= have
+
+
+def test_two_safekeepers_any_one(primary: PgCluster, make_safekeeper, workdir):
+    sk1, sk2 = make_safekeeper(1), make_safekeeper(2)
+    for sk in (sk1, sk2):
+        sk.start(primary.connstr(), extra=["--remote", f"file://{os.path.join(workdir, 'remote')}"])
+        wait_until(f"{sk.name} streaming", lambda sk=sk: (r := primary.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
+    primary.set_sync_standby("ANY 1 (safekeeper1, safekeeper2)")
+    wait_until("quorum sync", lambda: (r := primary.replication("safekeeper1")) and r["sync_state"] == "quorum", timeout=30)
+    primary.pgbench("-i", "-s", "1", "-q")
+    log = os.path.join(workdir, "pgbench.log")
+    bench = primary.pgbench_popen("-n", "-c", "2", "-T", "8", log_path=log)
+    time.sleep(2)
+    sk1.kill9()
+    time.sleep(2)
+    # Commits continue with one of two safekeepers.
+    primary.sql("CREATE TABLE after_kill AS SELECT 1 AS x")
+    assert bench.wait(timeout=60) == 0, open(log).read()[-2000:]
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", open(log).read()).group(1))
+    assert processed > 100
+    # Restarted, it catches up.
+    sk1.start(primary.connstr(), extra=["--remote", f"file://{os.path.join(workdir, 'remote')}"])
+    target = primary.current_lsn()
+    wait_until("sk1 caught up", lambda: (r := primary.replication("safekeeper1")) and r["flush_lsn"] is not None and r["flush_lsn"] >= target, timeout=60)
+
+
+def tps(pg: PgCluster, seconds: int = 4) -> float:
+    out = pg.pgbench("-n", "-c", "2", "-T", str(seconds)).stdout
+    return float(re.search(r"tps = ([0-9.]+)", out).group(1))
+
+
+def test_one_process_three_primaries_one_stopped(make_pg, safekeeper: Safekeeper, workdir):
+    pgs = [make_pg(n) for n in ("a", "b", "c")]
+    cfg = os.path.join(workdir, "sk.toml")
+    with open(cfg, "w") as f:
+        f.write("id = 1\n")
+        for pg in pgs:
+            f.write(f'[[cluster]]\nname = "{pg.name}"\nprimary = "{pg.connstr()}"\n')
+    safekeeper.start(None, extra=["--config", cfg])
+    for pg in pgs:
+        wait_until(f"{pg.name} streaming", lambda pg=pg: (r := pg.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
+        pg.set_sync_standby("safekeeper1")
+        pg.pgbench("-i", "-s", "1", "-q")
+    with_all = [tps(pgs[0]), tps(pgs[1])]
+    pgs[2].stop("immediate")
+    time.sleep(1)
+    without_c = [tps(pgs[0]), tps(pgs[1])]
+    print(f"sync TPS of a, b with c running: {with_all}; with c stopped: {without_c}")
+    # Not a speed claim: a dead cluster must not stall or starve the others.
+    for w, wo in zip(with_all, without_c):
+        assert wo > 0.5 * w
+    assert "cluster=c" in safekeeper.log() and "retrying" in safekeeper.log()
+    assert safekeeper.stop() == 0
