@@ -236,3 +236,21 @@ def test_config_file_follows_two_primaries_independently(make_pg, safekeeper: Sa
     assert b.replication("sk_beta")["sync_state"] == "sync"
     assert os.path.exists(safekeeper.control_file("alpha")) and os.path.exists(safekeeper.control_file("beta"))
     assert safekeeper.stop() == 0
+
+
+def test_silent_primary_connection_is_dropped_and_reestablished(primary: PgCluster, safekeeper: Safekeeper):
+    """A walsender that stops answering without closing the connection (SIGSTOP, like a host that
+    vanished from the network) is detected by the receive timeout; streaming resumes after."""
+    import signal as sig
+    safekeeper.start(primary.connstr(), extra=["--status-interval", "500ms", "--receive-timeout", "3s"])
+    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    walsender = primary.sql_one("SELECT pid FROM pg_stat_replication WHERE application_name = %s", (safekeeper.application_name,))
+    os.kill(walsender, sig.SIGSTOP)
+    try:
+        safekeeper.wait_log("receive timeout", timeout=30)
+    finally:
+        os.kill(walsender, sig.SIGCONT)
+    primary.set_sync_standby(safekeeper.application_name)
+    wait_until("streaming again, in sync", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+    primary.sql("CREATE TABLE after_timeout AS SELECT 1 AS x")  # a sync commit returns
+    assert safekeeper.running()

@@ -73,6 +73,11 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_STATUS_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub status_interval: Option<Duration>,
 
+    /// End a replication session when the primary sent nothing for this long, then reconnect
+    /// (default 60s, like PostgreSQL's wal_receiver_timeout).
+    #[arg(long, env = "SAFEKEEPER_RECEIVE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub receive_timeout: Option<Duration>,
+
     /// Full segments uploaded at the same time, per cluster (default 4).
     #[arg(long, env = "SAFEKEEPER_UPLOAD_PARALLELISM", value_name = "N")]
     pub upload_parallelism: Option<usize>,
@@ -102,6 +107,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     status_interval: Option<Duration>,
     upload_parallelism: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    receive_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     partial_interval: Option<Duration>,
     #[serde(default, deserialize_with = "bytes_opt")]
@@ -143,6 +150,7 @@ pub struct ServiceConfig {
     /// Routes that need no token when auth is on (names from [`PUBLIC_ROUTE_NAMES`]).
     pub http_public_routes: BTreeSet<String>,
     pub status_interval: Duration,
+    pub receive_timeout: Duration,
     pub s3: S3Args,
     pub offload: OffloadSettings,
     pub clusters: Vec<ClusterConfig>,
@@ -201,6 +209,14 @@ impl ServiceConfig {
             "--status-interval must be at least 100ms"
         );
 
+        let receive_timeout = args
+            .receive_timeout
+            .or(file.receive_timeout)
+            .unwrap_or(Duration::from_secs(60));
+        ensure!(
+            receive_timeout > status_interval,
+            "--receive-timeout must be longer than --status-interval"
+        );
         let upload_parallelism = args
             .upload_parallelism
             .or(file.upload_parallelism)
@@ -274,6 +290,7 @@ impl ServiceConfig {
             http_auth_token_file,
             http_public_routes,
             status_interval,
+            receive_timeout,
             s3,
             offload: OffloadSettings {
                 upload_parallelism,

@@ -44,6 +44,9 @@ pub enum SessionEnd {
 pub struct IngestOptions {
     /// Send a status update at least this often even when no WAL arrives.
     pub status_interval: Duration,
+    /// End the session when nothing at all arrived for this long (a primary that vanished
+    /// without closing the connection); like PostgreSQL's `wal_receiver_timeout`.
+    pub receive_timeout: Duration,
 }
 
 /// Streams until cancelled, the timeline ends, or an error. The caller owns reconnecting.
@@ -55,6 +58,7 @@ pub async fn receive_wal(
     cancel: &CancellationToken,
 ) -> Result<SessionEnd> {
     let mut last_status = Instant::now();
+    let mut last_received = Instant::now();
     let mut acknowledged = wal.flushed_lsn();
     if stream.is_streaming() {
         send_status(stream, wal, false).await?;
@@ -71,9 +75,19 @@ pub async fn receive_wal(
                 finish(stream, wal, status, acknowledged).await?;
                 return Ok(SessionEnd::Cancelled);
             }
-            msg = stream.recv() => msg.context("replication stream failed")?,
+            msg = stream.recv() => {
+                last_received = Instant::now();
+                msg.context("replication stream failed")?
+            }
             _ = sleep_until((last_status + options.status_interval).into()), if stream.is_streaming() => {
-                send_status(stream, wal, false).await?;
+                let silent = last_received.elapsed();
+                anyhow::ensure!(
+                    silent < options.receive_timeout,
+                    "no message from the primary for {}s (receive timeout): reconnecting",
+                    silent.as_secs()
+                );
+                // When the primary has been quiet, ask it to answer: silence then means trouble.
+                send_status(stream, wal, silent >= options.status_interval).await?;
                 last_status = Instant::now();
                 continue;
             }

@@ -91,6 +91,7 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         offload: config.offload,
         ingest: IngestOptions {
             status_interval: config.status_interval,
+            receive_timeout: config.receive_timeout,
         },
     };
     let runtime = runtime_clusters::load(&config.data_dir)?;

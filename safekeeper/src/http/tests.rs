@@ -28,6 +28,7 @@ fn app_with(auth: Auth, dir: &std::path::Path) -> (Router, utoipa::openapi::Open
         },
         ingest: IngestOptions {
             status_interval: Duration::from_secs(10),
+            receive_timeout: Duration::from_secs(60),
         },
     };
     let set = ClusterSet::new(ctx, CancellationToken::new(), Some(dir.join("remote")));
