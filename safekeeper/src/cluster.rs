@@ -33,6 +33,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::ClusterConfig;
 use crate::control_client::ControlClient;
+use crate::hints::with_hint;
 use crate::ingest::{self, IngestOptions, SessionEnd};
 use crate::pg::{ConnInfo, PgError, ReplicationConnection};
 use crate::status::{ClusterStatus, ConnectionState};
@@ -167,7 +168,7 @@ async fn follow(
             // A session follows timeline switches itself; should one end here anyway, the next
             // session starts again from what is durable.
             Ok(SessionEnd::EndOfTimeline { .. }) => continue,
-            Err(SessionError::Permanent(e)) => return Err(e),
+            Err(SessionError::Permanent(e)) => return Err(anyhow!(with_hint(&e))),
             Err(SessionError::Transient(e)) => {
                 // Whatever happened, the next session starts from what is on disk.
                 if let Some(wal) = follower.wal.take() {
@@ -177,11 +178,12 @@ async fn follow(
                     backoff = BACKOFF_MIN;
                 }
                 let delay = jitter(backoff);
-                warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64,
+                let line = with_hint(&e);
+                warn!(error = %line, retry_in_ms = delay.as_millis() as u64,
                       "replication session failed; retrying");
                 status.send_modify(|s| {
                     s.connection = ConnectionState::Retrying;
-                    s.last_error = Some(format!("{e:#}"));
+                    s.last_error = Some(line);
                     s.reconnects += 1;
                 });
                 tokio::select! {

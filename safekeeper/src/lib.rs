@@ -16,6 +16,7 @@
 //! - `control_store`: a cluster's control file in memory and when it is written back.
 //! - `status`: what a cluster task publishes about itself.
 //! - `remote`: remote storage URL/S3 options and the key layout of remote objects.
+//! - `hints`: one line of advice for the misconfigurations a newcomer hits.
 //! - `pg`: PostgreSQL replication protocol client (connection, auth, TLS, streaming).
 //! - `wal_format`: WAL page/record layout and verification.
 //! - `wal_storage`: the local WAL directory (segment files, group-commit writes, resume point).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod control_client;
 pub mod control_store;
 pub mod failpoint;
+pub mod hints;
 pub mod http;
 pub mod ingest;
 pub mod lag;

@@ -66,6 +66,26 @@ pub async fn open_remote(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage
         .with_context(|| format!("cannot open remote storage {url}"))
 }
 
+/// Checks at startup that the remote storage answers. Permanent problems (a missing bucket,
+/// denied access) are errors; a storage that is merely unreachable is only a warning, because
+/// ingest and synchronous commits must not depend on object storage being up.
+pub async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
+    use futures::StreamExt;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut listing = storage.list("", remote_storage::ListOptions::default(), &cancel);
+    match listing.next().await {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(e)) if e.kind().is_retryable() => {
+            tracing::warn!(error = %e, "remote storage is not reachable now; uploads will retry");
+            Ok(())
+        }
+        Some(Err(e)) => {
+            let e = anyhow::Error::new(e);
+            Err(anyhow::anyhow!(crate::hints::with_hint(&e)))
+        }
+    }
+}
+
 /// Key prefix of one cluster's WAL objects (ends with `/`).
 pub fn wal_prefix(cluster: &str) -> String {
     format!("{cluster}/wal/")

@@ -45,8 +45,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(code) => code,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let line = safekeeper::hints::with_hint(&e);
+            error!("{line}");
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }
@@ -84,6 +85,7 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
             .with_context(|| format!("cannot create the remote directory {}", local.display()))?;
     }
     let storage = telemetry::storage::open_observed(&config.remote, &config.s3).await?;
+    safekeeper::remote::check_remote(storage.as_ref()).await?;
     let ctx = ServiceContext {
         sk_id: config.id,
         data_dir: config.data_dir.clone(),
