@@ -140,3 +140,28 @@ def test_one_process_three_primaries_one_stopped(make_pg, safekeeper: Safekeeper
         assert wo > 0.5 * w
     assert "cluster=c" in safekeeper.log() and "retrying" in safekeeper.log()
     assert safekeeper.stop() == 0
+
+
+def test_removed_upstream_wal_is_a_reported_gap_not_a_skip(primary: PgCluster, safekeeper: Safekeeper):
+    """The primary removed WAL the safekeeper needs (slot dropped while it was down): reported
+    with what to do, the WAL held is kept, nothing is skipped."""
+    safekeeper.start(primary.connstr())
+    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+    end = primary.switch_wal()
+    wait_until("flushed", lambda: (r := primary.replication(safekeeper.application_name)) and r["flush_lsn"] >= end, timeout=60)
+    assert safekeeper.stop() == 0
+    held = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
+    primary.sql("SELECT pg_drop_replication_slot('safekeeper_1')")
+    for _ in range(6):
+        primary.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+        primary.switch_wal()
+    primary.sql("CHECKPOINT")
+    primary.sql("CHECKPOINT")
+    safekeeper.start(primary.connstr())
+    assert safekeeper.wait_exit(timeout=60) != 0
+    log = safekeeper.log()
+    assert "no longer has the WAL this safekeeper needs next" in log, log[-3000:]
+    assert "58P01" in log
+    after = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
+    assert after == held

@@ -168,7 +168,21 @@ async fn follow(
             // A session follows timeline switches itself; should one end here anyway, the next
             // session starts again from what is durable.
             Ok(SessionEnd::EndOfTimeline { .. }) => continue,
-            Err(SessionError::Permanent(e)) => return Err(anyhow!(with_hint(&e))),
+            Err(SessionError::Permanent(e)) => {
+                let line = with_hint(&e);
+                let removed = e
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref::<PgError>(), Some(p) if p.code() == Some("58P01")));
+                if removed {
+                    // WAL we need next is gone upstream: a gap, reported as one, never skipped.
+                    warn!(gap = %line, "upstream WAL needed to continue was removed");
+                    status.send_modify(|s| {
+                        s.last_gap = Some(line.clone());
+                        s.gaps += 1;
+                    });
+                }
+                return Err(anyhow!(line));
+            }
             Err(SessionError::Transient(e)) => {
                 // Whatever happened, the next session starts from what is on disk.
                 if let Some(wal) = follower.wal.take() {

@@ -63,6 +63,11 @@ fn pg_hint(e: &PgError) -> Option<String> {
                      needed) or drop unused slots (pg_replication_slots)"
                 }
                 "3D000" => "the database in --primary does not exist: fix dbname (replication needs none)",
+                "58P01" if m.contains("already been removed") => {
+                    "the primary no longer has the WAL this safekeeper needs next (its slot was dropped \
+                     or max_slot_wal_keep_size exceeded): the WAL held here is kept; start a new data \
+                     directory for this cluster to follow it from now on"
+                }
                 "57P03" => "the primary is starting up or shutting down; retrying",
                 _ => return None,
             };
