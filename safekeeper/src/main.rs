@@ -41,6 +41,15 @@ enum Command {
     /// Every segment of the newest timeline (and its ancestors, following its history file) up
     /// to the end of the best partial, or --until-lsn; prints the end LSN reached.
     Recover(cmd::recover::RecoverArgs),
+    /// Try it on this machine: a throwaway primary, the safekeeper as its synchronous standby,
+    /// then the primary destroyed and every committed row recovered from the archive alone.
+    ///
+    /// Needs PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup), taken from PG_BINDIR,
+    /// `pg_config --bindir`, an initdb on PATH or /usr/lib/postgresql/<version>/bin. Writes only
+    /// under --dir, listens on 127.0.0.1 only, and removes everything at the end unless --keep
+    /// (or a step failed). Exit status 0 only when the recovered row count equals the number of
+    /// acknowledged commits.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::RestoreWalPrefetch(args) => cmd::restore_wal::run_prefetch(args),
         Command::Remote(c) => cmd::remote::run(c),
         Command::Recover(args) => cmd::recover::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     }
 }
 

@@ -267,3 +267,73 @@ fn parent_dir(path: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S1: &str = "000000010000000000000001";
+    const S2: &str = "000000010000000000000002";
+    const S3: &str = "000000010000000000000003";
+    const T2: &str = "000000020000000000000003";
+
+    fn names(spool: &Spool) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(spool.dir())
+            .expect("read spool")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| looks_like_segment_name(n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn claims_store_take_and_invalidate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&dir.path().join("spool"), "file:///a", "main").expect("open");
+        for s in [S2, S3, T2] {
+            let claim = spool.claim(s).expect("claim").expect("free");
+            assert!(
+                spool.claim(s).expect("claim").is_none(),
+                "claimed by a live process"
+            );
+            spool.store(s, s.as_bytes(), claim).expect("store");
+            assert!(spool.claim(s).expect("claim").is_none(), "already spooled");
+        }
+        // A claim left by a dead process is stale.
+        fs::write(
+            dir.path().join("spool").join(format!("{S1}.claim")),
+            "2147483647",
+        )
+        .expect("w");
+        assert!(spool.claim(S1).expect("claim").is_some());
+
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(spool.take(S2, &dest, Duration::ZERO).expect("take"));
+        assert_eq!(fs::read(&dest).expect("read"), S2.as_bytes());
+        spool.mark_served(S2).expect("served");
+        // Segment 3 of timeline 1 stays; timeline 2's is dropped; nothing at or below 2 is
+        // stored any more.
+        assert_eq!(names(&spool), vec![S3.to_string()]);
+        let claim = spool.claim(S1);
+        assert!(claim.expect("claim").is_none(), "behind PostgreSQL");
+
+        spool.forget_timeline_of(S3).expect("forget");
+        assert!(names(&spool).is_empty());
+        assert!(!spool.take(S3, &dest, Duration::ZERO).expect("take"));
+    }
+
+    #[test]
+    fn a_spool_from_another_archive_is_emptied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spool");
+        let spool = Spool::open(&path, "file:///a", "main").expect("open");
+        let claim = spool.claim(S2).expect("claim").expect("free");
+        spool.store(S2, b"x", claim).expect("store");
+        assert_eq!(
+            names(&Spool::open(&path, "file:///a", "main").expect("reopen")).len(),
+            1
+        );
+        assert!(names(&Spool::open(&path, "file:///b", "main").expect("other")).is_empty());
+    }
+}

@@ -112,9 +112,14 @@ pub fn structural_problems(archive: &Archive) -> Vec<Problem> {
         for gap in objects.gaps() {
             let (first, last) = (*gap.start(), *gap.end());
             for segno in first..=last.min(first.saturating_add(NAMED_PER_GAP - 1)) {
+                let only_partials = if objects.partials.contains_key(&segno) {
+                    " (only partial versions of it exist)"
+                } else {
+                    ""
+                };
                 out.push(Problem::error(
                     &archive.segment_key(tli, segno),
-                    "missing: full segments before and after it exist",
+                    format!("missing: full segments before and after it exist{only_partials}"),
                 ));
             }
             if last - first >= NAMED_PER_GAP {

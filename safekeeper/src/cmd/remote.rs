@@ -196,23 +196,33 @@ fn ls_text(remote: &str, a: &Archive) -> String {
     }
     for (&tli, t) in &a.timelines {
         let _ = writeln!(s, "timeline {tli}:");
-        for r in t.segment_ranges() {
-            let _ = writeln!(
-                s,
-                "  segments {} .. {} ({} full segments)",
-                a.segment_name(tli, *r.start()),
-                a.segment_name(tli, *r.end()),
-                r.end() - r.start() + 1
-            );
-        }
-        for g in t.gaps() {
-            let _ = writeln!(
-                s,
+        // Runs of segments and the gaps between them, in WAL order.
+        let mut runs: Vec<(u64, String)> = t
+            .segment_ranges()
+            .into_iter()
+            .map(|r| {
+                let n = r.end() - r.start() + 1;
+                let line = format!(
+                    "  segments {} .. {} ({n} full segment{})",
+                    a.segment_name(tli, *r.start()),
+                    a.segment_name(tli, *r.end()),
+                    if n == 1 { "" } else { "s" }
+                );
+                (*r.start(), line)
+            })
+            .collect();
+        runs.extend(t.gaps().into_iter().map(|g| {
+            let line = format!(
                 "  GAP      {} .. {} ({} missing)",
                 a.segment_name(tli, *g.start()),
                 a.segment_name(tli, *g.end()),
                 g.end() - g.start() + 1
             );
+            (*g.start(), line)
+        }));
+        runs.sort();
+        for (_, line) in runs {
+            let _ = writeln!(s, "{line}");
         }
         for (segno, versions) in &t.partials {
             let best = best_partial(versions);
