@@ -23,7 +23,7 @@ import pytest
 from fixtures.pg import PgCluster
 from fixtures.restore import copy_archive, recover, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
-from fixtures.safekeeper import Safekeeper
+from fixtures.safekeeper import Safekeeper, safekeeper_bin
 from fixtures.utils import parse_segment_name, run, segment_name, wait_until
 
 SEG = 16 << 20
@@ -123,8 +123,11 @@ def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int],
         errors.append(str(e))
 
 
-def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir):
-    """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit."""
+@pytest.mark.parametrize("restore", ["cp-oracle", "restore-wal"])
+def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir, restore):
+    """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit.
+    Recovered once through an independent copy of the archive (`cp`) and once through
+    `safekeeper restore-wal` as PostgreSQL's restore_command."""
     primary = make_pg("primary")
     primary.sql("CREATE TABLE rpo (id int PRIMARY KEY, pad text)")
     backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
@@ -147,7 +150,12 @@ def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remo
     safekeeper.kill9()
     run(["rm", "-rf", primary.datadir])  # the primary's disk is gone
 
-    restored = recover(workdir, "restored", backup, f"cp {archive}/%f %p")
+    if restore == "cp-oracle":
+        restore_command = f"cp {archive}/%f %p"
+    else:
+        env = " ".join(f"{k}={v}" for k, v in remote.env().items())
+        restore_command = f"{env} {safekeeper_bin()} restore-wal {' '.join(remote.args())} --cluster main %f %p"
+    restored = recover(workdir, "restored", backup, restore_command)
     try:
         have = {r[0] for r in restored.sql("SELECT id FROM rpo")}
     finally:
