@@ -23,6 +23,7 @@ import tomllib
 from fixtures.api import Api, scrape
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
+from fixtures.s3 import MotoServer, new_bucket
 from fixtures.safekeeper import Safekeeper
 from fixtures.utils import free_port, parse_lsn, segment_name, wait_until
 
@@ -94,6 +95,7 @@ def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: Pg
     assert d["primary"] == {"hosts": [f"127.0.0.1:{primary.port}"], "user": "postgres",
                             "slot": "safekeeper_1", "application_name": "safekeeper1"}
     assert (d["connection"], d["state"], d["last_error"], d["reconnects"]) == ("streaming", "running", None, 0)
+    assert (d["gaps"], d["last_gap"]) == (0, None)
     assert d["lag"]["flush"]["bytes"] == lsn["received"] - lsn["flush"]
     assert d["lag"]["upload"]["bytes"] == lsn["commit"] - lsn["remote"] > 0
 
@@ -148,6 +150,7 @@ def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: Pg
     third = api.ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
     assert int(PARTIAL_RE.match(third).group(3), 16) == 2, third
     assert api.cluster()["connection"] == "streaming"
+    assert safekeeper.stop() == 0
 
 
 METRIC_FAMILIES = {
@@ -160,7 +163,7 @@ METRIC_FAMILIES = {
     "safekeeper_backup_lag_bytes": "gauge", "safekeeper_backup_lag_seconds": "gauge",
     "safekeeper_uploads_in_flight": "gauge", "safekeeper_term": "gauge", "safekeeper_timeline": "gauge",
     "safekeeper_connection_state": "gauge", "safekeeper_reconnects_total": "counter",
-    "safekeeper_gc_deleted_objects_total": "counter",
+    "safekeeper_gc_deleted_objects_total": "counter", "safekeeper_gaps_total": "counter",
     "safekeeper_wal_fsync_seconds": "histogram", "safekeeper_wal_flush_batch_bytes": "histogram",
     "safekeeper_uploads_total": "counter", "safekeeper_upload_bytes_total": "counter",
     "safekeeper_upload_seconds": "histogram",
@@ -223,6 +226,37 @@ def test_metrics_move_during_pgbench_and_track_the_api(primary: PgCluster, safek
         return m.value("safekeeper_upload_lag_bytes", cluster="main") == 0 and m.value("safekeeper_upload_lag_seconds", cluster="main") == 0
 
     wait_until("upload lag back to zero", caught_up, timeout=30)
+    assert safekeeper.stop() == 0
+
+
+def test_upload_failures_and_retries_are_counted_and_reported(primary: PgCluster, safekeeper: Safekeeper, workdir: str):
+    server = MotoServer(workdir)
+    try:
+        bucket = new_bucket(server)
+        safekeeper.start(primary.connstr(), extra=bucket.args() + ["--partial-interval", "1h"], env=bucket.env())
+        api = Api(safekeeper.http_port)
+        wait_until("the admin API", api.up, timeout=30)
+        emit_wal(primary)
+        wait_committed(api, primary)
+        name = api.ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
+        assert f"main/wal/{name}" in bucket.keys("main/wal/")
+        m = scrape(api)
+        assert m.value("safekeeper_uploads_total", cluster="main", kind="partial") >= 1
+        assert m.get("safekeeper_upload_failures_total", cluster="main", kind="partial") is None
+
+        server.stop()  # connection refused: a retryable error, retried by the storage layer
+        emit_wal(primary)
+        wait_committed(api, primary)
+        assert_error(api.post("/v1/clusters/main/partial_upload"), 503, "operation_failed")
+        m = scrape(api)
+        assert m.value("safekeeper_upload_failures_total", cluster="main", kind="partial") == 1
+        assert m.value("safekeeper_upload_retries_total", cluster="main", kind="partial") >= 1
+        d = api.cluster()
+        assert d["offload"]["upload_failures"] >= 1 and "partial" in d["offload"]["last_error"]
+        assert d["lag"]["upload"]["bytes"] > 0 and d["connection"] == "streaming"
+    finally:
+        server.stop()
+    safekeeper.kill9()  # a graceful stop would retry the final upload for its full timeout
 
 
 def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safekeeper: Safekeeper, workdir: str):
@@ -263,6 +297,7 @@ def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safe
         assert_error(Api(port).get(path), 401, "unauthorized")
         assert api.get(path).status == 200
     assert "security" in api.ok("GET", "/v1/openapi.json")["paths"]["/metrics"]["get"]
+    assert safekeeper.stop() == 0
     assert token not in safekeeper.log()
 
 
@@ -327,6 +362,7 @@ def test_bad_input_gets_a_json_error_never_a_5xx(primary: PgCluster, make_safeke
     assert other.wait_exit(timeout=30) != 0
     assert f"error: cannot listen on --http-addr 127.0.0.1:{safekeeper.http_port}" in other.log(), other.log()[-2000:]
     assert not os.path.exists(other.wal_dir())
+    assert safekeeper.stop() == 0
 
 
 def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(primary: PgCluster, make_pg, safekeeper: Safekeeper):
@@ -379,6 +415,7 @@ def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(prim
     assert not os.path.exists(os.path.join(safekeeper.data_dir, "second"))
     assert remote_of(safekeeper).keys("second/wal/"), "purge_local must not touch the archive"
     assert api.cluster()["connection"] == "streaming"
+    assert safekeeper.stop() == 0
 
 
 FUZZ_CONFIG = """
@@ -395,8 +432,7 @@ values = ["{dead}"]
 "body.primary" = {{ dictionary = "primaries", probability = 0.3 }}
 
 [[operations]]
-include-path = "/v1/clusters"
-include-method = "POST"
+include-operation-id = "add_cluster"
 # A JSON schema cannot express libpq's connection-string grammar: a schema-valid string may
 # still be refused (400), and a valid name may be taken (409).
 checks.positive_data_acceptance.expected-statuses = [201, 400, 409]
@@ -428,14 +464,14 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(primary: 
     seed = int(os.environ.get("SK_FUZZ_SEED", secrets.randbelow(1 << 30)))
     cmd = [schemathesis_bin(), "--config-file", config, "--no-color", "run",
            f"http://127.0.0.1:{safekeeper.http_port}/v1/openapi.json",
-           "--checks", "all", "--max-examples", "25", "--seed", str(seed), "--workers", "1",
-           "--header", f"Authorization: Bearer {token}", "--max-time", "100", "--request-timeout", "150"]
+           "--checks", "all", "--max-examples", "20", "--seed", str(seed), "--workers", "1",
+           "--header", f"Authorization: Bearer {token}", "--max-time", "50", "--request-timeout", "150"]
     cp = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=workdir)
     out = cp.stdout + cp.stderr
     print(out[-6000:])
     assert cp.returncode == 0, f"schemathesis found problems (SK_FUZZ_SEED={seed}):\n{out[-8000:]}"
     m = re.search(r"(\d+) generated", out)
-    assert m and int(m.group(1)) >= 200, out[-3000:]
+    assert m and int(m.group(1)) >= 100, out[-3000:]
     print(f"schemathesis: {m.group(1)} test cases, seed {seed}")
 
     # Afterwards the live cluster still works as a synchronous standby.
@@ -447,3 +483,4 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(primary: 
         if c["origin"] == "api":
             api.ok("DELETE", f"/v1/clusters/{c['name']}?purge_local=true")
     assert [c["name"] for c in api.ok("GET", "/v1/clusters")["clusters"]] == ["main"]
+    assert safekeeper.stop() == 0

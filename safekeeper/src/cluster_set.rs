@@ -301,8 +301,7 @@ impl ClusterSet {
             outcome_tx.send_replace(outcome);
             changed.send_modify(|n| *n += 1);
         });
-        self.write()
-            .insert(entry.name().to_string(), entry.clone());
+        self.write().insert(entry.name().to_string(), entry.clone());
         self.notify();
         Ok(entry)
     }

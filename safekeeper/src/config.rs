@@ -24,7 +24,8 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// This safekeeper's id, unique among the safekeepers following one cluster (default 1).
+    /// This safekeeper's id, unique among the safekeepers following one cluster; it appears in
+    /// the names of its partial objects (default 1).
     #[arg(long, env = "SAFEKEEPER_ID", value_name = "N")]
     pub id: Option<u64>,
 
@@ -51,7 +52,8 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_HTTP_AUTH_PUBLIC_ROUTES", value_name = "LIST")]
     pub http_auth_public_routes: Option<String>,
 
-    /// Name of the cluster given on the command line (default main).
+    /// Name for the cluster of --primary: its directory under --data-dir and its prefix in the
+    /// remote storage (default main).
     #[arg(long, env = "SAFEKEEPER_CLUSTER", value_name = "NAME")]
     pub cluster: Option<String>,
 
@@ -64,8 +66,8 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_SLOT", value_name = "NAME")]
     pub slot: Option<String>,
 
-    /// application_name reported to the primary, the name to use in synchronous_standby_names
-    /// (default safekeeper<id>).
+    /// The application_name reported to the primary: the name to list in its
+    /// synchronous_standby_names (default safekeeper<id>).
     #[arg(long, env = "SAFEKEEPER_APPLICATION_NAME", value_name = "NAME")]
     pub application_name: Option<String>,
 
@@ -78,15 +80,16 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_RECEIVE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub receive_timeout: Option<Duration>,
 
-    /// Full segments uploaded at the same time, per cluster (default 4).
+    /// How many full segments are uploaded at once, per cluster (default 4).
     #[arg(long, env = "SAFEKEEPER_UPLOAD_PARALLELISM", value_name = "N")]
     pub upload_parallelism: Option<usize>,
 
-    /// How often the partial segment is uploaded while commits arrive (default 10s; as low as 100ms).
+    /// How often the segment being written is uploaded as a partial object while WAL arrives: how
+    /// far the archive may trail the newest commit (default 10s, at least 100ms).
     #[arg(long, env = "SAFEKEEPER_PARTIAL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub partial_interval: Option<Duration>,
 
-    /// Uploaded WAL kept on local disk for fast serving, per cluster (default 1GiB).
+    /// How much already-uploaded WAL to keep on local disk as well, per cluster (default 1GiB).
     #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
     pub local_retention: Option<u64>,
 
@@ -337,7 +340,9 @@ pub fn validate_cluster(c: &ClusterConfig) -> Result<()> {
     ensure!(
         !c.application_name.is_empty()
             && c.application_name.len() <= 63
-            && c.application_name.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            && c.application_name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b)),
         "application name {:?} must be 1-63 printable ASCII characters",
         c.application_name
     );
@@ -384,8 +389,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1000,
-        "mb" => 1000_000,
-        "gb" => 1000_000_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
@@ -556,6 +561,11 @@ slot = "custom"
                 .is_empty()
         );
         // Clusters may all come from <data-dir>/clusters.toml or the admin API.
-        assert!(ServiceConfig::resolve(&RunArgs::default()).unwrap().clusters.is_empty());
+        assert!(
+            ServiceConfig::resolve(&RunArgs::default())
+                .unwrap()
+                .clusters
+                .is_empty()
+        );
     }
 }

@@ -66,8 +66,10 @@ pub async fn receive_wal(
     let mut batch: Vec<(Lsn, Bytes)> = Vec::with_capacity(64);
     // Handles resolved once per session: recording is then an atomic push per batch.
     let cluster = status.borrow().name.clone();
-    let fsync_seconds = metrics::histogram!(crate::telemetry::WAL_FSYNC_SECONDS, "cluster" => cluster.clone());
-    let batch_bytes_hist = metrics::histogram!(crate::telemetry::WAL_FLUSH_BATCH_BYTES, "cluster" => cluster);
+    let fsync_seconds =
+        metrics::histogram!(crate::telemetry::WAL_FSYNC_SECONDS, "cluster" => cluster.clone());
+    let batch_bytes_hist =
+        metrics::histogram!(crate::telemetry::WAL_FLUSH_BATCH_BYTES, "cluster" => cluster);
     loop {
         let first = tokio::select! {
             biased;

@@ -11,8 +11,8 @@
 //!
 //! Seconds are the age of the oldest byte of a stage: how long ago the byte at the downstream
 //! position was first seen upstream. A [`LagTracker`] keeps `(lsn, first seen)` samples of the
-//! upstream position, coarsened to [`GRANULARITY`] (ages may read up to that much too high) and
-//! bounded to [`MAX_SAMPLES`]; bytes already upstream when this process started count from the
+//! upstream position, taken and coarsened at [`GRANULARITY`] (ages are within that much of the
+//! truth) and bounded to [`MAX_SAMPLES`]; bytes already upstream when this process started count from the
 //! first observation. Owned by one task per cluster ([`track`]), read by snapshot.
 
 use std::collections::VecDeque;
@@ -40,7 +40,11 @@ pub struct LagTracker {
 impl LagTracker {
     /// Records the current positions.
     pub fn observe(&mut self, upstream: Lsn, downstream: Lsn, now: Instant) {
-        while self.samples.front().is_some_and(|&(lsn, _)| lsn <= downstream) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(lsn, _)| lsn <= downstream)
+        {
             self.samples.pop_front();
         }
         // Upstream moved back (a truncation): forget what is gone, keep the oldest time.
@@ -151,6 +155,12 @@ pub async fn track(
             if let Ok(mut l) = lag.lock() {
                 l.observe(&s, &o, Instant::now());
             }
+        }
+        // At most one observation per GRANULARITY: a busy cluster changes its status on every
+        // group commit, and finer samples would be merged anyway.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(GRANULARITY) => {}
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Follow one or more primaries as a synchronous standby and keep their WAL.
+    /// Follow primaries as their synchronous standby; keep their WAL on disk and in remote storage.
     Run(safekeeper::config::RunArgs),
     /// Inspect, verify and upgrade a cluster's control file.
     #[command(subcommand)]
@@ -41,8 +41,11 @@ enum Command {
     /// Every segment of the newest timeline (and its ancestors, following its history file) up
     /// to the end of the best partial, or --until-lsn; prints the end LSN reached.
     Recover(cmd::recover::RecoverArgs),
-    /// Try it on this machine: a throwaway primary, the safekeeper as its synchronous standby,
-    /// then the primary destroyed and every committed row recovered from the archive alone.
+    /// Try it here: commit on a throwaway primary, destroy it, recover every row from the archive.
+    ///
+    /// A throwaway primary, the safekeeper as its synchronous standby archiving to a local
+    /// directory, a short write load, then the primary is destroyed (kill -9, data deleted) and a
+    /// new one is recovered from a base backup and the archive alone through restore-wal.
     ///
     /// Needs PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup), taken from PG_BINDIR,
     /// `pg_config --bindir`, an initdb on PATH or /usr/lib/postgresql/<version>/bin. Writes only

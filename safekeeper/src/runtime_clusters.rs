@@ -156,7 +156,10 @@ mod tests {
         save(dir.path(), &[&a, &b]).unwrap();
         assert_eq!(load(dir.path()).unwrap(), vec![a.clone(), b]);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         save(dir.path(), &[&a]).unwrap();
         assert_eq!(load(dir.path()).unwrap(), vec![a]);
@@ -168,7 +171,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), "[[cluster]]\nname = \"../x\"\nprimary = \"p\"\nslot = \"s\"\napplication_name = \"a\"\n").unwrap();
         let err = format!("{:#}", load(dir.path()).unwrap_err());
-        assert!(err.contains("clusters.toml") && err.contains("../x"), "{err}");
+        assert!(
+            err.contains("clusters.toml") && err.contains("../x"),
+            "{err}"
+        );
         std::fs::write(path(dir.path()), "[[cluster]]\nnme = 1\n").unwrap();
         assert!(load(dir.path()).is_err());
     }

@@ -123,7 +123,10 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
     let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
     let (app, _) = http::app(state, auth);
     let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
-    info!(clusters = set.list().len(), "following; admin API at http://{}", config.http_addr);
+    info!(
+        clusters = set.list().len(),
+        "following; admin API at http://{}", config.http_addr
+    );
 
     // Until shutdown, or until every cluster stopped on a permanent error.
     let mut changes = set.subscribe();

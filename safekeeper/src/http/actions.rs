@@ -167,7 +167,12 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service",
     responses((status = 200, description = "The OpenAPI document of this server", body = Object)))]
 pub async fn openapi(State(state): State<ApiState>) -> Response {
-    let mut response = state.openapi.get().cloned().unwrap_or_default().into_response();
+    let mut response = state
+        .openapi
+        .get()
+        .cloned()
+        .unwrap_or_default()
+        .into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

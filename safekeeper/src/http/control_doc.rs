@@ -170,11 +170,17 @@ impl From<ClusterState> for CfState {
             term,
             term_history: term_history
                 .into_iter()
-                .map(|TermSwitch { term, timeline, start_lsn }| CfTermSwitch {
-                    term,
-                    timeline,
-                    start_lsn: start_lsn.0,
-                })
+                .map(
+                    |TermSwitch {
+                         term,
+                         timeline,
+                         start_lsn,
+                     }| CfTermSwitch {
+                        term,
+                        timeline,
+                        start_lsn: start_lsn.0,
+                    },
+                )
                 .collect(),
             flush_lsn: flush_lsn.0,
             commit_lsn: commit_lsn.0,
@@ -182,35 +188,55 @@ impl From<ClusterState> for CfState {
             remote: CfRemote {
                 full_segments: full_segments
                     .into_iter()
-                    .map(|SegmentRange { timeline, start_segno, end_segno }| CfSegmentRange {
-                        timeline,
-                        start_segno,
-                        end_segno,
-                    })
+                    .map(
+                        |SegmentRange {
+                             timeline,
+                             start_segno,
+                             end_segno,
+                         }| CfSegmentRange {
+                            timeline,
+                            start_segno,
+                            end_segno,
+                        },
+                    )
                     .collect(),
                 partials: partials
                     .into_iter()
-                    .map(|PartialObject { name, status: st, size, crc32c }| CfPartial {
-                        name: CfPartialName {
-                            timeline: name.timeline,
-                            segno: name.segno,
-                            commit_lsn: name.commit_lsn.0,
-                            term: name.term,
-                            sk_id: name.sk_id,
+                    .map(
+                        |PartialObject {
+                             name,
+                             status: st,
+                             size,
+                             crc32c,
+                         }| CfPartial {
+                            name: CfPartialName {
+                                timeline: name.timeline,
+                                segno: name.segno,
+                                commit_lsn: name.commit_lsn.0,
+                                term: name.term,
+                                sk_id: name.sk_id,
+                            },
+                            status: status(st),
+                            size,
+                            crc32c,
                         },
-                        status: status(st),
-                        size,
-                        crc32c,
-                    })
+                    )
                     .collect(),
                 history: history
                     .into_iter()
-                    .map(|HistoryObject { timeline, status: st, size, crc32c }| CfHistory {
-                        timeline,
-                        status: status(st),
-                        size,
-                        crc32c,
-                    })
+                    .map(
+                        |HistoryObject {
+                             timeline,
+                             status: st,
+                             size,
+                             crc32c,
+                         }| CfHistory {
+                            timeline,
+                            status: status(st),
+                            size,
+                            crc32c,
+                        },
+                    )
                     .collect(),
             },
             last_gc_at_unix_ms,
@@ -335,7 +361,15 @@ mod tests {
 
     fn state() -> ClusterState {
         let seg = 16 << 20;
-        let mut s = ClusterState::new(1, "main", 7_000_000_000_000_000_001, seg, 15, 1, Lsn(0x300_0028));
+        let mut s = ClusterState::new(
+            1,
+            "main",
+            7_000_000_000_000_000_001,
+            seg,
+            15,
+            1,
+            Lsn(0x300_0028),
+        );
         s.start_term(2, Lsn(0x500_0000));
         s.flush_lsn = Lsn(0x500_1000);
         s.commit_lsn = Lsn(0x500_0800);
@@ -343,7 +377,13 @@ mod tests {
         s.remote.add_full_segment(1, 3);
         s.remote.add_full_segment(1, 4);
         s.remote.partials.push(PartialObject {
-            name: PartialName { timeline: 2, segno: 5, commit_lsn: Lsn(0x500_0800), term: 2, sk_id: 1 },
+            name: PartialName {
+                timeline: 2,
+                segno: 5,
+                commit_lsn: Lsn(0x500_0800),
+                term: 2,
+                sk_id: 1,
+            },
             status: ObjectStatus::Uploaded,
             size: 0x800,
             crc32c: 42,
@@ -372,8 +412,14 @@ mod tests {
     fn the_listing_names_objects_as_stored() {
         let l = RemoteListing::from(&state());
         let v = serde_json::to_value(&l).unwrap();
-        assert_eq!(v["full_segments"][0]["first_segment"], "000000010000000000000003");
-        assert_eq!(v["full_segments"][0]["last_segment"], "000000010000000000000004");
+        assert_eq!(
+            v["full_segments"][0]["first_segment"],
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            v["full_segments"][0]["last_segment"],
+            "000000010000000000000004"
+        );
         assert_eq!(v["full_segments"][0]["count"], 2);
         assert_eq!(
             v["partials"][0]["name"],

@@ -240,6 +240,10 @@ pub struct ClusterDetail {
     pub reconnects: u64,
     /// The newest error of the connection, or the one the cluster stopped on.
     pub last_error: Option<String>,
+    /// Times the primary could not continue the WAL held here (a fork below our end, or WAL no
+    /// longer available), and the last such event.
+    pub gaps: u64,
+    pub last_gap: Option<String>,
     pub system_identifier: Option<u64>,
     pub timeline: Option<u32>,
     pub wal_segment_size: Option<u32>,

@@ -81,10 +81,7 @@ pub fn apply_auth(doc: &mut utoipa::openapi::OpenApi, auth: &Auth) {
             &mut item.trace,
         ];
         for op in ops.into_iter().flatten() {
-            op.security = Some(vec![SecurityRequirement::new(
-                SCHEME,
-                Vec::<String>::new(),
-            )]);
+            op.security = Some(vec![SecurityRequirement::new(SCHEME, Vec::<String>::new())]);
             op.responses
                 .responses
                 .insert("401".to_string(), RefOr::T(unauthorized.clone()));

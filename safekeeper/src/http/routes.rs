@@ -95,6 +95,8 @@ fn detail(e: &Arc<ClusterEntry>) -> ClusterDetail {
         connection: status.connection.into(),
         reconnects: status.reconnects,
         last_error: last_error(&outcome, status.last_error.clone()),
+        gaps: status.gaps,
+        last_gap: status.last_gap.clone(),
         system_identifier: status
             .system_identifier
             .or(cf.as_ref().map(|s| s.system_identifier)),

@@ -35,7 +35,12 @@ fn app_with(auth: Auth, dir: &std::path::Path) -> (Router, utoipa::openapi::Open
     app(ApiState::new(set, 1, dir.to_path_buf(), None), auth)
 }
 
-async fn call(app: &Router, method: &str, uri: &str, body: Option<(&str, &str)>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
     let mut req = Request::builder().method(method).uri(uri);
     let body = match body {
         Some((content_type, text)) => {
@@ -53,7 +58,11 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<(&str, &str)>)
 
 fn assert_error(json: &serde_json::Value, code: &str) {
     let keys: BTreeSet<_> = json.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, BTreeSet::from(["code".to_string(), "error".to_string()]), "{json}");
+    assert_eq!(
+        keys,
+        BTreeSet::from(["code".to_string(), "error".to_string()]),
+        "{json}"
+    );
     assert_eq!(json["code"], code, "{json}");
 }
 
@@ -136,7 +145,10 @@ async fn auth_guards_all_but_the_public_routes_and_is_documented_there() {
         .header(header::AUTHORIZATION, "Bearer t0ken")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::OK
+    );
     let secured = |path: &str| {
         let item = &doc.paths.paths[path];
         let op = item.get.as_ref().or(item.post.as_ref()).unwrap();

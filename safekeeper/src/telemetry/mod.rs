@@ -61,7 +61,10 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(WAL_FLUSH_BATCH_BYTES.into()), BATCH_BUCKETS)
+                    b.set_buckets_for_metric(
+                        Matcher::Full(WAL_FLUSH_BATCH_BYTES.into()),
+                        BATCH_BUCKETS,
+                    )
                 })
                 .ok()?
                 .build_recorder();

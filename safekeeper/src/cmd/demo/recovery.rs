@@ -1,0 +1,116 @@
+//! Rebuilding a primary from a base backup and the archive alone: the base backup taken before
+//! the load, the `restore_command` line, and starting the new server until recovery has ended.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::postgres::{PgTools, Server, shell_quote};
+
+/// pg_basebackup of `primary` into `target`'s data directory; returns its start LSN.
+pub async fn base_backup(pg: &PgTools, primary: &Server, target: &Server) -> Result<String> {
+    let mut cmd = pg.command("pg_basebackup");
+    cmd.args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+        .args(["-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"])
+        .arg("-D")
+        .arg(&target.data);
+    pg.run(cmd, "pg_basebackup", Duration::from_secs(300))
+        .await?;
+    let label = std::fs::read_to_string(target.data.join("backup_label"))
+        .context("the base backup has no backup_label")?;
+    Ok(label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string())
+}
+
+/// `restore_command` serving the archive at `remote_url` through `exe restore-wal`.
+pub fn restore_command(exe: &Path, remote_url: &str) -> String {
+    format!(
+        "{} restore-wal --remote {} --cluster main %f %p",
+        cmd_word(exe.as_os_str()),
+        cmd_word(OsStr::new(remote_url))
+    )
+}
+
+/// Configures `server` (a restored base backup) to recover through `command` to the end of the
+/// archive, starts it, and waits until it has left recovery.
+pub async fn recover(pg: &PgTools, server: &Server, command: &str) -> Result<()> {
+    server.append_conf(&format!(
+        "# safekeeper demo: recovery from the archive\n\
+         port = {}\n\
+         synchronous_standby_names = ''\n\
+         restore_command = '{}'\n\
+         recovery_target_timeline = 'latest'\n",
+        server.port,
+        command.replace('\'', "''")
+    ))?;
+    let signal = server.data.join("recovery.signal");
+    std::fs::write(&signal, "")?;
+    pg.give(&signal)?;
+    server.start(pg).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let in_recovery = server.sql_one("SELECT pg_is_in_recovery()").await.ok();
+        if in_recovery.as_deref() == Some("f") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || server.postmaster_pid().is_none() {
+            bail!(
+                "the new primary did not finish recovery: see {}",
+                server.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One word of restore_command: quoted for the shell only when needed, `%` doubled (PostgreSQL
+/// expands `%f`, `%p` and `%%`).
+fn cmd_word(text: &OsStr) -> String {
+    let s = text.to_string_lossy();
+    let plain = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@".contains(c));
+    let word = if plain {
+        s.into_owned()
+    } else {
+        shell_quote(text)
+    };
+    word.replace('%', "%%")
+}
+
+/// The distinct files the server log says were restored from the archive, in order.
+pub fn restored_files(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut names: Vec<String> = Vec::new();
+    for rest in text.split("restored log file \"").skip(1) {
+        if let Some(name) = rest.split('"').next()
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_command_words() {
+        assert_eq!(
+            restore_command(
+                Path::new("/usr/bin/safekeeper"),
+                "file:///tmp/x/.demo/remote"
+            ),
+            "/usr/bin/safekeeper restore-wal --remote file:///tmp/x/.demo/remote --cluster main %f %p"
+        );
+        assert_eq!(cmd_word(OsStr::new("/a b/100%")), "'/a b/100%%'");
+    }
+}
