@@ -113,6 +113,9 @@ pub struct Manager {
     gc_wanted: bool,
     /// A partial upload was requested (answered through `partial_waiters`).
     kick_partial: bool,
+    /// Look for local history files to upload: at start, after a timeline change and after a
+    /// failed history upload (they only appear at a timeline switch).
+    history_scan: bool,
     /// Timeline of the LSNs in `flush_lsn`/`commit_lsn`; they restart when it changes.
     progress_timeline: Option<TimelineId>,
     /// Cancels storage requests at the very end of shutdown.
@@ -157,6 +160,7 @@ impl Manager {
             gc_waiters: Vec::new(),
             gc_wanted: true,
             kick_partial: false,
+            history_scan: true,
             progress_timeline,
             storage_cancel: CancellationToken::new(),
         };
@@ -210,8 +214,10 @@ impl Manager {
         if self.retry_at.is_some_and(|t| t > Instant::now()) {
             return;
         }
+        if std::mem::take(&mut self.history_scan) {
+            self.schedule_history_uploads();
+        }
         self.schedule_full_uploads();
-        self.schedule_history_uploads();
         if self.gc_wanted {
             self.start_gc();
         }
@@ -329,6 +335,7 @@ impl Manager {
                 self.flush_lsn = st.flush_lsn;
                 self.commit_lsn = st.commit_lsn;
                 self.full_done.clear();
+                self.history_scan = true;
             }
         }
         if let Some(st) = &snapshot {

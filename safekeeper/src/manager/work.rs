@@ -71,6 +71,7 @@ impl Manager {
     pub(super) fn schedule_history_uploads(&mut self) {
         let Ok(st) = self.state() else { return };
         let Ok(entries) = std::fs::read_dir(&self.wal_dir) else {
+            self.history_scan = true;
             return;
         };
         let mut wanted = Vec::new();
@@ -101,6 +102,7 @@ impl Manager {
                 });
             }));
             if let Err(e) = intent {
+                self.history_scan = true;
                 self.note_failure("recording a history upload", &e);
                 return;
             }
@@ -292,7 +294,10 @@ impl Manager {
                             self.note_failure("recording a history upload", &e);
                         }
                     }
-                    Err(e) => self.note_failure("history upload", &e),
+                    Err(e) => {
+                        self.history_scan = true;
+                        self.note_failure("history upload", &e);
+                    }
                 }
             }
             TaskDone::Gc { names, result } => {
