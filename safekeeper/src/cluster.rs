@@ -170,9 +170,9 @@ async fn follow(
             Ok(SessionEnd::EndOfTimeline { .. }) => continue,
             Err(SessionError::Permanent(e)) => {
                 let line = with_hint(&e);
-                let removed = e
-                    .chain()
-                    .any(|c| matches!(c.downcast_ref::<PgError>(), Some(p) if p.code() == Some("58P01")));
+                let removed = e.chain().any(
+                    |c| matches!(c.downcast_ref::<PgError>(), Some(p) if p.code() == Some("58P01")),
+                );
                 if removed {
                     // WAL we need next is gone upstream: a gap, reported as one, never skipped.
                     warn!(gap = %line, "upstream WAL needed to continue was removed");

@@ -40,7 +40,9 @@ fn pg_hint(e: &PgError) -> Option<String> {
         PgError::Server { code, message, .. } => {
             let m = message.as_str();
             let hint = match code.as_str() {
-                "28P01" => "wrong password for the primary: fix the password in --primary, PGPASSWORD or ~/.pgpass",
+                "28P01" => {
+                    "wrong password for the primary: fix the password in --primary, PGPASSWORD or ~/.pgpass"
+                }
                 "28000" if m.contains("pg_hba.conf") => {
                     "the primary's pg_hba.conf does not allow this replication connection: add a line like \
                      'host replication <user> <address>/32 scram-sha-256' and reload it"
@@ -62,7 +64,9 @@ fn pg_hint(e: &PgError) -> Option<String> {
                     "all replication slots of the primary are in use: raise max_replication_slots (restart \
                      needed) or drop unused slots (pg_replication_slots)"
                 }
-                "3D000" => "the database in --primary does not exist: fix dbname (replication needs none)",
+                "3D000" => {
+                    "the database in --primary does not exist: fix dbname (replication needs none)"
+                }
                 "58P01" if m.contains("already been removed") => {
                     "the primary no longer has the WAL this safekeeper needs next (its slot was dropped \
                      or max_slot_wal_keep_size exceeded): the WAL held here is kept; start a new data \
@@ -133,12 +137,16 @@ mod tests {
 
     #[test]
     fn known_causes_get_one_line_of_advice() {
-        let e = server("28P01", "password authentication failed for user \"x\"").context("connecting");
+        let e =
+            server("28P01", "password authentication failed for user \"x\"").context("connecting");
         let line = with_hint(&e);
         assert!(line.starts_with("wrong password"), "{line}");
         assert!(line.contains("28P01"));
         assert!(!line.contains('\n'));
-        let e = server("53300", "number of requested standby connections exceeds max_wal_senders (currently 0)");
+        let e = server(
+            "53300",
+            "number of requested standby connections exceeds max_wal_senders (currently 0)",
+        );
         assert!(with_hint(&e).contains("wal_level = replica"));
         let e = server("53400", "all replication slots are in use");
         assert!(with_hint(&e).contains("max_replication_slots"));

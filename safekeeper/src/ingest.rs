@@ -151,7 +151,10 @@ pub async fn receive_wal(
         let flushed = wal.flushed_lsn();
         // After the end of a timeline the server accepts no more status updates; the position
         // is reported on the next timeline's stream.
-        if end_of_timeline.is_none() && stream.is_streaming() && (flushed > before || reply_requested) {
+        if end_of_timeline.is_none()
+            && stream.is_streaming()
+            && (flushed > before || reply_requested)
+        {
             send_status(stream, wal, false).await?;
             last_status = Instant::now();
             acknowledged = flushed;

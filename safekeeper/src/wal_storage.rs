@@ -119,12 +119,17 @@ impl WalStore {
             let shared = start.segment_offset(id.seg_size) as usize;
             let prefix = read_segment_prefix(dir, parent_timeline, segno, id.seg_size, shared)
                 .with_context(|| {
-                    format!("cannot copy the start of timeline {} from its parent", id.timeline)
+                    format!(
+                        "cannot copy the start of timeline {} from its parent",
+                        id.timeline
+                    )
                 })?;
             let file = store.create_preallocated(segno)?;
             file.write_all_at(&prefix, 0)
                 .and_then(|_| file.sync_data())
-                .with_context(|| format!("cannot seed the first segment of timeline {}", id.timeline))?;
+                .with_context(|| {
+                    format!("cannot seed the first segment of timeline {}", id.timeline)
+                })?;
             let path = store.partial_path(segno);
             store.open = Some(OpenSegment { segno, file, path });
         }

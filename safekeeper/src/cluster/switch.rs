@@ -130,7 +130,9 @@ impl Follower<'_> {
 
         match tokio::time::timeout(FINAL_PARTIAL_TIMEOUT, self.control.upload_partial_now()).await {
             Ok(Ok(name)) => info!(object = ?name, "final partial of the ending timeline uploaded"),
-            Ok(Err(e)) => warn!(error = %format!("{e:#}"), "final partial of the ending timeline not uploaded"),
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "final partial of the ending timeline not uploaded")
+            }
             Err(_) => warn!("final partial of the ending timeline not uploaded in time"),
         }
 
@@ -181,7 +183,8 @@ mod tests {
 
     #[test]
     fn history_parses_and_locates_our_end() {
-        let content = b"1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n";
+        let content =
+            b"1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2000-01-01\n";
         let h = parse_history(content).unwrap();
         assert_eq!(h.len(), 2);
         assert_eq!(end_of_timeline(&h, 3, 1), Some((Lsn(0x300_0158), 2)));

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use control_file::names::{PartialName, history_file_name};
 use control_file::names::TimelineId;
+use control_file::names::{PartialName, history_file_name};
 use control_file::{ClusterState, HistoryObject, Lsn, ObjectStatus, PartialObject};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -174,7 +174,9 @@ impl Manager {
             self.note_failure("recording a partial upload", &e);
             return;
         }
-        fail::fail_point!("partial-after-intent", |_| crate::failpoint::crash("partial-after-intent"));
+        fail::fail_point!("partial-after-intent", |_| crate::failpoint::crash(
+            "partial-after-intent"
+        ));
         self.partial_in_flight = Some(name.clone());
         let cancel = self.storage_cancel.clone();
         self.tasks.spawn(async move {
@@ -260,7 +262,9 @@ impl Manager {
                 self.full_in_flight.remove(&segno);
                 match result {
                     Ok(up) => {
-                        fail::fail_point!("full-after-put", |_| crate::failpoint::crash("full-after-put"));
+                        fail::fail_point!("full-after-put", |_| crate::failpoint::crash(
+                            "full-after-put"
+                        ));
                         self.note_success();
                         self.io.offload_tx.send_modify(|o| {
                             o.full_uploaded += u64::from(!up.skipped);
@@ -304,7 +308,9 @@ impl Manager {
                 self.gc_in_flight = None;
                 match result {
                     Ok(()) => {
-                        fail::fail_point!("gc-after-delete", |_| crate::failpoint::crash("gc-after-delete"));
+                        fail::fail_point!("gc-after-delete", |_| crate::failpoint::crash(
+                            "gc-after-delete"
+                        ));
                         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
                         let gone: BTreeSet<String> = names.iter().cloned().collect();
                         let r = self.update(Box::new(move |s| {
@@ -346,7 +352,9 @@ impl Manager {
         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
         match result {
             Ok(()) => {
-                fail::fail_point!("partial-after-put", |_| crate::failpoint::crash("partial-after-put"));
+                fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
+                    "partial-after-put"
+                ));
                 self.note_success();
                 let done = name.clone();
                 // Only older versions of the same segment are superseded: a partial of another
