@@ -142,14 +142,21 @@ def test_one_process_three_primaries_one_stopped(make_pg, safekeeper: Safekeeper
     assert safekeeper.stop() == 0
 
 
-def test_removed_upstream_wal_is_a_reported_gap_not_a_skip(primary: PgCluster, safekeeper: Safekeeper):
-    """The primary removed WAL the safekeeper needs (slot dropped while it was down): reported
-    with what to do, the WAL held is kept, nothing is skipped."""
-    safekeeper.start(primary.connstr())
+def test_removed_upstream_wal_is_a_reported_gap_then_followed(primary: PgCluster, safekeeper: Safekeeper, workdir):
+    """The primary removed WAL the safekeeper needs (its slot was dropped while it was down): the
+    gap is reported, the WAL held is kept (locally and its last partial remotely), and following
+    goes on from the primary's current segment in a new term."""
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    args = remote.args() + ["--partial-interval", "300ms"]
+    safekeeper.start(primary.connstr(), extra=args)
     wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
     primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
-    end = primary.switch_wal()
-    wait_until("flushed", lambda: (r := primary.replication(safekeeper.application_name)) and r["flush_lsn"] >= end, timeout=60)
+    primary.switch_wal()
+    primary.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+    held_lsn = primary.current_lsn()
+    held_seg = f"00000001{held_lsn // SEG >> 8:08X}{held_lsn // SEG & 0xFF:08X}"
+    wait_until("partial of the held segment uploaded", lambda: any(
+        k.startswith(f"main/wal/{held_seg}_") and int(k.split("_")[1], 16) >= held_lsn for k in remote.keys("main/wal/")), timeout=60)
     assert safekeeper.stop() == 0
     held = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
     primary.sql("SELECT pg_drop_replication_slot('safekeeper_1')")
@@ -158,10 +165,24 @@ def test_removed_upstream_wal_is_a_reported_gap_not_a_skip(primary: PgCluster, s
         primary.switch_wal()
     primary.sql("CHECKPOINT")
     primary.sql("CHECKPOINT")
-    safekeeper.start(primary.connstr())
-    assert safekeeper.wait_exit(timeout=60) != 0
-    log = safekeeper.log()
-    assert "no longer has the WAL this safekeeper needs next" in log, log[-3000:]
-    assert "58P01" in log
-    after = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
-    assert after == held
+
+    safekeeper.start(primary.connstr(), extra=args)
+    line = safekeeper.wait_log("no longer has the WAL after", timeout=60)
+    primary.set_sync_standby(safekeeper.application_name)
+    wait_until("following again, in sync", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+    primary.sql("INSERT INTO t VALUES (-1)")  # a sync commit returns
+    end = primary.switch_wal()
+    new_seg = f"00000001{(end - 1) // SEG >> 8:08X}{(end - 1) // SEG & 0xFF:08X}"
+    wait_until("a segment after the gap uploaded", lambda: f"main/wal/{new_seg}" in remote.keys("main/wal/"), timeout=60)
+
+    # What was held is kept: completed segments untouched, the incomplete one set aside, and its
+    # last partial still in the archive.
+    now = set(os.listdir(safekeeper.wal_dir()))
+    for n, size in held.items():
+        kept = n if n in now else f"{n}.gap"
+        assert kept in now and os.path.getsize(os.path.join(safekeeper.wal_dir(), kept)) == size, n
+    assert any(k.startswith(f"main/wal/{held_seg}_") for k in remote.keys("main/wal/")), remote.keys("main/wal/")
+    assert safekeeper.stop() == 0
+    cf = safekeeper.control_file_json()["state"]
+    assert cf["term"] == 2
+    assert cf["term_history"][-1]["start_lsn"] % SEG == 0 and cf["term_history"][-1]["start_lsn"] > held_lsn

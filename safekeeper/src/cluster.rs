@@ -221,7 +221,12 @@ impl Follower<'_> {
                 .snapshot()
                 .context("internal error: WAL opened before the control file")?;
             let recorded = st.flush_lsn.max(self.durable);
-            let store = WalStore::open(
+            let floor = st
+                .term_history
+                .last()
+                .map(|t| t.start_lsn)
+                .unwrap_or_default();
+            let store = WalStore::open_from(
                 &self.settings.cluster_dir.join("wal"),
                 WalIdentity {
                     system_identifier: st.system_identifier,
@@ -229,6 +234,7 @@ impl Follower<'_> {
                     seg_size: st.wal_segment_size,
                 },
                 recorded,
+                floor,
             )?;
             self.wal = Some(store);
         }
@@ -317,9 +323,24 @@ impl Follower<'_> {
             let wal = self.open_wal()?;
             let resume = wal.flush()?;
             let timeline = wal.identity().timeline;
-            let mut stream = conn
+            let started = conn
                 .start_replication(Some(&slot), resume.0, timeline)
-                .await?;
+                .await;
+            let mut stream = match started {
+                Ok(stream) => stream,
+                Err(e) if e.code() == Some("58P01") => {
+                    conn = self.connect().await?;
+                    self.follow_after_removed_wal(
+                        &mut conn,
+                        &e.to_string(),
+                        &mut server_timeline,
+                        status,
+                    )
+                    .await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             info!(start_lsn = %resume, timeline, slot = %slot, "streaming");
             status.send_modify(|s| {
                 s.connection = ConnectionState::Streaming;
@@ -331,7 +352,23 @@ impl Follower<'_> {
                 .wal
                 .as_mut()
                 .context("internal error: WAL store missing")?;
-            let end = ingest::receive_wal(&mut stream, wal, status, options, cancel).await?;
+            let end = match ingest::receive_wal(&mut stream, wal, status, options, cancel).await {
+                Ok(end) => end,
+                // The server reports removed WAL once it tries to read it, inside the stream.
+                Err(e) if removed_wal(&e) => {
+                    drop(stream);
+                    conn = self.connect().await?;
+                    self.follow_after_removed_wal(
+                        &mut conn,
+                        &format!("{e:#}"),
+                        &mut server_timeline,
+                        status,
+                    )
+                    .await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             self.durable = self.durable.max(wal.flushed_lsn());
             match end {
                 SessionEnd::Cancelled => return Ok(SessionEnd::Cancelled),
@@ -372,6 +409,12 @@ pub fn spawn_follower_thread(
         })
         .with_context(|| format!("cannot start thread {name}"))?;
     Ok(done_rx)
+}
+
+/// True when `e` is the server saying the WAL requested was already removed (SQLSTATE 58P01).
+fn removed_wal(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref::<PgError>(), Some(p) if p.code() == Some("58P01")))
 }
 
 /// Full jitter in [d/2, d].

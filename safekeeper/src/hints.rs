@@ -68,9 +68,8 @@ fn pg_hint(e: &PgError) -> Option<String> {
                     "the database in --primary does not exist: fix dbname (replication needs none)"
                 }
                 "58P01" if m.contains("already been removed") => {
-                    "the primary no longer has the WAL this safekeeper needs next (its slot was dropped \
-                     or max_slot_wal_keep_size exceeded): the WAL held here is kept; start a new data \
-                     directory for this cluster to follow it from now on"
+                    "the primary no longer has WAL this safekeeper needs (its slot was dropped or \
+                     max_slot_wal_keep_size was exceeded): check the slot and that setting"
                 }
                 "57P03" => "the primary is starting up or shutting down; retrying",
                 _ => return None,

@@ -103,6 +103,9 @@ pub struct Manager {
     tasks: JoinSet<TaskDone>,
     full_in_flight: BTreeSet<u64>,
     full_done: BTreeSet<u64>,
+    /// Segments below the current term's start that exist nowhere (a gap the upstream could not
+    /// fill): `backup_lsn` passes them without recording an object.
+    full_missing: BTreeSet<u64>,
     retry_at: Option<Instant>,
     retry_delay: Duration,
     partial_in_flight: Option<PartialName>,
@@ -151,6 +154,7 @@ impl Manager {
             tasks: JoinSet::new(),
             full_in_flight: BTreeSet::new(),
             full_done: BTreeSet::new(),
+            full_missing: BTreeSet::new(),
             retry_at: None,
             retry_delay: RETRY_MIN,
             partial_in_flight: None,

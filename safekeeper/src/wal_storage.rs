@@ -69,6 +69,18 @@ impl WalStore {
     /// Opens (creating if needed) the WAL directory and works out where streaming must resume.
     /// `recorded_flush_lsn` is the flush LSN from the control file, a lower bound of what is durable.
     pub fn open(dir: &Path, id: WalIdentity, recorded_flush_lsn: Lsn) -> Result<WalStore> {
+        Self::open_from(dir, id, recorded_flush_lsn, Lsn::INVALID)
+    }
+
+    /// Like [`WalStore::open`], for WAL that starts at `floor` (the current term's start): files
+    /// below it (before a gap the upstream could not fill) are kept but do not decide the resume
+    /// point.
+    pub fn open_from(
+        dir: &Path,
+        id: WalIdentity,
+        recorded_flush_lsn: Lsn,
+        floor: Lsn,
+    ) -> Result<WalStore> {
         ensure!(
             control_file::lsn::is_valid_segment_size(id.seg_size),
             "invalid WAL segment size {}",
@@ -84,7 +96,7 @@ impl WalStore {
             written_lsn: recorded_flush_lsn,
             flushed_lsn: recorded_flush_lsn,
         };
-        let resume = store.find_resume_point(recorded_flush_lsn)?;
+        let resume = store.find_resume_point(recorded_flush_lsn, floor)?;
         store.written_lsn = resume;
         store.flushed_lsn = resume;
         info!(
@@ -153,6 +165,22 @@ impl WalStore {
     /// End of the bytes on disk.
     pub fn flushed_lsn(&self) -> Lsn {
         self.flushed_lsn
+    }
+
+    /// Sets the segment being written aside as `<name>.partial.gap`, after flushing it: the WAL
+    /// that follows it is not available upstream, so it will never be completed. Its bytes stay
+    /// for inspection and for the partial already uploaded from them.
+    pub fn retire_open_segment(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(segment) = self.open.take() {
+            let mut retired = segment.path.clone().into_os_string();
+            retired.push(".gap");
+            fs::rename(&segment.path, &retired)
+                .with_context(|| format!("cannot set {} aside", segment.path.display()))?;
+            fsync_dir(&self.dir)?;
+            warn!(segment = %segment.path.display(), "incomplete segment set aside before a gap");
+        }
+        Ok(())
     }
 
     /// Path of a completed segment of the store's timeline.
@@ -325,15 +353,17 @@ impl WalStore {
     }
 
     /// Works out the LSN to resume streaming at (see the module invariants).
-    fn find_resume_point(&mut self, recorded: Lsn) -> Result<Lsn> {
+    fn find_resume_point(&mut self, recorded: Lsn, floor: Lsn) -> Result<Lsn> {
         let seg_size = self.id.seg_size;
+        let floor_segno = floor.segment_number(seg_size);
         let full_end = self
             .list_segments()?
             .iter()
-            .filter(|s| s.timeline == self.id.timeline)
+            .filter(|s| s.timeline == self.id.timeline && s.segno >= floor_segno)
             .map(|s| s.segno + 1)
             .max();
         let mut partials = self.list_partials()?;
+        partials.retain(|p| *p >= floor_segno);
         // A partial at or below a completed segment is a leftover: the full file wins.
         if let Some(end) = full_end {
             for segno in partials.iter().filter(|p| **p < end) {

@@ -9,8 +9,11 @@
 //! 4. the control file starts a new term at the switch point (DESIGN.md: a switch of timeline or
 //!    a truncation of local WAL both start a new term).
 //!
-//! Never silent: a fork below our end is logged, counted and shown in the cluster status. The WAL
-//! held beyond the fork point stays where it is (old timeline's local files and remote objects).
+//! Never silent: a fork below our end, or WAL the upstream removed before we had it, is logged,
+//! counted and shown in the cluster status. The WAL held beyond a fork point stays where it is
+//! (old timeline's local files and remote objects); after removed WAL the incomplete segment is
+//! set aside (`.partial.gap`, its last partial uploaded) and following resumes at the upstream's
+//! current segment in a new term, so the archive has a visible, explained hole, never a silent one.
 
 use std::time::Duration;
 
@@ -20,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Follower, SessionError};
-use crate::pg::ReplicationConnection;
+use crate::pg::{IdentifySystem, ReplicationConnection};
 use crate::status::ClusterStatus;
 use crate::wal_storage::{WalIdentity, WalStore, write_history_file};
 
@@ -108,8 +111,82 @@ impl Follower<'_> {
         Ok(())
     }
 
+    /// The upstream no longer has the WAL that follows what we hold (removed: the slot was
+    /// dropped or `max_slot_wal_keep_size` exceeded). Keep what is held, set the incomplete
+    /// segment aside, and follow the upstream from its current segment in a new term.
+    pub(super) async fn follow_after_removed_wal(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        cause: &str,
+        server_timeline: &mut u32,
+        status: &watch::Sender<ClusterStatus>,
+    ) -> Result<(), SessionError> {
+        let server = conn.identify_system().await?;
+        *server_timeline = (*server_timeline).max(server.timeline);
+        self.jump_past_gap(conn, cause, &server, status).await
+    }
+
+    async fn jump_past_gap(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        cause: &str,
+        server: &IdentifySystem,
+        status: &watch::Sender<ClusterStatus>,
+    ) -> Result<(), SessionError> {
+        let wal_dir = self.settings.cluster_dir.join("wal");
+        let held = self.open_wal()?.flush()?;
+        let parent = self.open_wal()?.identity();
+        let jump = Lsn(server.xlogpos).segment_start(parent.seg_size);
+        if jump <= held {
+            // Nothing to jump over: the error has another cause; let the caller retry.
+            return Err(SessionError::Transient(anyhow!("{cause}")));
+        }
+        let msg = format!(
+            "the primary no longer has the WAL after {held} on timeline {} ({cause}): the WAL \
+             held up to {held} is kept (and its last partial uploaded); WAL in [{held}, {jump}) \
+             is missing; following from {jump} on timeline {} in a new term",
+            parent.timeline, server.timeline
+        );
+        self.report_gap(status, &msg);
+        match tokio::time::timeout(FINAL_PARTIAL_TIMEOUT, self.control.upload_partial_now()).await {
+            Ok(Ok(name)) => info!(object = ?name, "last partial before the gap uploaded"),
+            _ => warn!("last partial before the gap not uploaded now; a periodic one exists"),
+        }
+        if server.timeline != parent.timeline {
+            let (_, content) = conn.timeline_history(server.timeline).await?;
+            write_history_file(&wal_dir, server.timeline, &content)?;
+        }
+        self.open_wal()?.retire_open_segment()?;
+        let store = WalStore::start_timeline(
+            &wal_dir,
+            WalIdentity {
+                timeline: server.timeline,
+                ..parent
+            },
+            jump,
+            parent.timeline,
+        )?;
+        let timeline = server.timeline;
+        self.control
+            .update(Box::new(move |s| {
+                s.start_term(timeline, jump);
+                s.flush_lsn = jump;
+                s.commit_lsn = jump;
+            }))
+            .await?;
+        self.wal = Some(store);
+        self.durable = jump;
+        status.send_modify(|s| {
+            s.timeline = Some(timeline);
+            s.received_lsn = jump;
+            s.flush_lsn = jump;
+            s.commit_lsn = jump;
+        });
+        Ok(())
+    }
+
     fn report_gap(&self, status: &watch::Sender<ClusterStatus>, msg: &str) {
-        warn!(gap = %msg, "upstream history diverges from the WAL held");
+        warn!(gap = %msg, "the upstream cannot continue the WAL held here: gap");
         status.send_modify(|s| {
             s.last_gap = Some(msg.to_string());
             s.gaps += 1;

@@ -21,6 +21,33 @@ impl Manager {
         let first = st.backup_lsn.segment_number(seg_size);
         // Segments strictly below the flush LSN's segment are complete and renamed locally.
         let end = self.flush_lsn.segment_number(seg_size);
+        // Below the current term's start, a segment with no local file lies in a gap the
+        // upstream could not fill (see `cluster/switch.rs`): nothing to upload, ever.
+        let floor = st
+            .term_history
+            .last()
+            .map(|t| t.start_lsn.segment_number(seg_size))
+            .unwrap_or(0);
+        let missing: Vec<u64> = (first..end.min(floor))
+            .filter(|s| {
+                let name = control_file::names::segment_file_name(
+                    timeline_of_segment(st, *s),
+                    *s,
+                    seg_size,
+                );
+                !self.full_done.contains(s) && !self.wal_dir.join(name).exists()
+            })
+            .collect();
+        if !missing.is_empty() {
+            warn!(
+                first = missing[0],
+                count = missing.len(),
+                "segments in a gap: never uploaded"
+            );
+            self.full_missing.extend(missing);
+            self.advance_backup(TimelineId::default());
+            return;
+        }
         let candidates: Vec<(TimelineId, u64)> = (first..end)
             .map(|s| (timeline_of_segment(st, s), s))
             .filter(|(tli, s)| {
@@ -411,22 +438,38 @@ impl Manager {
         let seg_size = st.wal_segment_size;
         let start = st.backup_lsn.segment_number(seg_size);
         let mut next = start;
-        while self.full_done.remove(&next) {
+        let mut uploaded = Vec::new();
+        loop {
+            if self.full_done.remove(&next) {
+                uploaded.push(next);
+            } else if !self.full_missing.remove(&next) {
+                break;
+            }
             next += 1;
         }
         if next == start {
             return;
         }
+        let recorded = uploaded.clone();
         let r = self.update(Box::new(move |s| {
-            for segno in start..next {
+            for segno in recorded {
                 let timeline = timeline_of_segment(s, segno);
                 s.remote.add_full_segment(timeline, segno);
             }
             s.backup_lsn = s.backup_lsn.max(Lsn::from_segment(next, seg_size));
-            let history = s.clone();
-            for p in s.remote.partials.iter_mut() {
-                let segno = p.name.segno;
-                if segno < next && p.name.timeline == timeline_of_segment(&history, segno) {
+            // Step 5: a partial is superseded only by the full segment of its own timeline and
+            // number (not by a gap, after which its partial is the only copy of that WAL).
+            let superseded: Vec<bool> = s
+                .remote
+                .partials
+                .iter()
+                .map(|p| {
+                    s.remote
+                        .contains_full_segment(p.name.timeline, p.name.segno)
+                })
+                .collect();
+            for (p, gone) in s.remote.partials.iter_mut().zip(superseded) {
+                if gone {
                     p.status = ObjectStatus::Deleting;
                 }
             }
@@ -439,9 +482,7 @@ impl Manager {
             }
             Err(e) => {
                 // Not recorded: upload them again later (idempotent).
-                for segno in start..next {
-                    self.full_done.insert(segno);
-                }
+                self.full_done.extend(uploaded);
                 self.note_failure("recording uploaded segments", &e);
             }
         }
