@@ -183,7 +183,8 @@ def test_refuses_a_different_primary(make_pg, safekeeper: Safekeeper):
     wait_flushed(safekeeper, first, end)
     assert safekeeper.stop() == 0
     wal_before = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
-    cf_before = open(safekeeper.control_file(), "rb").read()
+    pinned = ("system_identifier", "timeline", "term", "term_history", "flush_lsn", "commit_lsn", "wal_segment_size")
+    cf_before = {k: safekeeper.control_file_json()["state"][k] for k in pinned}
 
     other = make_pg("other")
     assert other.system_identifier() != first.system_identifier()
@@ -193,10 +194,11 @@ def test_refuses_a_different_primary(make_pg, safekeeper: Safekeeper):
     log = safekeeper.log()
     assert f"has system identifier {other.system_identifier()}" in log, log[-3000:]
     assert f"pinned to {first.system_identifier()}" in log
-    # Nothing written: local WAL and control file unchanged, no slot created on the other server.
+    # Nothing written: local WAL, the pinned identity and positions unchanged, no slot created on
+    # the other server.
     wal_after = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
     assert wal_after == wal_before
-    assert open(safekeeper.control_file(), "rb").read() == cf_before
+    assert {k: safekeeper.control_file_json()["state"][k] for k in pinned} == cf_before
     assert other.sql("SELECT slot_name FROM pg_replication_slots") == []
 
 

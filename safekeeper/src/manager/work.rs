@@ -532,6 +532,13 @@ impl Manager {
             while let Some(done) = self.tasks.join_next().await {
                 self.on_task_done(done);
             }
+            // Leave no superseded version behind on a clean stop.
+            if self.gc_wanted {
+                self.start_gc();
+                while let Some(done) = self.tasks.join_next().await {
+                    self.on_task_done(done);
+                }
+            }
         };
         if timeout(FINAL_UPLOAD_TIMEOUT, final_upload).await.is_err() {
             warn!("final uploads did not finish in time; the next start resumes them");
