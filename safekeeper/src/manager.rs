@@ -11,7 +11,12 @@
 //!   function of the WAL; before one is uploaded the recorded `flush_lsn` is advanced past it, so
 //!   every full segment that may exist remotely is in the recorded ranges or in
 //!   `[backup_lsn, flush_lsn)` of the current timeline.
-//! - `backup_lsn` only advances over segments whose upload finished, in order.
+//! - `backup_lsn` only advances over segments whose upload finished, in order (or that lie in a
+//!   reported gap below the current term's start and exist nowhere).
+//! - A partial becomes `Deleting` only when superseded by a newer version of the same segment and
+//!   timeline, or by that segment's full object. The final partial of an ended timeline and the
+//!   last partial before a gap are the only copies of their WAL and are never superseded.
+//! - A timeline's WAL is uploaded only after its history file.
 //! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
 //!   an object whose name equals an `Uploaded` partial. Entries leave the control file only after
 //!   the delete succeeded, so a crash anywhere leaves a superset of what exists remotely.
