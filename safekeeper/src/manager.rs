@@ -40,6 +40,8 @@ use crate::control_store::ControlStore;
 use crate::offload::{Offloader, Uploaded};
 use crate::status::{ClusterStatus, OffloadStatus};
 
+/// How often the follower's published LSNs are read (uploads start at most this late).
+const PROGRESS_SAMPLE: Duration = Duration::from_millis(50);
 /// How often LSNs from the follower are written to the control file.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -181,6 +183,8 @@ impl Manager {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
         let mut persist = interval(PERSIST_INTERVAL);
         persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut progress_tick = interval(PROGRESS_SAMPLE);
+        progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut partial_tick = interval(self.settings.partial_interval);
         partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut follower_running = true;
@@ -192,8 +196,11 @@ impl Manager {
                     Some(req) => self.handle_request(req),
                     None => follower_running = false,
                 },
-                changed = self.io.progress.changed() => match changed {
-                    Ok(()) => self.on_progress(),
+                // Sampled, not woken per change: the follower publishes after every fsync batch
+                // (hundreds a second under sync load), and nothing here needs that cadence.
+                _ = progress_tick.tick() => match self.io.progress.has_changed() {
+                    Ok(true) => self.on_progress(),
+                    Ok(false) => {}
                     Err(_) => follower_running = false,
                 },
                 cmd = self.io.commands.recv(), if !cancel.is_cancelled() => match cmd {
