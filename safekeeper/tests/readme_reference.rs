@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use clap::{ArgAction, Args};
-use safekeeper::config::{RunArgs, ServiceConfig};
+use safekeeper::process::config::{RunArgs, ServiceConfig};
 
 const RUN_BEGIN: &str = "<!-- run-flags:begin -->";
 const RUN_END: &str = "<!-- run-flags:end -->";

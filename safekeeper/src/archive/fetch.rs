@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::parse_history;
 use super::{PartialObject, best_partial, looks_like_segment_name, pad_to_segment};
 use crate::remote::wal_prefix;
-use crate::wal_format::{PageHeader, check_page_header};
+use crate::wal::format::{PageHeader, check_page_header};
 
 /// How often the lookup starts over when the archive changes under it.
 const LOOKUP_ROUNDS: usize = 3;

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::looks_like_segment_name;
-use crate::wal_storage::fsync_dir;
+use crate::wal::store::fsync_dir;
 
 const SOURCE_FILE: &str = "SOURCE";
 const SERVED_FILE: &str = "SERVED";

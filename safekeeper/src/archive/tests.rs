@@ -18,7 +18,7 @@ use super::history::HistoryEntry;
 use super::plan::{Source, Stop, plan_recovery};
 use super::verify::{Severity, VerifyOptions, verify_archive};
 use super::*;
-use crate::wal_format::testutil::WalBuilder;
+use crate::wal::format::testutil::WalBuilder;
 
 const MIB: u32 = 1 << 20;
 const SYSID: u64 = 7_300_000_000_000_000_001;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
 use super::{Archive, PartialObject};
-use crate::wal_format::{PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
+use crate::wal::format::{PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
 
 /// Missing segments named individually per gap before the rest is summarized.
 const NAMED_PER_GAP: u64 = 10;
@@ -427,10 +427,10 @@ fn check_wal(key: &str, data: &[u8], start: Lsn, seg_size: u32, f: &mut ObjectFi
     let scan = scan_segment(data, start.0, seg_size, None);
     if scan.stop.is_corruption() {
         let detail = match &scan.stop {
-            crate::wal_format::ScanStop::BadRecord { offset, reason, .. } => {
+            crate::wal::format::ScanStop::BadRecord { offset, reason, .. } => {
                 format!("WAL record at {}: {reason}", start + *offset as u64)
             }
-            crate::wal_format::ScanStop::BadPage { offset, problem } => {
+            crate::wal::format::ScanStop::BadPage { offset, problem } => {
                 format!("page at {}: {problem}", start + *offset as u64)
             }
             other => format!("{other:?}"),

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use remote_storage::{RemoteLocation, RemoteStorage};
 
-use safekeeper::remote::S3Args;
+use crate::remote::S3Args;
 
 /// Where the archive is.
 #[derive(Args, Debug, Clone)]

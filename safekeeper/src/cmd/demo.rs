@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
-use safekeeper::pg::{format_lsn, parse_lsn};
+use crate::pg::{format_lsn, parse_lsn};
 
 use child::SafekeeperChild;
 use load::Limit;

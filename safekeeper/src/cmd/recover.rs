@@ -25,11 +25,11 @@ use remote_storage::RemoteStorageExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use safekeeper::archive::fetch::{Fetched, WalFileName, fetch_wal_file};
-use safekeeper::archive::history::parse_history;
-use safekeeper::archive::plan::{Stop, plan_recovery};
-use safekeeper::archive::spool::write_file_atomic;
-use safekeeper::archive::{Archive, human_bytes};
+use crate::archive::fetch::{Fetched, WalFileName, fetch_wal_file};
+use crate::archive::history::parse_history;
+use crate::archive::plan::{Stop, plan_recovery};
+use crate::archive::spool::write_file_atomic;
+use crate::archive::{Archive, human_bytes};
 
 use super::archive_args::{ArchiveArgs, runtime};
 
@@ -86,7 +86,7 @@ async fn recover(args: &RecoverArgs) -> Result<bool> {
         None => bail!("no WAL for cluster {cluster} in {}", args.archive.remote),
     };
     let history = if target > 1 && archive.histories.contains_key(&target) {
-        let key = safekeeper::remote::history_key(cluster, target);
+        let key = crate::remote::history_key(cluster, target);
         let data = storage.get_bytes(&key, &cancel).await?;
         let text = std::str::from_utf8(&data).with_context(|| format!("{key} is not text"))?;
         parse_history(target, text).with_context(|| format!("malformed history file {key}"))?

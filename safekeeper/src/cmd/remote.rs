@@ -15,8 +15,8 @@ use control_file::Lsn;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use safekeeper::archive::verify::{Severity, VerifyOptions, verify_archive};
-use safekeeper::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
+use crate::archive::verify::{Severity, VerifyOptions, verify_archive};
+use crate::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
 
 use super::archive_args::{ArchiveArgs, runtime};
 

@@ -16,7 +16,7 @@
 //!
 //! With `--prefetch N`, after a full segment is served a detached worker process
 //! (`restore-wal-prefetch`, hidden) fetches the next N full segments in parallel into the spool
-//! ([`safekeeper::archive::spool`]), so sequential replay is not bound by request latency. A
+//! ([`crate::archive::spool`]), so sequential replay is not bound by request latency. A
 //! prefetch failure never fails a restore: the foreground falls back to a normal fetch.
 
 use std::path::{Path, PathBuf};
@@ -31,11 +31,11 @@ use remote_storage::{ListOptions, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use safekeeper::archive::fetch::{
+use crate::archive::fetch::{
     FetchError, Fetched, WalFileName, fetch_full_segment, fetch_wal_file,
 };
-use safekeeper::archive::spool::{Spool, write_file_atomic};
-use safekeeper::remote::wal_prefix;
+use crate::archive::spool::{Spool, write_file_atomic};
+use crate::remote::wal_prefix;
 
 use super::archive_args::{ArchiveArgs, runtime};
 

@@ -16,12 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use safekeeper::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
-use safekeeper::config::{RunArgs, ServiceConfig};
-use safekeeper::http::{self, ApiState, Auth};
-use safekeeper::ingest::IngestOptions;
-use safekeeper::service::ServiceContext;
-use safekeeper::{runtime_clusters, telemetry};
+use crate::process::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
+use crate::process::config::{RunArgs, ServiceConfig};
+use crate::http::{self, ApiState, Auth};
+use crate::cluster::config::IngestOptions;
+use crate::cluster::ServiceContext;
+use crate::process::clusters_toml;
+use crate::telemetry;
 
 pub fn run(args: RunArgs) -> ExitCode {
     let config = match ServiceConfig::resolve(&args) {
@@ -45,7 +46,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     match runtime.block_on(serve(config)) {
         Ok(code) => code,
         Err(e) => {
-            let line = safekeeper::hints::with_hint(&e);
+            let line = crate::hints::with_hint(&e);
             error!("{line}");
             eprintln!("error: {line}");
             ExitCode::FAILURE
@@ -84,8 +85,8 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         std::fs::create_dir_all(local)
             .with_context(|| format!("cannot create the remote directory {}", local.display()))?;
     }
-    let storage = telemetry::storage::open_observed(&config.remote, &config.s3).await?;
-    safekeeper::remote::check_remote(storage.as_ref()).await?;
+    let storage = crate::process::storage::open_observed(&config.remote, &config.s3).await?;
+    crate::remote::check_remote(storage.as_ref()).await?;
     let ctx = ServiceContext {
         sk_id: config.id,
         data_dir: config.data_dir.clone(),
@@ -96,8 +97,8 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
             receive_timeout: config.receive_timeout,
         },
     };
-    let runtime = runtime_clusters::load(&config.data_dir)?;
-    let (clusters, shadowed) = runtime_clusters::merge(config.clusters.clone(), runtime);
+    let runtime = clusters_toml::load(&config.data_dir)?;
+    let (clusters, shadowed) = clusters_toml::merge(config.clusters.clone(), runtime);
     warn_shadowed(&shadowed);
     let set = ClusterSet::new(ctx, cancel.clone(), local_remote);
     let initial = clusters

@@ -16,8 +16,8 @@ use super::ApiState;
 use super::error::{ApiError, ApiPath, ErrorBody, ErrorCode};
 use super::model::{GcResponse, PartialUploadResponse, TermBumpResponse};
 use super::routes::{find, not_initialized};
-use crate::cluster_set::{ClusterEntry, Outcome};
-use crate::manager::ManagerCommand;
+use crate::process::cluster_set::{ClusterEntry, Outcome};
+use crate::cluster::manager::ManagerCommand;
 
 /// Bound on waiting for the manager (an upload with the storage layer's retries included).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -151,7 +151,7 @@ pub async fn term_bump(
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut text = crate::telemetry::scrape::render(&state.clusters, state.sk_id, state.started);
+    let mut text = crate::http::metrics::render(&state.clusters, state.sk_id, state.started);
     if let Some(handle) = &state.recorder {
         text.push_str(&handle.render());
     }

@@ -19,6 +19,7 @@ pub mod actions;
 pub mod auth;
 pub mod control_doc;
 pub mod error;
+pub mod metrics;
 pub mod model;
 mod openapi;
 pub mod routes;
@@ -39,7 +40,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::cluster_set::ClusterSet;
+use crate::process::cluster_set::ClusterSet;
 pub use auth::Auth;
 
 /// What every handler can see.

@@ -11,9 +11,9 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::SchemaType};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use crate::cluster_set::{Origin, Outcome};
-use crate::lag::{Lags, StageLag};
-use crate::status::ConnectionState;
+use crate::process::cluster_set::{Origin, Outcome};
+use crate::cluster::lag::{Lags, StageLag};
+use crate::cluster::status::ConnectionState;
 
 /// An LSN in PostgreSQL's notation.
 #[derive(Clone, Debug, Serialize)]

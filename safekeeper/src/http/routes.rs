@@ -1,7 +1,7 @@
 //! Handlers of the read routes and of adding/removing clusters. Each handler's `utoipa::path`
 //! attribute is its OpenAPI operation: the route, parameters, bodies and every status it returns.
 //!
-//! Handlers only read `watch` snapshots and call the [`ClusterSet`](crate::cluster_set); they
+//! Handlers only read `watch` snapshots and call the [`ClusterSet`](crate::process::cluster_set); they
 //! never block the runtime (the control file is read on a blocking thread).
 
 use std::path::PathBuf;
@@ -15,9 +15,9 @@ use super::ApiState;
 use super::control_doc::{ControlFileDocument, RemoteListing};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorCode};
 use super::model::*;
-use crate::cluster::CONTROL_FILE_NAME;
-use crate::cluster_set::{ClusterEntry, Outcome};
-use crate::config::ClusterConfig;
+use crate::cluster::follower::CONTROL_FILE_NAME;
+use crate::process::cluster_set::{ClusterEntry, Outcome};
+use crate::cluster::config::ClusterConfig;
 use crate::pg::ConnInfo;
 
 pub(super) fn find(state: &ApiState, name: &str) -> Result<Arc<ClusterEntry>, ApiError> {

@@ -14,8 +14,6 @@
 //! Recording is cheap (an atomic push) so the synchronous-commit path can afford it; the
 //! recorder's upkeep task drains histogram samples even when nobody scrapes.
 
-pub mod scrape;
-pub mod storage;
 
 use std::sync::OnceLock;
 use std::time::Duration;

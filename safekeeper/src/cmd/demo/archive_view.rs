@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use tokio_util::sync::CancellationToken;
 
-use safekeeper::archive::{Archive, human_bytes};
-use safekeeper::pg::format_lsn;
-use safekeeper::remote::{S3Args, open_remote};
+use crate::archive::{Archive, human_bytes};
+use crate::pg::format_lsn;
+use crate::remote::{S3Args, open_remote};
 
 /// The object that holds WAL up to at least `lsn`: a full segment ending at or after it, or a
 /// partial whose commit LSN is at or after it.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use safekeeper::pg::{ConnInfo, ReplicationConnection, SessionKind};
+use crate::pg::{ConnInfo, ReplicationConnection, SessionKind};
 
 /// Binaries the demo runs (`postgres` through pg_ctl).
 const NEEDED: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "postgres"];
@@ -24,9 +24,13 @@ pub const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, pg_b
      found: install them (Debian/Ubuntu: sudo apt-get install postgresql) or set PG_BINDIR to \
      the directory that holds them";
 
-/// Finds PostgreSQL's binary directory: `$PG_BINDIR`, `pg_config --bindir`, the real location
-/// of an `initdb` on PATH (symlinks resolved: /usr/local/bin may link only some binaries), then
-/// Debian's `/usr/lib/postgresql/<version>/bin`, newest version first.
+/// Finds PostgreSQL's binary directory: `$PG_BINDIR` (when set, the answer or an error), the real
+/// location of an `initdb` on PATH (symlinks resolved: /usr/local/bin may link only some
+/// binaries), `pg_config --bindir`, then Debian's `/usr/lib/postgresql/<version>/bin`, newest
+/// version first; the first candidate holding every binary of [`NEEDED`] wins.
+///
+/// This is the project's one search order, also in scripts/lib/find_pg.sh (`find_pg_bindir`) and
+/// test_runner/fixtures/pg.py (`pg_bindir`, which runs the shell function): keep the three in step.
 pub fn find_bindir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BINDIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
@@ -40,6 +44,12 @@ pub fn find_bindir() -> Result<PathBuf> {
         return Ok(dir);
     }
     let mut candidates = Vec::new();
+    if let Some(initdb) = find_on_path("initdb")
+        && let Ok(real) = std::fs::canonicalize(initdb)
+        && let Some(dir) = real.parent()
+    {
+        candidates.push(dir.to_path_buf());
+    }
     if let Ok(out) = std::process::Command::new("pg_config")
         .arg("--bindir")
         .stderr(Stdio::null())
@@ -47,12 +57,6 @@ pub fn find_bindir() -> Result<PathBuf> {
         && out.status.success()
     {
         candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    if let Some(initdb) = find_on_path("initdb")
-        && let Ok(real) = std::fs::canonicalize(initdb)
-        && let Some(dir) = real.parent()
-    {
-        candidates.push(dir.to_path_buf());
     }
     let debian = Path::new("/usr/lib/postgresql");
     if let Ok(entries) = std::fs::read_dir(debian) {

@@ -2,7 +2,7 @@
 //! crash with every combination of verified WAL and recorded flush LSN.
 
 use super::*;
-use crate::wal_format::testutil::WalBuilder;
+use crate::wal::format::testutil::WalBuilder;
 
 const SEG: u32 = 1 << 20;
 const SYSID: u64 = 7_123_456_789;

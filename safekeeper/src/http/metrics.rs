@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::cluster_set::{ClusterEntry, ClusterSet};
-use crate::status::ConnectionState;
+use crate::process::cluster_set::{ClusterEntry, ClusterSet};
+use crate::cluster::status::ConnectionState;
 
 /// One metric family being written.
 struct Family<'a> {
@@ -64,10 +64,10 @@ type Gauge = (&'static str, &'static str, fn(&Snapshot) -> f64);
 /// What one scrape reads of one cluster.
 struct Snapshot {
     name: String,
-    status: crate::status::ClusterStatus,
-    offload: crate::status::OffloadStatus,
+    status: crate::cluster::status::ClusterStatus,
+    offload: crate::cluster::status::OffloadStatus,
     term: Option<u64>,
-    lags: crate::lag::Lags,
+    lags: crate::cluster::lag::Lags,
 }
 
 impl Snapshot {

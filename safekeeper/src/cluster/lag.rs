@@ -23,7 +23,7 @@ use control_file::Lsn;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::{ClusterStatus, OffloadStatus};
+use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Upstream positions first seen within this window share one sample.
 pub const GRANULARITY: Duration = Duration::from_millis(10);

@@ -2,7 +2,7 @@
 //! reconnects with backoff until shutdown or a permanent error.
 //!
 //! Owns (single owner, no sharing): the cluster's [`WalStore`] and the `watch` sender of its
-//! [`ClusterStatus`]. The control file belongs to the cluster's manager task (`manager.rs`); the
+//! [`ClusterStatus`]. The control file belongs to the cluster's manager task (`cluster::manager`); the
 //! follower changes it only through a [`ControlClient`] request that returns once it is durable.
 //!
 //! Threading: each cluster's follower runs on its own OS thread with a current-thread runtime
@@ -15,7 +15,7 @@
 //! - The system identifier is pinned in the control file, which is durably created before the
 //!   first WAL byte is written; a server with another identifier is refused before anything is
 //!   written locally or on the server (no slot is created there).
-//! - Streaming resumes exactly at the durable local end of WAL (see `wal_storage`); after a local
+//! - Streaming resumes exactly at the durable local end of WAL (see `wal::store`); after a local
 //!   I/O error the store is reopened from disk, never trusted from memory.
 //! - Errors a retry may cure (network, server restarting, disk full) back off and retry; errors
 //!   it cannot (another system identifier, bad configuration, damaged local WAL) stop this
@@ -31,13 +31,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::ClusterConfig;
-use crate::control_client::ControlClient;
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::control::ControlClient;
 use crate::hints::with_hint;
-use crate::ingest::{self, IngestOptions, SessionEnd};
+use crate::cluster::config::IngestOptions;
+use self::ingest::SessionEnd;
 use crate::pg::{ConnInfo, PgError, ReplicationConnection};
-use crate::status::{ClusterStatus, ConnectionState};
-use crate::wal_storage::{WalIdentity, WalStore};
+use crate::cluster::status::{ClusterStatus, ConnectionState};
+use crate::wal::store::{WalIdentity, WalStore};
 
 /// File name of a cluster's control file inside its directory.
 pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
@@ -109,6 +110,7 @@ pub async fn run_follower(
     .await
 }
 
+pub mod ingest;
 mod switch;
 
 pub(crate) struct Follower<'a> {

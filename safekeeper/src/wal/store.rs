@@ -23,7 +23,7 @@ use control_file::Lsn;
 use control_file::names::{parse_segment_file_name, segment_file_name};
 use tracing::{debug, info, warn};
 
-use crate::wal_format::{self, ScanStop};
+use crate::wal::format::{self, ScanStop};
 
 /// Suffix of the segment being written.
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -428,7 +428,7 @@ impl WalStore {
             .with_context(|| format!("cannot read {}", path.display()))?;
         data.truncate(self.id.seg_size as usize);
         let segment_lsn = Lsn::from_segment(segno, self.id.seg_size);
-        let scan = wal_format::scan_segment(
+        let scan = format::scan_segment(
             &data,
             segment_lsn.0,
             self.id.seg_size,

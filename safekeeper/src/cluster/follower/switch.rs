@@ -24,8 +24,8 @@ use tracing::{info, warn};
 
 use super::{Follower, SessionError};
 use crate::pg::{IdentifySystem, ReplicationConnection};
-use crate::status::ClusterStatus;
-use crate::wal_storage::{WalIdentity, WalStore, write_history_file};
+use crate::cluster::status::ClusterStatus;
+use crate::wal::store::{WalIdentity, WalStore, write_history_file};
 
 /// Bound on the final partial upload of an ending timeline.
 const FINAL_PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);

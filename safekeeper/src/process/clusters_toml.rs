@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClusterConfig, validate_cluster};
+use crate::cluster::config::{ClusterConfig, validate_cluster};
 
 /// File name under the data directory.
 pub const FILE_NAME: &str = "clusters.toml";

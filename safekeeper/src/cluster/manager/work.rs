@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use super::{FINAL_UPLOAD_TIMEOUT, Manager, TaskDone};
-use crate::wal_storage::list_completed_segments;
+use crate::wal::store::list_completed_segments;
 
 impl Manager {
     /// Starts uploads of completed segments at or above `backup_lsn`, up to the parallelism.

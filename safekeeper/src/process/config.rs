@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::manager::OffloadSettings;
+use crate::cluster::config::{ClusterConfig, OffloadSettings, validate_cluster};
 use crate::remote::S3Args;
 
 /// Flags of `safekeeper run`. Every one can also be given as an environment variable or in the
@@ -131,15 +131,6 @@ struct FileCluster {
     primary: String,
     slot: Option<String>,
     application_name: Option<String>,
-}
-
-/// One upstream cluster to follow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterConfig {
-    pub name: String,
-    pub primary: String,
-    pub slot: String,
-    pub application_name: String,
 }
 
 /// The complete, validated configuration of one safekeeper process.
@@ -329,45 +320,6 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
-}
-
-/// Checks the names of one cluster entry (from the command line, the config file or the admin
-/// API): the cluster name becomes a directory name, the slot an SQL identifier, and the
-/// application name goes into the startup packet (PostgreSQL keeps 63 bytes of it).
-pub fn validate_cluster(c: &ClusterConfig) -> Result<()> {
-    validate_name("cluster name", &c.name)?;
-    validate_name("slot name", &c.slot)?;
-    ensure!(
-        !c.application_name.is_empty()
-            && c.application_name.len() <= 63
-            && c.application_name
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b)),
-        "application name {:?} must be 1-63 printable ASCII characters",
-        c.application_name
-    );
-    Ok(())
-}
-
-/// Cluster and slot names become directory names and SQL identifiers: keep them plain.
-fn validate_name(what: &str, name: &str) -> Result<()> {
-    ensure!(
-        !name.is_empty()
-            && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            && !name.starts_with('-'),
-        "{what} {name:?} must be 1-63 characters of letters, digits, '_' or '-'"
-    );
-    if what == "slot name" {
-        ensure!(
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "slot name {name:?} may contain only lower-case letters, digits and '_' (a PostgreSQL rule)"
-        );
-    }
-    Ok(())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

@@ -26,7 +26,7 @@ use remote_storage::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::telemetry::{
     UPLOAD_BYTES_TOTAL, UPLOAD_FAILURES_TOTAL, UPLOAD_RETRIES_TOTAL, UPLOAD_SECONDS, UPLOADS_TOTAL,
 };
 use crate::remote::S3Args;

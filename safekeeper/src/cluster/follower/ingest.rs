@@ -12,7 +12,7 @@
 //!   control-file bookkeeping belong to the cluster's manager, which reads the LSNs published
 //!   here (only after the fsync that makes them true).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::pg::{ReplicationMessage, ReplicationStream};
-use crate::status::ClusterStatus;
-use crate::wal_storage::WalStore;
+use crate::cluster::config::IngestOptions;
+use crate::cluster::status::ClusterStatus;
+use crate::wal::store::WalStore;
 
 /// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
 /// acknowledged regularly.
@@ -37,16 +38,6 @@ pub enum SessionEnd {
     Cancelled,
     /// The server finished streaming this timeline; the next one starts at `start`.
     EndOfTimeline { next_timeline: u32, start: Lsn },
-}
-
-/// Knobs of the receive loop.
-#[derive(Clone, Copy, Debug)]
-pub struct IngestOptions {
-    /// Send a status update at least this often even when no WAL arrives.
-    pub status_interval: Duration,
-    /// End the session when nothing at all arrived for this long (a primary that vanished
-    /// without closing the connection); like PostgreSQL's `wal_receiver_timeout`.
-    pub receive_timeout: Duration,
 }
 
 /// Streams until cancelled, the timeline ends, or an error. The caller owns reconnecting.

@@ -35,10 +35,11 @@ use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::control_client::ControlRequest;
-use crate::control_store::ControlStore;
-use crate::offload::{Offloader, Uploaded};
-use crate::status::{ClusterStatus, OffloadStatus};
+use crate::cluster::control::ControlRequest;
+use crate::cluster::manager::control_store::ControlStore;
+use crate::cluster::manager::offloader::{Offloader, Uploaded};
+use crate::cluster::config::OffloadSettings;
+use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// How often the follower's published LSNs are read (uploads start at most this late).
 const PROGRESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -48,14 +49,6 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Bound on the final partial upload at shutdown.
 const FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Knobs of the background work.
-#[derive(Clone, Copy, Debug)]
-pub struct OffloadSettings {
-    pub upload_parallelism: usize,
-    pub partial_interval: Duration,
-    pub local_retention: u64,
-}
 
 /// Requests from the admin API.
 pub enum ManagerCommand {
@@ -270,7 +263,7 @@ impl Manager {
             ControlRequest::Create { state, reply } => {
                 let path = self
                     .wal_dir
-                    .with_file_name(crate::cluster::CONTROL_FILE_NAME);
+                    .with_file_name(crate::cluster::follower::CONTROL_FILE_NAME);
                 let result = if self.control.is_some() {
                     Err(anyhow!("internal error: control file created twice"))
                 } else {
@@ -432,4 +425,6 @@ impl Manager {
     }
 }
 
+pub(crate) mod control_store;
+mod offloader;
 mod work;

@@ -3,7 +3,7 @@
 //!
 //! Owns nothing but the "how": every function takes what it needs and reports what it did. What
 //! to upload, when, and what the control file must say before and after is decided by the
-//! cluster's manager (`manager.rs`), which is the only caller.
+//! cluster's manager (`cluster::manager`), which is the only caller.
 //!
 //! Invariants kept here:
 //! - A full segment object is exactly the 16 MiB (wal_segment_size) local file; a partial object
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::remote::{KIND_TAG, history_key, partial_key, segment_key};
-use crate::wal_storage::read_segment_prefix;
+use crate::wal::store::read_segment_prefix;
 
 /// What an upload did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

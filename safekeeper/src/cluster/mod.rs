@@ -5,6 +5,13 @@
 //! the admin API) sees a cluster: read-only `watch` receivers of its state, a command channel to
 //! its manager, and its cancellation token.
 
+pub mod config;
+pub mod control;
+pub mod follower;
+pub mod lag;
+pub mod manager;
+pub mod status;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,13 +23,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::cluster::{CONTROL_FILE_NAME, ClusterSettings, spawn_follower_thread};
-use crate::config::ClusterConfig;
-use crate::control_client::ControlClient;
-use crate::control_store::ControlStore;
-use crate::ingest::IngestOptions;
-use crate::manager::{Manager, ManagerCommand, ManagerIo, OffloadSettings};
-use crate::status::{ClusterStatus, OffloadStatus};
+use crate::cluster::follower::{CONTROL_FILE_NAME, ClusterSettings, spawn_follower_thread};
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::control::ControlClient;
+use crate::cluster::manager::control_store::ControlStore;
+use crate::cluster::config::IngestOptions;
+use crate::cluster::config::OffloadSettings;
+use crate::cluster::manager::{Manager, ManagerCommand, ManagerIo};
+use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Process-wide settings every cluster shares.
 #[derive(Clone, Debug)]

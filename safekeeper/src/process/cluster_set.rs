@@ -3,7 +3,7 @@
 //!
 //! Owns: the map of running clusters (behind a lock held only for lookups), one supervisor task
 //! per cluster that turns its end into an [`Outcome`], one lag-tracker task per cluster, and the
-//! writes of `<data-dir>/clusters.toml` (see `runtime_clusters` for the persistence design).
+//! writes of `<data-dir>/clusters.toml` (see `clusters_toml` for the persistence design).
 //!
 //! Invariants:
 //! - Membership changes (add, remove) are serialized by one async lock, and each is persisted
@@ -25,13 +25,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{ClusterConfig, validate_cluster};
-use crate::lag::{self, Lags, SharedLag};
-use crate::manager::ManagerCommand;
+use crate::cluster::config::{ClusterConfig, validate_cluster};
+use crate::cluster::lag::{self, Lags, SharedLag};
+use crate::cluster::manager::ManagerCommand;
 use crate::pg::ConnInfo;
-use crate::runtime_clusters;
-use crate::service::{ServiceContext, start_cluster};
-use crate::status::{ClusterStatus, OffloadStatus};
+use crate::process::clusters_toml;
+use crate::cluster::{ServiceContext, start_cluster};
+use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Upper bound on clusters in one process (each one is a thread and a task).
 pub const MAX_CLUSTERS: usize = 128;
@@ -319,7 +319,7 @@ impl ClusterSet {
             .filter(|e| e.origin == Origin::Api)
             .map(|e| &e.config)
             .collect();
-        runtime_clusters::save(&self.ctx.data_dir, &runtime)
+        clusters_toml::save(&self.ctx.data_dir, &runtime)
     }
 
     fn notify(&self) {
@@ -336,7 +336,7 @@ impl ClusterSet {
     }
 }
 
-/// Logs the names the configuration shadowed in `clusters.toml` (see `runtime_clusters`).
+/// Logs the names the configuration shadowed in `clusters.toml` (see `clusters_toml`).
 pub fn warn_shadowed(shadowed: &[String]) {
     for name in shadowed {
         warn!(cluster = %name, "cluster is both configured and in clusters.toml: following the \

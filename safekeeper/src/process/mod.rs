@@ -1,0 +1,8 @@
+//! What exists once per `safekeeper run`: the resolved configuration, the set of followed
+//! clusters (with the run-time list in `<data-dir>/clusters.toml`), and the one object-storage
+//! stack all clusters share. See `docs/architecture.md` for how these own the clusters.
+
+pub(crate) mod cluster_set;
+pub(crate) mod clusters_toml;
+pub mod config;
+pub(crate) mod storage;

@@ -1,0 +1,6 @@
+//! Local WAL: the page and record layout PostgreSQL writes ([`format`]) and the directory of
+//! segment files a follower appends to and fsyncs ([`store`]). Nothing here knows about clusters,
+//! control files or object storage; the follower thread is the only writer of a store.
+
+pub mod format;
+pub mod store;
