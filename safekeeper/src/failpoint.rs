@@ -4,7 +4,7 @@
 //! no final flush. The crash tests then check what a real crash at that point leaves behind.
 
 /// Aborts the process at failpoint `name`.
-pub fn crash(name: &str) -> ! {
+pub(crate) fn crash(name: &str) -> ! {
     eprintln!("failpoint {name}: crashing the process");
     std::process::abort()
 }

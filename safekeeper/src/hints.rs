@@ -12,7 +12,7 @@ use remote_storage::{ErrorKind, StorageError};
 use crate::pg::PgError;
 
 /// The advice for `err`, if its cause is a known misconfiguration.
-pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+pub(crate) fn hint_for(err: &anyhow::Error) -> Option<String> {
     err.chain().find_map(|cause| {
         if let Some(pg) = cause.downcast_ref::<PgError>() {
             return pg_hint(pg);
@@ -28,7 +28,7 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
 }
 
 /// `err` with its hint in front, as one line.
-pub fn with_hint(err: &anyhow::Error) -> String {
+pub(crate) fn with_hint(err: &anyhow::Error) -> String {
     match hint_for(err) {
         Some(h) => format!("{h} ({err:#})"),
         None => format!("{err:#}"),

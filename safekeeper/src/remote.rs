@@ -14,7 +14,7 @@ use control_file::names::{PartialName, TimelineId, history_file_name, segment_fi
 use remote_storage::{RemoteConfig, RemoteStorage, S3Options};
 
 /// Tag put on every object the safekeeper uploads, so lifecycle rules can tell them apart.
-pub const KIND_TAG: &str = "safekeeper-kind";
+pub(crate) const KIND_TAG: &str = "safekeeper-kind";
 
 /// S3 connection flags (ignored for `file://` remotes). Credentials come from the standard AWS
 /// chain: environment, profile, SSO, web identity, ECS/EC2 instance roles.
@@ -60,7 +60,7 @@ impl S3Args {
 }
 
 /// Opens the remote storage at `url` with retries, limits and timeouts layered on.
-pub async fn open_remote(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage>> {
+pub(crate) async fn open_remote(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage>> {
     remote_storage::from_url(url, &s3.remote_config())
         .await
         .with_context(|| format!("cannot open remote storage {url}"))
@@ -69,7 +69,7 @@ pub async fn open_remote(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage
 /// Checks at startup that the remote storage answers. Permanent problems (a missing bucket,
 /// denied access) are errors; a storage that is merely unreachable is only a warning, because
 /// ingest and synchronous commits must not depend on object storage being up.
-pub async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
+pub(crate) async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
     use futures::StreamExt;
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut listing = storage.list("", remote_storage::ListOptions::default(), &cancel);
@@ -87,12 +87,17 @@ pub async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
 }
 
 /// Key prefix of one cluster's WAL objects (ends with `/`).
-pub fn wal_prefix(cluster: &str) -> String {
+pub(crate) fn wal_prefix(cluster: &str) -> String {
     format!("{cluster}/wal/")
 }
 
 /// Key of a full segment.
-pub fn segment_key(cluster: &str, timeline: TimelineId, segno: u64, seg_size: u32) -> String {
+pub(crate) fn segment_key(
+    cluster: &str,
+    timeline: TimelineId,
+    segno: u64,
+    seg_size: u32,
+) -> String {
     format!(
         "{}{}",
         wal_prefix(cluster),
@@ -101,12 +106,12 @@ pub fn segment_key(cluster: &str, timeline: TimelineId, segno: u64, seg_size: u3
 }
 
 /// Key of a partial segment version.
-pub fn partial_key(cluster: &str, name: &PartialName, seg_size: u32) -> String {
+pub(crate) fn partial_key(cluster: &str, name: &PartialName, seg_size: u32) -> String {
     format!("{}{}", wal_prefix(cluster), name.to_file_name(seg_size))
 }
 
 /// Key of a timeline history file.
-pub fn history_key(cluster: &str, timeline: TimelineId) -> String {
+pub(crate) fn history_key(cluster: &str, timeline: TimelineId) -> String {
     format!("{}{}", wal_prefix(cluster), history_file_name(timeline))
 }
 

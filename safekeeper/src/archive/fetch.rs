@@ -35,7 +35,7 @@ const LOOKUP_ROUNDS: usize = 3;
 
 /// A file name PostgreSQL may ask `restore_command` for (`%f`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WalFileName {
+pub(crate) enum WalFileName {
     /// 24 hex digits. The segment size is not needed to find it.
     Segment(String),
     History(TimelineId),
@@ -43,7 +43,7 @@ pub enum WalFileName {
 
 impl WalFileName {
     /// `None` for anything else (PostgreSQL asks for nothing else during recovery).
-    pub fn parse(name: &str) -> Option<WalFileName> {
+    pub(crate) fn parse(name: &str) -> Option<WalFileName> {
         if looks_like_segment_name(name) {
             Some(WalFileName::Segment(name.to_string()))
         } else {
@@ -54,7 +54,7 @@ impl WalFileName {
 
 /// What was found, ready to be written to `%p`.
 #[derive(Debug)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     Full {
         key: String,
         seg_size: u32,
@@ -63,7 +63,6 @@ pub enum Fetched {
     /// `data` is the partial's WAL zero-padded to `seg_size`.
     Partial {
         object: PartialObject,
-        seg_size: u32,
         data: Vec<u8>,
         /// Every partial that was listed for the segment, the chosen one included.
         candidates: usize,
@@ -76,7 +75,7 @@ pub enum Fetched {
 
 impl Fetched {
     /// The bytes for `%p`.
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         match self {
             Fetched::Full { data, .. } | Fetched::History { data, .. } => data,
             Fetched::Partial { data, .. } => data,
@@ -84,7 +83,7 @@ impl Fetched {
     }
 
     /// One line for the log: what was served and from which object.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Fetched::Full { key, .. } => format!("full segment {key}"),
             Fetched::History { key, .. } => format!("history file {key}"),
@@ -105,7 +104,7 @@ impl Fetched {
 
 /// Why a lookup failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// An object that must not be served: checksum, length or WAL header problems.
@@ -115,7 +114,7 @@ pub enum FetchError {
 
 impl FetchError {
     /// Whether trying again later may succeed (an outage, not a bad object).
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             FetchError::Storage(e) => e.kind().is_retryable(),
             FetchError::Corrupt(_) => false,
@@ -137,7 +136,7 @@ fn object_error(e: StorageError) -> FetchError {
 
 /// Looks up `name` in `cluster`'s archive. `seg_size`: the `--wal-segment-size` flag, if given;
 /// otherwise the size is taken from the object (full) or its first page header (partial).
-pub async fn fetch_wal_file(
+pub(crate) async fn fetch_wal_file(
     storage: &dyn RemoteStorage,
     cluster: &str,
     name: &WalFileName,
@@ -151,7 +150,7 @@ pub async fn fetch_wal_file(
 }
 
 /// Only the full segment `segment`, never a partial: what the prefetcher may spool.
-pub async fn fetch_full_segment(
+pub(crate) async fn fetch_full_segment(
     storage: &dyn RemoteStorage,
     cluster: &str,
     segment: &str,
@@ -337,7 +336,6 @@ fn check_partial(
     let padded = pad_to_segment(&data, size).map_err(|e| corrupt(format!("{e:#}")))?;
     Ok(Fetched::Partial {
         object: PartialObject { name, ..object },
-        seg_size: size,
         data: padded,
         candidates,
     })

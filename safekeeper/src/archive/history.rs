@@ -15,7 +15,7 @@ use control_file::names::TimelineId;
 
 /// One ancestor: timeline `tli` ended (and its child began) at `switch_lsn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     pub tli: TimelineId,
     #[serde(serialize_with = "lsn_text")]
     pub switch_lsn: Lsn,
@@ -26,7 +26,7 @@ fn lsn_text<S: serde::Serializer>(lsn: &Lsn, s: S) -> std::result::Result<S::Ok,
 }
 
 /// Parses the history file of timeline `of`.
-pub fn parse_history(of: TimelineId, text: &str) -> Result<Vec<HistoryEntry>> {
+pub(crate) fn parse_history(of: TimelineId, text: &str) -> Result<Vec<HistoryEntry>> {
     let mut entries: Vec<HistoryEntry> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -66,7 +66,7 @@ pub fn parse_history(of: TimelineId, text: &str) -> Result<Vec<HistoryEntry>> {
 
 /// The stretch of WAL a timeline contributes to the path of the target timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimelineSpan {
+pub(crate) struct TimelineSpan {
     pub tli: TimelineId,
     /// Where this timeline's WAL starts on the path (0/0 for the first one).
     pub begin: Lsn,
@@ -77,7 +77,7 @@ pub struct TimelineSpan {
 impl TimelineSpan {
     /// Whether PostgreSQL may read segment `segno` from this timeline: its first segment is the
     /// one holding `begin`, its last the one holding the byte before `end`.
-    pub fn covers(&self, segno: u64, seg_size: u32) -> bool {
+    pub(crate) fn covers(&self, segno: u64, seg_size: u32) -> bool {
         let first = self.begin.segment_number(seg_size);
         let last = self
             .end
@@ -88,7 +88,7 @@ impl TimelineSpan {
 
 /// The timelines leading to `target`, oldest first, from its parsed history (empty for timeline 1
 /// or when the history is unknown: then the target alone, from 0/0).
-pub fn timeline_path(target: TimelineId, history: &[HistoryEntry]) -> Vec<TimelineSpan> {
+pub(crate) fn timeline_path(target: TimelineId, history: &[HistoryEntry]) -> Vec<TimelineSpan> {
     let mut path = Vec::with_capacity(history.len() + 1);
     let mut begin = Lsn::INVALID;
     for entry in history {
@@ -108,7 +108,11 @@ pub fn timeline_path(target: TimelineId, history: &[HistoryEntry]) -> Vec<Timeli
 }
 
 /// Timelines PostgreSQL would try for `segno`, in the order it tries them (newest first).
-pub fn candidate_timelines(path: &[TimelineSpan], segno: u64, seg_size: u32) -> Vec<TimelineId> {
+pub(crate) fn candidate_timelines(
+    path: &[TimelineSpan],
+    segno: u64,
+    seg_size: u32,
+) -> Vec<TimelineId> {
     path.iter()
         .rev()
         .filter(|span| span.covers(segno, seg_size))

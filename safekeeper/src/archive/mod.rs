@@ -18,11 +18,11 @@
 //! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`plan`]
 //! (which objects rebuild a `pg_wal`), [`spool`] (the prefetch spool of `restore-wal`).
 
-pub mod fetch;
-pub mod history;
-pub mod plan;
-pub mod spool;
-pub mod verify;
+pub(crate) mod fetch;
+pub(crate) mod history;
+pub(crate) mod plan;
+pub(crate) mod spool;
+pub(crate) mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -38,12 +38,12 @@ use tokio_util::sync::CancellationToken;
 use crate::remote::wal_prefix;
 
 /// PostgreSQL's default `wal_segment_size`, used when nothing tells the size.
-pub const DEFAULT_SEGMENT_SIZE: u32 = 16 << 20;
+pub(crate) const DEFAULT_SEGMENT_SIZE: u32 = 16 << 20;
 
 /// Where the segment size used to read a listing came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SegmentSizeSource {
+pub(crate) enum SegmentSizeSource {
     /// `--wal-segment-size`.
     Given,
     /// The size of the full segment objects in the listing.
@@ -54,7 +54,7 @@ pub enum SegmentSizeSource {
 
 /// One partial segment version in the archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartialObject {
+pub(crate) struct PartialObject {
     pub name: PartialName,
     pub key: String,
     /// Object size as listed; should equal `name.size(seg_size)`.
@@ -63,7 +63,7 @@ pub struct PartialObject {
 
 /// The objects of one timeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TimelineObjects {
+pub(crate) struct TimelineObjects {
     /// Full segments by segment number.
     pub segments: BTreeMap<u64, ObjectMeta>,
     /// Partial versions by segment number, in listing (key) order.
@@ -72,7 +72,7 @@ pub struct TimelineObjects {
 
 impl TimelineObjects {
     /// Maximal runs of consecutive full segments, ascending.
-    pub fn segment_ranges(&self) -> Vec<RangeInclusive<u64>> {
+    pub(crate) fn segment_ranges(&self) -> Vec<RangeInclusive<u64>> {
         let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
         for &segno in self.segments.keys() {
             match ranges.last_mut() {
@@ -84,7 +84,7 @@ impl TimelineObjects {
     }
 
     /// Runs of missing full segments between the first and the last one present.
-    pub fn gaps(&self) -> Vec<RangeInclusive<u64>> {
+    pub(crate) fn gaps(&self) -> Vec<RangeInclusive<u64>> {
         self.segment_ranges()
             .windows(2)
             .map(|w| (w[0].end() + 1)..=(w[1].start() - 1))
@@ -92,24 +92,17 @@ impl TimelineObjects {
     }
 
     /// The partial PostgreSQL should get for `segno`, unless the full segment exists.
-    pub fn served_partial(&self, segno: u64) -> Option<&PartialObject> {
+    pub(crate) fn served_partial(&self, segno: u64) -> Option<&PartialObject> {
         if self.segments.contains_key(&segno) {
             return None;
         }
         best_partial(self.partials.get(&segno)?)
     }
-
-    /// Lowest segment number with any object.
-    pub fn first_segno(&self) -> Option<u64> {
-        let full = self.segments.keys().next().copied();
-        let partial = self.partials.keys().next().copied();
-        full.into_iter().chain(partial).min()
-    }
 }
 
 /// A parsed listing of `<cluster>/wal/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Archive {
+pub(crate) struct Archive {
     pub cluster: String,
     pub seg_size: u32,
     pub seg_size_source: SegmentSizeSource,
@@ -122,7 +115,7 @@ pub struct Archive {
 
 impl Archive {
     /// Lists `<cluster>/wal/` and parses it. `seg_size`: the `--wal-segment-size` flag, if given.
-    pub async fn load(
+    pub(crate) async fn load(
         storage: &dyn RemoteStorage,
         cluster: &str,
         seg_size: Option<u32>,
@@ -136,7 +129,11 @@ impl Archive {
     }
 
     /// Parses a listing (keys relative to the storage root, all under `<cluster>/wal/`).
-    pub fn from_listing(cluster: &str, metas: Vec<ObjectMeta>, seg_size: Option<u32>) -> Archive {
+    pub(crate) fn from_listing(
+        cluster: &str,
+        metas: Vec<ObjectMeta>,
+        seg_size: Option<u32>,
+    ) -> Archive {
         let prefix = wal_prefix(cluster);
         let (seg_size, seg_size_source) = match seg_size {
             Some(s) => (s, SegmentSizeSource::Given),
@@ -197,17 +194,17 @@ impl Archive {
     }
 
     /// Name of segment `segno` of `timeline` at this archive's segment size.
-    pub fn segment_name(&self, timeline: TimelineId, segno: u64) -> String {
+    pub(crate) fn segment_name(&self, timeline: TimelineId, segno: u64) -> String {
         segment_file_name(timeline, segno, self.seg_size)
     }
 
     /// Key of segment `segno` of `timeline`.
-    pub fn segment_key(&self, timeline: TimelineId, segno: u64) -> String {
+    pub(crate) fn segment_key(&self, timeline: TimelineId, segno: u64) -> String {
         crate::remote::segment_key(&self.cluster, timeline, segno, self.seg_size)
     }
 
     /// The newest timeline holding any WAL (full segment or partial).
-    pub fn newest_timeline(&self) -> Option<TimelineId> {
+    pub(crate) fn newest_timeline(&self) -> Option<TimelineId> {
         self.timelines
             .iter()
             .rev()
@@ -216,7 +213,7 @@ impl Archive {
     }
 
     /// Total bytes of every listed object.
-    pub fn total_size(&self) -> u64 {
+    pub(crate) fn total_size(&self) -> u64 {
         let wal: u64 = self
             .timelines
             .values()
@@ -231,7 +228,7 @@ impl Archive {
     }
 
     /// Number of listed objects.
-    pub fn object_count(&self) -> usize {
+    pub(crate) fn object_count(&self) -> usize {
         let wal: usize = self
             .timelines
             .values()
@@ -243,7 +240,7 @@ impl Archive {
 
 /// The most common size among objects named like a full segment, if it is a valid segment size
 /// (ties: the larger size, so a few truncated objects never shrink the guess).
-pub fn infer_segment_size(metas: &[ObjectMeta], prefix: &str) -> Option<u32> {
+pub(crate) fn infer_segment_size(metas: &[ObjectMeta], prefix: &str) -> Option<u32> {
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
     for meta in metas {
         let Some(name) = meta.key.strip_prefix(prefix) else {
@@ -265,14 +262,14 @@ pub fn infer_segment_size(metas: &[ObjectMeta], prefix: &str) -> Option<u32> {
 }
 
 /// 24 uppercase hex digits: the shape of a full segment name at any segment size.
-pub fn looks_like_segment_name(name: &str) -> bool {
+pub(crate) fn looks_like_segment_name(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
 }
 
 /// The partial PostgreSQL should replay among versions of one segment: highest term, then
 /// highest commit LSN; equal (term, commit LSN) from several safekeepers hold the same bytes, and
 /// the lowest safekeeper id is taken so the choice does not depend on listing order.
-pub fn best_partial<'a, I>(partials: I) -> Option<&'a PartialObject>
+pub(crate) fn best_partial<'a, I>(partials: I) -> Option<&'a PartialObject>
 where
     I: IntoIterator<Item = &'a PartialObject>,
 {
@@ -285,7 +282,7 @@ where
 
 /// `wal` (the bytes `[segment start, commit LSN)`) followed by zeros up to `seg_size` bytes.
 /// Fails when `wal` is longer than a segment.
-pub fn pad_to_segment(wal: &[u8], seg_size: u32) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn pad_to_segment(wal: &[u8], seg_size: u32) -> anyhow::Result<Vec<u8>> {
     let seg_size = seg_size as usize;
     anyhow::ensure!(
         wal.len() <= seg_size,
@@ -299,7 +296,7 @@ pub fn pad_to_segment(wal: &[u8], seg_size: u32) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Human-readable byte count (`16.0 MiB`).
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -16,14 +16,14 @@ use super::{Archive, PartialObject};
 
 /// Where one planned segment comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Full { key: String, size: u64 },
     Partial(PartialObject),
 }
 
 /// One segment file to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     pub segno: u64,
     pub timeline: TimelineId,
     /// File name in the target directory (the segment's name on `timeline`).
@@ -33,7 +33,7 @@ pub struct Step {
 
 /// Why the walk stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The best partial (or the last full segment) of the path was reached.
     EndOfArchive,
     /// The next segment starts at or after `--until-lsn`.
@@ -44,7 +44,7 @@ pub enum Stop {
 
 /// What `recover` will write.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub target: TimelineId,
     pub path: Vec<TimelineSpan>,
     pub steps: Vec<Step>,
@@ -57,7 +57,7 @@ pub struct Plan {
 
 /// Plans the segments of `target` (whose parsed history is `history`) from `from` (default: the
 /// oldest segment on the path) up to the end of the archive or `until`.
-pub fn plan_recovery(
+pub(crate) fn plan_recovery(
     archive: &Archive,
     target: TimelineId,
     history: &[HistoryEntry],

@@ -37,14 +37,14 @@ const CLAIM_SUFFIX: &str = ".claim";
 
 /// A spool directory bound to one remote and cluster.
 #[derive(Debug, Clone)]
-pub struct Spool {
+pub(crate) struct Spool {
     dir: PathBuf,
 }
 
 impl Spool {
     /// Opens (creating it if needed) the spool at `dir` for `remote`/`cluster`, emptying it if it
     /// was filled from elsewhere.
-    pub fn open(dir: &Path, remote: &str, cluster: &str) -> Result<Spool> {
+    pub(crate) fn open(dir: &Path, remote: &str, cluster: &str) -> Result<Spool> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
         let spool = Spool {
@@ -63,7 +63,7 @@ impl Spool {
         Ok(spool)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -72,13 +72,13 @@ impl Spool {
     }
 
     /// Whether `segment` is spooled or being fetched by a live worker.
-    pub fn has_or_claimed(&self, segment: &str) -> bool {
+    pub(crate) fn has_or_claimed(&self, segment: &str) -> bool {
         self.path(segment).exists() || self.live_claim(segment)
     }
 
     /// Moves `segment` to `dest` if it is spooled, waiting up to `wait` for a worker that is
     /// fetching it right now. Returns whether `dest` now holds it.
-    pub fn take(&self, segment: &str, dest: &Path, wait: Duration) -> Result<bool> {
+    pub(crate) fn take(&self, segment: &str, dest: &Path, wait: Duration) -> Result<bool> {
         let deadline = Instant::now() + wait;
         let src = self.path(segment);
         loop {
@@ -95,7 +95,7 @@ impl Spool {
 
     /// Records that full segment `served` went to PostgreSQL and removes what it will not ask
     /// for any more: spooled segments of other timelines and those at or below `served`.
-    pub fn mark_served(&self, served: &str) -> Result<()> {
+    pub(crate) fn mark_served(&self, served: &str) -> Result<()> {
         let path = self.dir.join(SERVED_FILE);
         fs::write(&path, served).with_context(|| format!("cannot write {}", path.display()))?;
         let timeline = timeline_of(served);
@@ -103,7 +103,7 @@ impl Spool {
     }
 
     /// The WAL of `segment`'s timeline ends at or before `segment`: drop that timeline's spool.
-    pub fn forget_timeline_of(&self, segment: &str) -> Result<()> {
+    pub(crate) fn forget_timeline_of(&self, segment: &str) -> Result<()> {
         let timeline = timeline_of(segment);
         self.remove_segments(|name| timeline_of(name) == timeline)
     }
@@ -121,7 +121,7 @@ impl Spool {
 
     /// Claims `segment` for download; `None` when it is spooled, claimed by a live process, or
     /// already behind PostgreSQL.
-    pub fn claim(&self, segment: &str) -> Result<Option<Claim>> {
+    pub(crate) fn claim(&self, segment: &str) -> Result<Option<Claim>> {
         if self.path(segment).exists() || self.is_behind(segment) {
             return Ok(None);
         }
@@ -149,7 +149,7 @@ impl Spool {
 
     /// Stores a downloaded segment durably under its name (unless PostgreSQL moved past it
     /// meanwhile) and releases the claim.
-    pub fn store(&self, segment: &str, data: &[u8], claim: Claim) -> Result<()> {
+    pub(crate) fn store(&self, segment: &str, data: &[u8], claim: Claim) -> Result<()> {
         if !self.is_behind(segment) {
             write_file_atomic(&self.path(segment), data)?;
         }
@@ -198,7 +198,7 @@ impl Spool {
 
 /// A download in progress; removing the claim file when dropped.
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     path: PathBuf,
 }
 
@@ -221,7 +221,7 @@ fn process_alive(pid: i32) -> bool {
 
 /// Writes `data` to `path` so that `path` is either absent/unchanged or complete: a temp file in
 /// the same directory, fsynced, renamed over `path`, then the directory fsynced.
-pub fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     let file_name = path
         .file_name()

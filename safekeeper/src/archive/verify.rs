@@ -37,14 +37,14 @@ const PAGES_PER_OBJECT: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     Error,
     Warning,
 }
 
 /// One finding, naming the object (or, for a missing segment, the key it should have).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub severity: Severity,
     pub object: String,
     pub message: String,
@@ -70,7 +70,7 @@ impl Problem {
 
 /// Knobs of the check.
 #[derive(Clone, Debug)]
-pub struct VerifyOptions {
+pub(crate) struct VerifyOptions {
     /// Objects read at once.
     pub jobs: usize,
     /// The system identifier every segment must carry; default: the most common one.
@@ -79,7 +79,7 @@ pub struct VerifyOptions {
 
 /// The outcome: every problem found, sorted by object.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub objects_read: usize,
     pub bytes_read: u64,
     pub system_identifier: Option<u64>,
@@ -87,20 +87,20 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn errors(&self) -> usize {
+    pub(crate) fn errors(&self) -> usize {
         self.problems
             .iter()
             .filter(|p| p.severity == Severity::Error)
             .count()
     }
 
-    pub fn warnings(&self) -> usize {
+    pub(crate) fn warnings(&self) -> usize {
         self.problems.len() - self.errors()
     }
 }
 
 /// Problems visible in the listing alone.
-pub fn structural_problems(archive: &Archive) -> Vec<Problem> {
+pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
     let mut out = Vec::new();
     for (meta, reason) in &archive.unrecognized {
         out.push(Problem::warning(
@@ -195,7 +195,7 @@ enum Unit {
 }
 
 /// Runs every check. Fails only when the storage could not be read (see the module invariant).
-pub async fn verify_archive(
+pub(crate) async fn verify_archive(
     storage: &dyn RemoteStorage,
     archive: &Archive,
     opts: &VerifyOptions,

@@ -25,7 +25,7 @@ pub struct OffloadSettings {
 
 /// Knobs of the receive loop.
 #[derive(Clone, Copy, Debug)]
-pub struct IngestOptions {
+pub(crate) struct IngestOptions {
     /// Send a status update at least this often even when no WAL arrives.
     pub status_interval: Duration,
     /// End the session when nothing at all arrived for this long (a primary that vanished
@@ -36,7 +36,7 @@ pub struct IngestOptions {
 /// Checks the names of one cluster entry (from the command line, the config file or the admin
 /// API): the cluster name becomes a directory name, the slot an SQL identifier, and the
 /// application name goes into the startup packet (PostgreSQL keeps 63 bytes of it).
-pub fn validate_cluster(c: &ClusterConfig) -> Result<()> {
+pub(crate) fn validate_cluster(c: &ClusterConfig) -> Result<()> {
     validate_name("cluster name", &c.name)?;
     validate_name("slot name", &c.slot)?;
     ensure!(

@@ -9,10 +9,10 @@ use control_file::ClusterState;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A change to apply to the control file.
-pub type StateChange = Box<dyn FnOnce(&mut ClusterState) + Send>;
+pub(crate) type StateChange = Box<dyn FnOnce(&mut ClusterState) + Send>;
 
 /// A request to the manager; the reply comes once the result is on disk.
-pub enum ControlRequest {
+pub(crate) enum ControlRequest {
     /// First contact with a cluster: create the control file with this state.
     Create {
         state: Box<ClusterState>,
@@ -32,13 +32,13 @@ pub enum ControlRequest {
 
 /// The follower's handle on the control file.
 #[derive(Clone)]
-pub struct ControlClient {
+pub(crate) struct ControlClient {
     requests: mpsc::Sender<ControlRequest>,
     state: watch::Receiver<Option<ClusterState>>,
 }
 
 impl ControlClient {
-    pub fn new(
+    pub(crate) fn new(
         requests: mpsc::Sender<ControlRequest>,
         state: watch::Receiver<Option<ClusterState>>,
     ) -> ControlClient {
@@ -46,12 +46,12 @@ impl ControlClient {
     }
 
     /// The latest durable state, or `None` before the control file exists.
-    pub fn snapshot(&self) -> Option<ClusterState> {
+    pub(crate) fn snapshot(&self) -> Option<ClusterState> {
         self.state.borrow().clone()
     }
 
     /// Durably creates the control file.
-    pub async fn create(&self, state: ClusterState) -> Result<()> {
+    pub(crate) async fn create(&self, state: ClusterState) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.send(ControlRequest::Create {
             state: Box::new(state),
@@ -64,7 +64,7 @@ impl ControlClient {
     }
 
     /// Durably applies `change`.
-    pub async fn update(&self, change: StateChange) -> Result<()> {
+    pub(crate) async fn update(&self, change: StateChange) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         self.send(ControlRequest::Update { change, reply }).await?;
         answer
@@ -73,7 +73,7 @@ impl ControlClient {
     }
 
     /// Uploads the partial segment at the current commit LSN and waits for it.
-    pub async fn upload_partial_now(&self) -> Result<Option<String>> {
+    pub(crate) async fn upload_partial_now(&self) -> Result<Option<String>> {
         let (reply, answer) = oneshot::channel();
         self.send(ControlRequest::UploadPartial { reply }).await?;
         answer

@@ -26,20 +26,20 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Upstream positions first seen within this window share one sample.
-pub const GRANULARITY: Duration = Duration::from_millis(10);
+pub(crate) const GRANULARITY: Duration = Duration::from_millis(10);
 /// Bound on samples per tracker; beyond it the newest sample absorbs further progress.
-pub const MAX_SAMPLES: usize = 8192;
+pub(crate) const MAX_SAMPLES: usize = 8192;
 
 /// Age of the oldest byte between a downstream and an upstream position.
 #[derive(Debug, Default)]
-pub struct LagTracker {
+pub(crate) struct LagTracker {
     /// Strictly increasing LSNs; `(lsn, t)`: every byte below `lsn` was upstream by `t`.
     samples: VecDeque<(Lsn, Instant)>,
 }
 
 impl LagTracker {
     /// Records the current positions.
-    pub fn observe(&mut self, upstream: Lsn, downstream: Lsn, now: Instant) {
+    pub(crate) fn observe(&mut self, upstream: Lsn, downstream: Lsn, now: Instant) {
         while self
             .samples
             .front()
@@ -70,7 +70,7 @@ impl LagTracker {
     }
 
     /// Seconds the byte at `downstream` has waited (zero when nothing waits).
-    pub fn age(&self, downstream: Lsn, now: Instant) -> Duration {
+    pub(crate) fn age(&self, downstream: Lsn, now: Instant) -> Duration {
         self.samples
             .iter()
             .find(|&&(lsn, _)| lsn > downstream)
@@ -81,14 +81,14 @@ impl LagTracker {
 
 /// Lag of one stage.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StageLag {
+pub(crate) struct StageLag {
     pub bytes: u64,
     pub seconds: f64,
 }
 
 /// Lag of every stage of one cluster.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Lags {
+pub(crate) struct Lags {
     pub flush: StageLag,
     pub upload: StageLag,
     pub backup: StageLag,
@@ -96,14 +96,19 @@ pub struct Lags {
 
 /// The trackers of one cluster.
 #[derive(Debug, Default)]
-pub struct ClusterLag {
+pub(crate) struct ClusterLag {
     flush: LagTracker,
     upload: LagTracker,
     backup: LagTracker,
 }
 
 impl ClusterLag {
-    pub fn observe(&mut self, status: &ClusterStatus, offload: &OffloadStatus, now: Instant) {
+    pub(crate) fn observe(
+        &mut self,
+        status: &ClusterStatus,
+        offload: &OffloadStatus,
+        now: Instant,
+    ) {
         self.flush
             .observe(status.received_lsn, status.flush_lsn, now);
         self.upload
@@ -113,7 +118,12 @@ impl ClusterLag {
     }
 
     /// Lags as of `now` for these positions (call [`ClusterLag::observe`] with them first).
-    pub fn lags(&self, status: &ClusterStatus, offload: &OffloadStatus, now: Instant) -> Lags {
+    pub(crate) fn lags(
+        &self,
+        status: &ClusterStatus,
+        offload: &OffloadStatus,
+        now: Instant,
+    ) -> Lags {
         let stage = |t: &LagTracker, up: Lsn, down: Lsn| StageLag {
             bytes: up.0.saturating_sub(down.0),
             seconds: t.age(down, now).as_secs_f64(),
@@ -127,10 +137,10 @@ impl ClusterLag {
 }
 
 /// Shared trackers of one cluster, updated by [`track`] and read by the API and `/metrics`.
-pub type SharedLag = Arc<Mutex<ClusterLag>>;
+pub(crate) type SharedLag = Arc<Mutex<ClusterLag>>;
 
 /// Lags for these positions as of now (also records them).
-pub fn current(lag: &SharedLag, status: &ClusterStatus, offload: &OffloadStatus) -> Lags {
+pub(crate) fn current(lag: &SharedLag, status: &ClusterStatus, offload: &OffloadStatus) -> Lags {
     let now = Instant::now();
     match lag.lock() {
         Ok(mut l) => {
@@ -143,7 +153,7 @@ pub fn current(lag: &SharedLag, status: &ClusterStatus, offload: &OffloadStatus)
 }
 
 /// Follows a cluster's channels until `cancel` fires or they close, recording every change.
-pub async fn track(
+pub(crate) async fn track(
     lag: SharedLag,
     mut status: watch::Receiver<ClusterStatus>,
     mut offload: watch::Receiver<OffloadStatus>,

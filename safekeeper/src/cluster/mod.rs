@@ -5,12 +5,12 @@
 //! the admin API) sees a cluster: read-only `watch` receivers of its state, a command channel to
 //! its manager, and its cancellation token.
 
-pub mod config;
-pub mod control;
-pub mod follower;
-pub mod lag;
-pub mod manager;
-pub mod status;
+pub(crate) mod config;
+pub(crate) mod control;
+pub(crate) mod follower;
+pub(crate) mod lag;
+pub(crate) mod manager;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,18 +23,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
 
-use crate::cluster::follower::{CONTROL_FILE_NAME, ClusterSettings, spawn_follower_thread};
 use crate::cluster::config::ClusterConfig;
-use crate::cluster::control::ControlClient;
-use crate::cluster::manager::control_store::ControlStore;
 use crate::cluster::config::IngestOptions;
 use crate::cluster::config::OffloadSettings;
+use crate::cluster::control::ControlClient;
+use crate::cluster::follower::{CONTROL_FILE_NAME, ClusterSettings, spawn_follower_thread};
+use crate::cluster::manager::control_store::ControlStore;
 use crate::cluster::manager::{Manager, ManagerCommand, ManagerIo};
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Process-wide settings every cluster shares.
 #[derive(Clone, Debug)]
-pub struct ServiceContext {
+pub(crate) struct ServiceContext {
     pub sk_id: u64,
     pub data_dir: PathBuf,
     /// One storage for all clusters, so its concurrency limit is shared fairly among them.
@@ -44,9 +44,7 @@ pub struct ServiceContext {
 }
 
 /// A running cluster as the rest of the process sees it.
-pub struct ClusterHandle {
-    pub name: String,
-    pub config: ClusterConfig,
+pub(crate) struct ClusterHandle {
     pub status: watch::Receiver<ClusterStatus>,
     pub offload: watch::Receiver<OffloadStatus>,
     pub state: watch::Receiver<Option<ClusterState>>,
@@ -58,7 +56,7 @@ pub struct ClusterHandle {
 
 /// Starts following one cluster. Fails (without starting anything) when its control file cannot
 /// be read: a damaged control file is never guessed around.
-pub fn start_cluster(
+pub(crate) fn start_cluster(
     ctx: &ServiceContext,
     config: ClusterConfig,
     parent: &CancellationToken,
@@ -107,8 +105,6 @@ pub fn start_cluster(
         cancel.clone(),
     )?;
     Ok(ClusterHandle {
-        name: config.name.clone(),
-        config,
         status: status_rx,
         offload: offload_rx,
         state: state_rx,
@@ -121,7 +117,7 @@ pub fn start_cluster(
 
 impl ClusterHandle {
     /// Waits until both halves stopped; the follower's error (if any) is the cluster's result.
-    pub async fn wait(self) -> Result<()> {
+    pub(crate) async fn wait(self) -> Result<()> {
         let follower = self.follower.await.unwrap_or_else(|_| {
             Err(anyhow!(
                 "the follower thread ended without a result (panic)"

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// State of the connection to the upstream primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ConnectionState {
+pub(crate) enum ConnectionState {
     Connecting,
     Streaming,
     /// Waiting before the next connection attempt after an error.
@@ -21,7 +21,7 @@ pub enum ConnectionState {
 
 /// Snapshot of one cluster.
 #[derive(Clone, Debug, Serialize)]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     pub name: String,
     pub connection: ConnectionState,
     pub system_identifier: Option<u64>,
@@ -38,7 +38,7 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
-    pub fn new(name: &str) -> ClusterStatus {
+    pub(crate) fn new(name: &str) -> ClusterStatus {
         ClusterStatus {
             name: name.to_string(),
             connection: ConnectionState::Connecting,
@@ -57,7 +57,7 @@ impl ClusterStatus {
 
 /// What a cluster's manager publishes about object storage.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct OffloadStatus {
+pub(crate) struct OffloadStatus {
     /// Every full segment below it is in remote storage.
     pub backup_lsn: Lsn,
     /// Everything below it is in remote storage: `backup_lsn` or the newest partial's commit LSN.

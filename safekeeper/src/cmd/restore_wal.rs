@@ -31,9 +31,7 @@ use remote_storage::{ListOptions, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::fetch::{
-    FetchError, Fetched, WalFileName, fetch_full_segment, fetch_wal_file,
-};
+use crate::archive::fetch::{FetchError, Fetched, WalFileName, fetch_full_segment, fetch_wal_file};
 use crate::archive::spool::{Spool, write_file_atomic};
 use crate::remote::wal_prefix;
 

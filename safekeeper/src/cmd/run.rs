@@ -16,12 +16,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::process::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
-use crate::process::config::{RunArgs, ServiceConfig};
-use crate::http::{self, ApiState, Auth};
-use crate::cluster::config::IngestOptions;
 use crate::cluster::ServiceContext;
+use crate::cluster::config::IngestOptions;
+use crate::http::{self, ApiState, Auth};
+use crate::process::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
 use crate::process::clusters_toml;
+use crate::process::config::{RunArgs, ServiceConfig};
 use crate::telemetry;
 
 pub fn run(args: RunArgs) -> ExitCode {

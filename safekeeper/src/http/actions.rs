@@ -16,8 +16,8 @@ use super::ApiState;
 use super::error::{ApiError, ApiPath, ErrorBody, ErrorCode};
 use super::model::{GcResponse, PartialUploadResponse, TermBumpResponse};
 use super::routes::{find, not_initialized};
-use crate::process::cluster_set::{ClusterEntry, Outcome};
 use crate::cluster::manager::ManagerCommand;
+use crate::process::cluster_set::{ClusterEntry, Outcome};
 
 /// Bound on waiting for the manager (an upload with the storage layer's retries included).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
@@ -80,7 +80,7 @@ async fn ask<T>(
         (status = 409, description = "Not initialized or not running", body = ErrorBody),
         (status = 503, description = "The upload failed or timed out", body = ErrorBody),
     ))]
-pub async fn partial_upload(
+pub(crate) async fn partial_upload(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<PartialUploadResponse>, ApiError> {
@@ -102,7 +102,7 @@ pub async fn partial_upload(
         (status = 409, description = "Not initialized or not running", body = ErrorBody),
         (status = 503, description = "The deletion failed or timed out", body = ErrorBody),
     ))]
-pub async fn gc(
+pub(crate) async fn gc(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<GcResponse>, ApiError> {
@@ -124,7 +124,7 @@ pub async fn gc(
         (status = 409, description = "Not initialized or not running", body = ErrorBody),
         (status = 503, description = "The control file could not be saved, or timeout", body = ErrorBody),
     ))]
-pub async fn term_bump(
+pub(crate) async fn term_bump(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<TermBumpResponse>, ApiError> {
@@ -150,7 +150,7 @@ pub async fn term_bump(
 /// WAL fsync latency and batch size. See the README for the names.
 #[utoipa::path(get, path = "/metrics", tag = "service",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<ApiState>) -> Response {
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = crate::http::metrics::render(&state.clusters, state.sk_id, state.started);
     if let Some(handle) = &state.recorder {
         text.push_str(&handle.render());
@@ -166,7 +166,7 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
 /// This document
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service",
     responses((status = 200, description = "The OpenAPI document of this server", body = Object)))]
-pub async fn openapi(State(state): State<ApiState>) -> Response {
+pub(crate) async fn openapi(State(state): State<ApiState>) -> Response {
     let mut response = state
         .openapi
         .get()

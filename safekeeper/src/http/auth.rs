@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use super::error::{ApiError, ErrorCode};
 
 /// The route of each name `--http-auth-public-routes` accepts.
-pub fn public_route_path(name: &str) -> Option<&'static str> {
+pub(crate) fn public_route_path(name: &str) -> Option<&'static str> {
     match name {
         "metrics" => Some("/metrics"),
         "status" => Some("/v1/status"),
@@ -33,7 +33,7 @@ pub fn public_route_path(name: &str) -> Option<&'static str> {
 
 /// The auth settings of a running server.
 #[derive(Clone, Debug, Default)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// `None`: auth is off.
     token: Option<Arc<[u8]>>,
     /// Paths served without a token.
@@ -42,12 +42,12 @@ pub struct Auth {
 
 impl Auth {
     /// No authentication.
-    pub fn off() -> Auth {
+    pub(crate) fn off() -> Auth {
         Auth::default()
     }
 
     /// Token auth with the named public routes (see [`public_route_path`]).
-    pub fn with_token(token: &str, public: &BTreeSet<String>) -> Result<Auth> {
+    pub(crate) fn with_token(token: &str, public: &BTreeSet<String>) -> Result<Auth> {
         ensure!(!token.is_empty(), "the HTTP auth token is empty");
         let public = public
             .iter()
@@ -60,7 +60,7 @@ impl Auth {
     }
 
     /// Reads the token from `path`: the file's content without surrounding whitespace.
-    pub fn from_file(path: &Path, public: &BTreeSet<String>) -> Result<Auth> {
+    pub(crate) fn from_file(path: &Path, public: &BTreeSet<String>) -> Result<Auth> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read the HTTP auth token file {} (--http-auth-token-file)",
@@ -71,12 +71,12 @@ impl Auth {
             .with_context(|| format!("invalid HTTP auth token file {}", path.display()))
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.token.is_some()
     }
 
     /// Whether `path` needs a token.
-    pub fn protects(&self, path: &str) -> bool {
+    pub(crate) fn protects(&self, path: &str) -> bool {
         self.enabled() && !self.public.contains(path)
     }
 
@@ -96,7 +96,11 @@ impl Auth {
 }
 
 /// The middleware: lets the request through or answers 401.
-pub async fn require_token(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(auth): State<Auth>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !auth.protects(request.uri().path())
         || auth.accepts(request.headers().get(header::AUTHORIZATION))
     {

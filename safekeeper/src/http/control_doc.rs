@@ -19,7 +19,7 @@ use super::model::ApiLsn;
 
 /// `GET /v1/clusters/{name}/control_file`.
 #[derive(Serialize, ToSchema)]
-pub struct ControlFileDocument {
+pub(crate) struct ControlFileDocument {
     pub path: String,
     /// Format version of the file on disk.
     pub format_version: u32,
@@ -32,14 +32,14 @@ pub struct ControlFileDocument {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfLsns {
+pub(crate) struct CfLsns {
     pub flush: ApiLsn,
     pub commit: ApiLsn,
     pub backup: ApiLsn,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfState {
+pub(crate) struct CfState {
     pub sk_id: u64,
     pub cluster_name: String,
     pub system_identifier: u64,
@@ -59,14 +59,14 @@ pub struct CfState {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfTermSwitch {
+pub(crate) struct CfTermSwitch {
     pub term: u64,
     pub timeline: u32,
     pub start_lsn: u64,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfRemote {
+pub(crate) struct CfRemote {
     pub full_segments: Vec<CfSegmentRange>,
     pub partials: Vec<CfPartial>,
     pub history: Vec<CfHistory>,
@@ -74,7 +74,7 @@ pub struct CfRemote {
 
 /// Full segments `[start_segno, end_segno)` of `timeline`, all uploaded.
 #[derive(Serialize, ToSchema)]
-pub struct CfSegmentRange {
+pub(crate) struct CfSegmentRange {
     pub timeline: u32,
     pub start_segno: u64,
     pub end_segno: u64,
@@ -82,14 +82,14 @@ pub struct CfSegmentRange {
 
 /// Where an object is in the partial upload protocol.
 #[derive(Clone, Copy, Serialize, ToSchema)]
-pub enum CfStatus {
+pub(crate) enum CfStatus {
     InProgress,
     Uploaded,
     Deleting,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfPartialName {
+pub(crate) struct CfPartialName {
     pub timeline: u32,
     pub segno: u64,
     pub commit_lsn: u64,
@@ -98,7 +98,7 @@ pub struct CfPartialName {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfPartial {
+pub(crate) struct CfPartial {
     pub name: CfPartialName,
     pub status: CfStatus,
     pub size: u64,
@@ -106,7 +106,7 @@ pub struct CfPartial {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct CfHistory {
+pub(crate) struct CfHistory {
     pub timeline: u32,
     pub status: CfStatus,
     pub size: u64,
@@ -122,7 +122,11 @@ fn status(s: ObjectStatus) -> CfStatus {
 }
 
 impl ControlFileDocument {
-    pub fn new(path: String, format_version: u32, state: ClusterState) -> ControlFileDocument {
+    pub(crate) fn new(
+        path: String,
+        format_version: u32,
+        state: ClusterState,
+    ) -> ControlFileDocument {
         ControlFileDocument {
             path,
             format_version,
@@ -247,7 +251,7 @@ impl From<ClusterState> for CfState {
 
 /// `GET /v1/clusters/{name}/remote`: the objects the control file lists.
 #[derive(Serialize, ToSchema)]
-pub struct RemoteListing {
+pub(crate) struct RemoteListing {
     /// Every full segment below it is uploaded (and listed in `full_segments`).
     pub backup_lsn: ApiLsn,
     pub full_segments: Vec<RemoteSegmentRange>,
@@ -257,7 +261,7 @@ pub struct RemoteListing {
 
 /// Uploaded full segments `first_segment..=last_segment` of one timeline.
 #[derive(Serialize, ToSchema)]
-pub struct RemoteSegmentRange {
+pub(crate) struct RemoteSegmentRange {
     pub timeline: u32,
     pub first_segment: String,
     pub last_segment: String,
@@ -267,7 +271,7 @@ pub struct RemoteSegmentRange {
 /// Status of a listed object (DESIGN.md, "Partial upload protocol").
 #[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum RemoteStatus {
+pub(crate) enum RemoteStatus {
     /// The intent is recorded; the object may or may not exist.
     InProgress,
     Uploaded,
@@ -276,7 +280,7 @@ pub enum RemoteStatus {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RemotePartial {
+pub(crate) struct RemotePartial {
     /// Object name under `<cluster>/wal/`.
     pub name: String,
     pub status: RemoteStatus,
@@ -289,7 +293,7 @@ pub struct RemotePartial {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RemoteHistory {
+pub(crate) struct RemoteHistory {
     pub name: String,
     pub status: RemoteStatus,
     pub size: u64,

@@ -24,7 +24,7 @@ use crate::process::cluster_set::SetError;
 /// Stable, machine-readable error codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// The request is malformed: path, query or body values.
     BadRequest,
     /// The body is not valid JSON or does not match the request schema.
@@ -58,7 +58,7 @@ pub enum ErrorCode {
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// Human-readable, one line.
     pub error: String,
     pub code: ErrorCode,
@@ -66,14 +66,14 @@ pub struct ErrorBody {
 
 /// An error response.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -81,11 +81,11 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
 
-    pub fn unknown_cluster(name: &str) -> ApiError {
+    pub(crate) fn unknown_cluster(name: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
@@ -93,11 +93,11 @@ impl ApiError {
         )
     }
 
-    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn conflict(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, code, message)
     }
 
-    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn unavailable(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 }
@@ -160,20 +160,20 @@ impl From<QueryRejection> for ApiError {
 /// `axum::Json` as an extractor, rejecting with an [`ApiError`].
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 /// `axum::extract::Path`, rejecting with an [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 /// `axum::extract::Query`, rejecting with an [`ApiError`].
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 /// Handler of unknown routes.
-pub async fn route_not_found() -> ApiError {
+pub(crate) async fn route_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
 }
 
@@ -182,7 +182,7 @@ const MAX_MESSAGE: usize = 1024;
 
 /// Rewrites error responses that are not JSON yet into an [`ErrorBody`], keeping the status and
 /// the headers (`Allow`, `WWW-Authenticate`).
-pub async fn normalize(request: Request, next: Next) -> Response {
+pub(crate) async fn normalize(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::process::cluster_set::{ClusterEntry, ClusterSet};
 use crate::cluster::status::ConnectionState;
+use crate::process::cluster_set::{ClusterEntry, ClusterSet};
 
 /// One metric family being written.
 struct Family<'a> {
@@ -92,7 +92,7 @@ const STATES: [(ConnectionState, &str); 5] = [
 ];
 
 /// Renders every scrape-time family.
-pub fn render(set: &ClusterSet, sk_id: u64, started: Instant) -> String {
+pub(crate) fn render(set: &ClusterSet, sk_id: u64, started: Instant) -> String {
     let clusters: Vec<Snapshot> = set.list().iter().map(|e| Snapshot::of(e)).collect();
     let mut out = String::with_capacity(4096 + clusters.len() * 2048);
     let id = sk_id.to_string();

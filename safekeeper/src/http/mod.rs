@@ -15,14 +15,14 @@
 //!   layer); a panic in a handler becomes a 500 of that shape, not a dropped connection.
 //! - The server stops accepting at cancellation and finishes in-flight requests.
 
-pub mod actions;
-pub mod auth;
-pub mod control_doc;
-pub mod error;
-pub mod metrics;
-pub mod model;
+pub(crate) mod actions;
+pub(crate) mod auth;
+pub(crate) mod control_doc;
+pub(crate) mod error;
+pub(crate) mod metrics;
+pub(crate) mod model;
 mod openapi;
-pub mod routes;
+pub(crate) mod routes;
 #[cfg(test)]
 mod tests;
 
@@ -41,11 +41,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::process::cluster_set::ClusterSet;
-pub use auth::Auth;
+pub(crate) use auth::Auth;
 
 /// What every handler can see.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub clusters: Arc<ClusterSet>,
     pub sk_id: u64,
     pub data_dir: PathBuf,
@@ -57,7 +57,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(
+    pub(crate) fn new(
         clusters: Arc<ClusterSet>,
         sk_id: u64,
         data_dir: PathBuf,
@@ -75,7 +75,7 @@ impl ApiState {
 }
 
 /// The complete application and its OpenAPI document (already adjusted to `auth`).
-pub fn app(state: ApiState, auth: Auth) -> (Router, utoipa::openapi::OpenApi) {
+pub(crate) fn app(state: ApiState, auth: Auth) -> (Router, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(routes::get_status))
         .routes(routes!(routes::list_clusters, routes::add_cluster))
@@ -105,14 +105,18 @@ pub fn app(state: ApiState, auth: Auth) -> (Router, utoipa::openapi::OpenApi) {
 }
 
 /// Binds the API address; the error is one line naming the address and the cause.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on --http-addr {addr} (is another safekeeper or service using it?)")
     })
 }
 
 /// Serves until `cancel` fires, then finishes the requests in flight.
-pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) -> Result<()> {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    cancel: CancellationToken,
+) -> Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

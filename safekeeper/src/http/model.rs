@@ -11,13 +11,13 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::SchemaType};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use crate::process::cluster_set::{Origin, Outcome};
 use crate::cluster::lag::{Lags, StageLag};
 use crate::cluster::status::ConnectionState;
+use crate::process::cluster_set::{Origin, Outcome};
 
 /// An LSN in PostgreSQL's notation.
 #[derive(Clone, Debug, Serialize)]
-pub struct ApiLsn(String);
+pub(crate) struct ApiLsn(String);
 
 impl From<Lsn> for ApiLsn {
     fn from(lsn: Lsn) -> ApiLsn {
@@ -40,7 +40,7 @@ impl ToSchema for ApiLsn {}
 
 /// `GET /v1/status`.
 #[derive(Serialize, ToSchema)]
-pub struct StatusResponse {
+pub(crate) struct StatusResponse {
     /// This safekeeper's id (`--id`).
     pub id: u64,
     pub version: String,
@@ -53,7 +53,7 @@ pub struct StatusResponse {
 /// Where a cluster's settings come from.
 #[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ApiOrigin {
+pub(crate) enum ApiOrigin {
     /// The command line or config file; cannot be removed through the API.
     Config,
     /// Added through `POST /v1/clusters` (kept in `<data-dir>/clusters.toml`).
@@ -72,7 +72,7 @@ impl From<Origin> for ApiOrigin {
 /// Whether the cluster's tasks run.
 #[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum RunState {
+pub(crate) enum RunState {
     Running,
     /// Stopped at shutdown.
     Stopped,
@@ -93,7 +93,7 @@ impl From<&Outcome> for RunState {
 /// The replication connection to the primary.
 #[derive(Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ApiConnection {
+pub(crate) enum ApiConnection {
     Connecting,
     Streaming,
     /// Waiting before the next attempt after an error.
@@ -117,7 +117,7 @@ impl From<ConnectionState> for ApiConnection {
 
 /// One line per cluster.
 #[derive(Serialize, ToSchema)]
-pub struct ClusterSummary {
+pub(crate) struct ClusterSummary {
     pub name: String,
     pub origin: ApiOrigin,
     pub state: RunState,
@@ -136,13 +136,13 @@ pub struct ClusterSummary {
 
 /// `GET /v1/clusters`.
 #[derive(Serialize, ToSchema)]
-pub struct ClusterList {
+pub(crate) struct ClusterList {
     pub clusters: Vec<ClusterSummary>,
 }
 
 /// How the primary is reached (no password).
 #[derive(Serialize, ToSchema)]
-pub struct PrimaryInfo {
+pub(crate) struct PrimaryInfo {
     /// `host:port` of each host of the connection string.
     pub hosts: Vec<String>,
     pub user: String,
@@ -153,7 +153,7 @@ pub struct PrimaryInfo {
 
 /// One term of the history: from `start_lsn` on, WAL belongs to `term` on `timeline`.
 #[derive(Serialize, ToSchema)]
-pub struct ApiTermSwitch {
+pub(crate) struct ApiTermSwitch {
     pub term: u64,
     pub timeline: u32,
     pub start_lsn: ApiLsn,
@@ -161,7 +161,7 @@ pub struct ApiTermSwitch {
 
 /// The positions of one cluster.
 #[derive(Serialize, ToSchema)]
-pub struct LsnSet {
+pub(crate) struct LsnSet {
     /// End of the WAL received from the primary (written, maybe not fsynced).
     pub received: ApiLsn,
     /// End of the WAL fsynced locally.
@@ -176,7 +176,7 @@ pub struct LsnSet {
 
 /// Lag of one stage.
 #[derive(Serialize, ToSchema)]
-pub struct ApiStageLag {
+pub(crate) struct ApiStageLag {
     pub bytes: u64,
     /// How long the oldest byte of the stage has waited (counted from this process's start at
     /// the earliest; precision about 10 ms).
@@ -195,7 +195,7 @@ impl From<StageLag> for ApiStageLag {
 /// How far behind each stage is. The primary's own end of WAL is not known to a receiver: the
 /// receive lag is in the primary's `pg_stat_replication`.
 #[derive(Serialize, ToSchema)]
-pub struct LagSet {
+pub(crate) struct LagSet {
     /// Received but not fsynced: `received - flush`.
     pub flush: ApiStageLag,
     /// Acknowledged but not in remote storage in any form: `commit - remote`.
@@ -216,7 +216,7 @@ impl From<Lags> for LagSet {
 
 /// Object-storage activity since the cluster started in this process.
 #[derive(Serialize, ToSchema)]
-pub struct OffloadInfo {
+pub(crate) struct OffloadInfo {
     pub uploads_in_flight: usize,
     /// Partial and history objects the control file lists.
     pub listed_objects: usize,
@@ -230,7 +230,7 @@ pub struct OffloadInfo {
 
 /// `GET /v1/clusters/{name}`.
 #[derive(Serialize, ToSchema)]
-pub struct ClusterDetail {
+pub(crate) struct ClusterDetail {
     pub name: String,
     pub origin: ApiOrigin,
     pub state: RunState,
@@ -259,7 +259,7 @@ pub struct ClusterDetail {
 /// `POST /v1/clusters`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AddClusterRequest {
+pub(crate) struct AddClusterRequest {
     /// 1-63 letters, digits, `_` or `-`, not starting with `-`; also the local directory name.
     #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$", example = "orders")]
     pub name: String,
@@ -277,7 +277,7 @@ pub struct AddClusterRequest {
 /// Query of `DELETE /v1/clusters/{name}`.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct DeleteParams {
+pub(crate) struct DeleteParams {
     /// Also delete the cluster's local directory (control file and WAL). Remote objects are
     /// always kept.
     pub purge_local: Option<bool>,
@@ -285,7 +285,7 @@ pub struct DeleteParams {
 
 /// `DELETE /v1/clusters/{name}`.
 #[derive(Serialize, ToSchema)]
-pub struct DeleteResponse {
+pub(crate) struct DeleteResponse {
     pub name: String,
     /// How the cluster's tasks ended.
     pub state: RunState,
@@ -294,7 +294,7 @@ pub struct DeleteResponse {
 
 /// `POST /v1/clusters/{name}/partial_upload`.
 #[derive(Serialize, ToSchema)]
-pub struct PartialUploadResponse {
+pub(crate) struct PartialUploadResponse {
     /// The uploaded object (or the newest existing one when nothing changed); `null` when there
     /// is no partial WAL (e.g. the commit position is exactly at a segment boundary).
     pub object_name: Option<String>,
@@ -302,14 +302,14 @@ pub struct PartialUploadResponse {
 
 /// `POST /v1/clusters/{name}/gc`.
 #[derive(Serialize, ToSchema)]
-pub struct GcResponse {
+pub(crate) struct GcResponse {
     /// Names of the objects deleted from remote storage.
     pub deleted: Vec<String>,
 }
 
 /// `POST /v1/clusters/{name}/term_bump`.
 #[derive(Serialize, ToSchema)]
-pub struct TermBumpResponse {
+pub(crate) struct TermBumpResponse {
     /// The new term.
     pub term: u64,
     pub timeline: u32,

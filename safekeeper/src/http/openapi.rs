@@ -36,14 +36,14 @@ const SCHEME: &str = "bearer";
 struct ApiDoc;
 
 /// The document before the routes are added.
-pub fn base() -> utoipa::openapi::OpenApi {
+pub(super) fn base() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }
 
 /// Documents the bearer token on every operation `auth` protects, with its 401 answer.
-pub fn apply_auth(doc: &mut utoipa::openapi::OpenApi, auth: &Auth) {
+pub(super) fn apply_auth(doc: &mut utoipa::openapi::OpenApi, auth: &Auth) {
     if !auth.enabled() {
         return;
     }

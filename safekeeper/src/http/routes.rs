@@ -15,10 +15,10 @@ use super::ApiState;
 use super::control_doc::{ControlFileDocument, RemoteListing};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorCode};
 use super::model::*;
-use crate::cluster::follower::CONTROL_FILE_NAME;
-use crate::process::cluster_set::{ClusterEntry, Outcome};
 use crate::cluster::config::ClusterConfig;
+use crate::cluster::follower::CONTROL_FILE_NAME;
 use crate::pg::ConnInfo;
+use crate::process::cluster_set::{ClusterEntry, Outcome};
 
 pub(super) fn find(state: &ApiState, name: &str) -> Result<Arc<ClusterEntry>, ApiError> {
     state
@@ -30,7 +30,7 @@ pub(super) fn find(state: &ApiState, name: &str) -> Result<Arc<ClusterEntry>, Ap
 /// Process status
 #[utoipa::path(get, path = "/v1/status", tag = "service",
     responses((status = 200, description = "This safekeeper", body = StatusResponse)))]
-pub async fn get_status(State(state): State<ApiState>) -> Json<StatusResponse> {
+pub(crate) async fn get_status(State(state): State<ApiState>) -> Json<StatusResponse> {
     Json(StatusResponse {
         id: state.sk_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -69,7 +69,7 @@ fn last_error(outcome: &Outcome, connection: Option<String>) -> Option<String> {
 /// List clusters
 #[utoipa::path(get, path = "/v1/clusters", tag = "clusters",
     responses((status = 200, description = "One summary per followed cluster", body = ClusterList)))]
-pub async fn list_clusters(State(state): State<ApiState>) -> Json<ClusterList> {
+pub(crate) async fn list_clusters(State(state): State<ApiState>) -> Json<ClusterList> {
     let clusters = state.clusters.list().iter().map(|e| summary(e)).collect();
     Json(ClusterList { clusters })
 }
@@ -149,7 +149,7 @@ fn detail(e: &Arc<ClusterEntry>) -> ClusterDetail {
         (status = 400, description = "Malformed path", body = ErrorBody),
         (status = 404, description = "No such cluster", body = ErrorBody),
     ))]
-pub async fn get_cluster(
+pub(crate) async fn get_cluster(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ClusterDetail>, ApiError> {
@@ -168,7 +168,7 @@ pub async fn get_cluster(
         (status = 404, description = "No such cluster", body = ErrorBody),
         (status = 409, description = "No control file yet (never reached its primary)", body = ErrorBody),
     ))]
-pub async fn get_remote(
+pub(crate) async fn get_remote(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<RemoteListing>, ApiError> {
@@ -197,7 +197,7 @@ pub(super) fn not_initialized(name: &str) -> ApiError {
         (status = 409, description = "No control file yet (never reached its primary)", body = ErrorBody),
         (status = 503, description = "The file cannot be read or is damaged", body = ErrorBody),
     ))]
-pub async fn get_control_file(
+pub(crate) async fn get_control_file(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ControlFileDocument>, ApiError> {
@@ -229,7 +229,7 @@ pub async fn get_control_file(
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 503, description = "Could not start or record it", body = ErrorBody),
     ))]
-pub async fn add_cluster(
+pub(crate) async fn add_cluster(
     State(state): State<ApiState>,
     ApiJson(req): ApiJson<AddClusterRequest>,
 ) -> Result<(StatusCode, Json<ClusterDetail>), ApiError> {
@@ -260,7 +260,7 @@ pub async fn add_cluster(
         (status = 409, description = "A configured cluster", body = ErrorBody),
         (status = 503, description = "Could not record or purge", body = ErrorBody),
     ))]
-pub async fn delete_cluster(
+pub(crate) async fn delete_cluster(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(params): ApiQuery<DeleteParams>,

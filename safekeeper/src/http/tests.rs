@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::*;
+use crate::cluster::ServiceContext;
 use crate::cluster::config::IngestOptions;
 use crate::cluster::config::OffloadSettings;
-use crate::cluster::ServiceContext;
 
 fn app_with(auth: Auth, dir: &std::path::Path) -> (Router, utoipa::openapi::OpenApi) {
     let storage = Arc::new(remote_storage::LocalFs::new(dir.join("remote")).unwrap());

@@ -59,6 +59,16 @@ pub struct ReplicationConnection {
     tls: bool,
 }
 
+impl std::fmt::Debug for ReplicationConnection {
+    /// The socket and the server's parameters stay out of logs; the backend PID identifies it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConnection")
+            .field("backend_pid", &self.backend_pid)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ReplicationConnection {
     /// Opens a physical replication session to `info.hosts[host_index]`.
     pub async fn connect(info: &ConnInfo, host_index: usize) -> Result<Self, PgError> {

@@ -52,6 +52,7 @@ pub enum ReplicationMessage {
     },
 }
 
+#[derive(Debug)]
 enum State {
     Streaming,
     /// The server sent CopyDone and ours is queued; reading the result up to ReadyForQuery.
@@ -65,6 +66,7 @@ enum State {
 }
 
 /// A physical replication stream. Owns the session.
+#[derive(Debug)]
 pub struct ReplicationStream {
     conn: ReplicationConnection,
     state: State,

@@ -98,7 +98,7 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    pub fn new(stream: PgStream, peer: String) -> Self {
+    pub(crate) fn new(stream: PgStream, peer: String) -> Self {
         Wire {
             stream,
             rbuf: BytesMut::with_capacity(READ_RESERVE),
@@ -109,14 +109,14 @@ impl Wire {
     }
 
     /// The outgoing buffer for `postgres_protocol::message::frontend` encoders.
-    pub fn wbuf(&mut self) -> &mut BytesMut {
+    pub(crate) fn wbuf(&mut self) -> &mut BytesMut {
         &mut self.wbuf
     }
 
     /// Writes and flushes everything encoded into the outgoing buffer. Cancel-safe: bytes are
     /// removed from the buffer only once written, so a later call continues where a cancelled
     /// one stopped.
-    pub async fn flush(&mut self) -> Result<(), PgError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), PgError> {
         let result = async {
             while !self.wbuf.is_empty() {
                 self.unflushed = true;
@@ -137,7 +137,7 @@ impl Wire {
     }
 
     /// Awaits the next complete message. Cancel-safe.
-    pub async fn read_frame(&mut self) -> Result<Frame, PgError> {
+    pub(crate) async fn read_frame(&mut self) -> Result<Frame, PgError> {
         loop {
             if let Some(frame) = self.decode()? {
                 return Ok(frame);
@@ -149,7 +149,7 @@ impl Wire {
 
     /// Returns a message that is complete in the buffer or can be completed from bytes the
     /// transport has ready now, without waiting.
-    pub fn try_read_frame(&mut self) -> Result<Option<Frame>, PgError> {
+    pub(crate) fn try_read_frame(&mut self) -> Result<Option<Frame>, PgError> {
         loop {
             if let Some(frame) = self.decode()? {
                 return Ok(Some(frame));
@@ -208,7 +208,7 @@ impl Wire {
     /// Reads exactly one byte directly from the transport (the SSLRequest answer). Must only be
     /// used while the read buffer is empty, so nothing sent before TLS starts can be mistaken
     /// for encrypted data.
-    pub async fn read_byte_unbuffered(&mut self) -> Result<u8, PgError> {
+    pub(crate) async fn read_byte_unbuffered(&mut self) -> Result<u8, PgError> {
         debug_assert!(self.rbuf.is_empty());
         self.stream
             .read_u8()
@@ -216,7 +216,7 @@ impl Wire {
             .map_err(|e| PgError::io(format!("reading from {}", self.peer), e))
     }
 
-    pub fn into_stream(self) -> PgStream {
+    pub(crate) fn into_stream(self) -> PgStream {
         self.stream
     }
 }
@@ -228,7 +228,7 @@ pub(crate) struct Body<'a> {
 }
 
 impl<'a> Body<'a> {
-    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+    pub(super) fn new(buf: &'a [u8], what: &'static str) -> Self {
         Body { buf, what }
     }
 
@@ -236,7 +236,7 @@ impl<'a> Body<'a> {
         PgError::Protocol(format!("{} message is truncated", self.what))
     }
 
-    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], PgError> {
+    pub(super) fn bytes(&mut self, n: usize) -> Result<&'a [u8], PgError> {
         if self.buf.len() < n {
             return Err(self.short());
         }
@@ -245,30 +245,30 @@ impl<'a> Body<'a> {
         Ok(head)
     }
 
-    pub fn u8(&mut self) -> Result<u8, PgError> {
+    pub(super) fn u8(&mut self) -> Result<u8, PgError> {
         Ok(self.bytes(1)?[0])
     }
 
-    pub fn i16(&mut self) -> Result<i16, PgError> {
+    pub(super) fn i16(&mut self) -> Result<i16, PgError> {
         Ok(i16::from_be_bytes(
             self.bytes(2)?.try_into().expect("2 bytes"),
         ))
     }
 
-    pub fn i32(&mut self) -> Result<i32, PgError> {
+    pub(super) fn i32(&mut self) -> Result<i32, PgError> {
         Ok(i32::from_be_bytes(
             self.bytes(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    pub fn u64(&mut self) -> Result<u64, PgError> {
+    pub(super) fn u64(&mut self) -> Result<u64, PgError> {
         Ok(u64::from_be_bytes(
             self.bytes(8)?.try_into().expect("8 bytes"),
         ))
     }
 
     /// A NUL-terminated string (lossily decoded: server messages may be in any encoding).
-    pub fn cstr(&mut self) -> Result<String, PgError> {
+    pub(super) fn cstr(&mut self) -> Result<String, PgError> {
         let end = self
             .buf
             .iter()
@@ -279,7 +279,7 @@ impl<'a> Body<'a> {
         Ok(s)
     }
 
-    pub fn rest(&self) -> &'a [u8] {
+    pub(super) fn rest(&self) -> &'a [u8] {
         self.buf
     }
 }

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use control_file::ClusterState;
@@ -28,17 +27,17 @@ use tracing::{info, warn};
 use crate::cluster::config::{ClusterConfig, validate_cluster};
 use crate::cluster::lag::{self, Lags, SharedLag};
 use crate::cluster::manager::ManagerCommand;
+use crate::cluster::status::{ClusterStatus, OffloadStatus};
+use crate::cluster::{ServiceContext, start_cluster};
 use crate::pg::ConnInfo;
 use crate::process::clusters_toml;
-use crate::cluster::{ServiceContext, start_cluster};
-use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// Upper bound on clusters in one process (each one is a thread and a task).
-pub const MAX_CLUSTERS: usize = 128;
+pub(crate) const MAX_CLUSTERS: usize = 128;
 
 /// Where a cluster's entry comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The command line or the config file.
     Config,
     /// `POST /v1/clusters` (kept in `clusters.toml`).
@@ -47,37 +46,36 @@ pub enum Origin {
 
 /// How a cluster's tasks ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Running,
     Stopped,
     Failed(String),
 }
 
 /// One followed cluster.
-pub struct ClusterEntry {
+pub(crate) struct ClusterEntry {
     pub config: ClusterConfig,
     pub origin: Origin,
     pub status: watch::Receiver<ClusterStatus>,
     pub offload: watch::Receiver<OffloadStatus>,
     pub state: watch::Receiver<Option<ClusterState>>,
     pub commands: mpsc::Sender<ManagerCommand>,
-    pub started_at: Instant,
     lag: SharedLag,
     cancel: CancellationToken,
     outcome: watch::Receiver<Outcome>,
 }
 
 impl ClusterEntry {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         self.outcome.borrow().clone()
     }
 
     /// One consistent view: the follower's and the manager's status and the lags they imply.
-    pub fn snapshot(&self) -> (ClusterStatus, OffloadStatus, Lags) {
+    pub(crate) fn snapshot(&self) -> (ClusterStatus, OffloadStatus, Lags) {
         let status = self.status.borrow().clone();
         let offload = self.offload.borrow().clone();
         let lags = lag::current(&self.lag, &status, &offload);
@@ -95,7 +93,7 @@ impl ClusterEntry {
 
 /// Why a membership change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SetError {
+pub(crate) enum SetError {
     #[error("{0}")]
     Invalid(String),
     #[error("no cluster named {0:?}")]
@@ -114,7 +112,7 @@ pub enum SetError {
 }
 
 /// Every cluster of this process.
-pub struct ClusterSet {
+pub(crate) struct ClusterSet {
     ctx: ServiceContext,
     parent: CancellationToken,
     /// The `file://` remote root, which no cluster directory may contain.
@@ -125,7 +123,7 @@ pub struct ClusterSet {
 }
 
 impl ClusterSet {
-    pub fn new(
+    pub(crate) fn new(
         ctx: ServiceContext,
         parent: CancellationToken,
         local_remote: Option<PathBuf>,
@@ -141,7 +139,10 @@ impl ClusterSet {
     }
 
     /// Starts the clusters known at startup (configured and from `clusters.toml`).
-    pub fn start_initial(&self, clusters: Vec<(ClusterConfig, Origin)>) -> anyhow::Result<()> {
+    pub(crate) fn start_initial(
+        &self,
+        clusters: Vec<(ClusterConfig, Origin)>,
+    ) -> anyhow::Result<()> {
         for (config, origin) in clusters {
             let name = config.name.clone();
             self.check_directory(&name).map_err(|e| anyhow!(e))?;
@@ -151,23 +152,23 @@ impl ClusterSet {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<ClusterEntry>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ClusterEntry>> {
         self.read().get(name).cloned()
     }
 
     /// Every cluster, by name.
-    pub fn list(&self) -> Vec<Arc<ClusterEntry>> {
+    pub(crate) fn list(&self) -> Vec<Arc<ClusterEntry>> {
         self.read().values().cloned().collect()
     }
 
     /// Changes whenever a cluster is added, removed or stops.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// The exit rule of `safekeeper run`: at least one configured cluster, and every cluster
     /// stopped on a permanent error. (Clusters added at run time alone never end the process.)
-    pub fn all_failed(&self) -> bool {
+    pub(crate) fn all_failed(&self) -> bool {
         let entries = self.read();
         entries.values().any(|e| e.origin == Origin::Config)
             && entries
@@ -176,7 +177,7 @@ impl ClusterSet {
     }
 
     /// Waits until every cluster stopped (after the parent token fired); name and outcome each.
-    pub async fn wait_all(&self) -> Vec<(String, Outcome)> {
+    pub(crate) async fn wait_all(&self) -> Vec<(String, Outcome)> {
         let mut out = Vec::new();
         for e in self.list() {
             out.push((e.name().to_string(), e.stopped().await));
@@ -185,7 +186,7 @@ impl ClusterSet {
     }
 
     /// Starts following a new cluster and records it in `clusters.toml`.
-    pub async fn add(&self, config: ClusterConfig) -> Result<Arc<ClusterEntry>, SetError> {
+    pub(crate) async fn add(&self, config: ClusterConfig) -> Result<Arc<ClusterEntry>, SetError> {
         validate_cluster(&config).map_err(|e| SetError::Invalid(format!("{e:#}")))?;
         // libpq would take an empty string as "all defaults": never what an API caller meant.
         if config.primary.trim().is_empty() {
@@ -221,7 +222,7 @@ impl ClusterSet {
     }
 
     /// Stops following a runtime-added cluster; deletes its local directory when `purge_local`.
-    pub async fn remove(&self, name: &str, purge_local: bool) -> Result<Outcome, SetError> {
+    pub(crate) async fn remove(&self, name: &str, purge_local: bool) -> Result<Outcome, SetError> {
         let _guard = self.membership.lock().await;
         let entry = self
             .get(name)
@@ -281,7 +282,6 @@ impl ClusterSet {
             offload: handle.offload.clone(),
             state: handle.state.clone(),
             commands: handle.commands.clone(),
-            started_at: Instant::now(),
             lag: shared_lag.clone(),
             cancel: handle.cancel.clone(),
             outcome: outcome_rx,
@@ -307,7 +307,7 @@ impl ClusterSet {
     }
 
     /// Rewrites `clusters.toml` from the set (after startup dropped shadowed entries).
-    pub fn save_runtime_list(&self) -> anyhow::Result<()> {
+    pub(crate) fn save_runtime_list(&self) -> anyhow::Result<()> {
         self.persist()
     }
 
@@ -337,7 +337,7 @@ impl ClusterSet {
 }
 
 /// Logs the names the configuration shadowed in `clusters.toml` (see `clusters_toml`).
-pub fn warn_shadowed(shadowed: &[String]) {
+pub(crate) fn warn_shadowed(shadowed: &[String]) {
     for name in shadowed {
         warn!(cluster = %name, "cluster is both configured and in clusters.toml: following the \
                configured settings and dropping the clusters.toml entry");

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::config::{ClusterConfig, validate_cluster};
 
 /// File name under the data directory.
-pub const FILE_NAME: &str = "clusters.toml";
+pub(crate) const FILE_NAME: &str = "clusters.toml";
 
 const HEADER: &str = "# Clusters added through the admin API (POST /v1/clusters). Written by \
                       safekeeper;\n# edit only while it is stopped.\n\n";
@@ -46,12 +46,12 @@ struct Entry {
     application_name: String,
 }
 
-pub fn path(data_dir: &Path) -> PathBuf {
+pub(crate) fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
 /// The clusters in the file; none when it does not exist.
-pub fn load(data_dir: &Path) -> Result<Vec<ClusterConfig>> {
+pub(crate) fn load(data_dir: &Path) -> Result<Vec<ClusterConfig>> {
     let path = path(data_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -81,7 +81,7 @@ pub fn load(data_dir: &Path) -> Result<Vec<ClusterConfig>> {
 }
 
 /// Replaces the file with `clusters`, durably.
-pub fn save(data_dir: &Path, clusters: &[&ClusterConfig]) -> Result<()> {
+pub(crate) fn save(data_dir: &Path, clusters: &[&ClusterConfig]) -> Result<()> {
     let path = path(data_dir);
     let file = RuntimeFile {
         cluster: clusters
@@ -116,7 +116,7 @@ pub fn save(data_dir: &Path, clusters: &[&ClusterConfig]) -> Result<()> {
 
 /// Configured clusters first, then the runtime ones whose names are not configured. Returns the
 /// merged list (with `true` for runtime entries) and the names the configuration shadowed.
-pub fn merge(
+pub(crate) fn merge(
     configured: Vec<ClusterConfig>,
     runtime: Vec<ClusterConfig>,
 ) -> (Vec<(ClusterConfig, bool)>, Vec<String>) {

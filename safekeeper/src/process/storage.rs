@@ -26,10 +26,10 @@ use remote_storage::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::remote::S3Args;
 use crate::telemetry::{
     UPLOAD_BYTES_TOTAL, UPLOAD_FAILURES_TOTAL, UPLOAD_RETRIES_TOTAL, UPLOAD_SECONDS, UPLOADS_TOTAL,
 };
-use crate::remote::S3Args;
 
 /// Failed keys remembered for retry counting; beyond this the memory is cleared (a key that
 /// failed and was never tried again must not grow it forever).
@@ -44,14 +44,14 @@ enum Position {
 
 /// The counting wrapper.
 #[derive(Debug)]
-pub struct ObservedStorage {
+pub(crate) struct ObservedStorage {
     inner: Arc<dyn RemoteStorage>,
     position: Position,
     failed: Mutex<HashSet<String>>,
 }
 
 /// Opens the remote storage at `url` like `remote::open_remote`, with the two counting layers.
-pub async fn open_observed(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage>> {
+pub(crate) async fn open_observed(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage>> {
     let config = s3.remote_config();
     let open = async {
         let location = RemoteLocation::parse(url)?;

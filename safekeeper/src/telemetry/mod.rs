@@ -14,7 +14,6 @@
 //! Recording is cheap (an atomic push) so the synchronous-commit path can afford it; the
 //! recorder's upkeep task drains histogram samples even when nobody scrapes.
 
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -23,19 +22,19 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// Histogram: seconds one WAL write batch took to fdatasync (label `cluster`).
-pub const WAL_FSYNC_SECONDS: &str = "safekeeper_wal_fsync_seconds";
+pub(crate) const WAL_FSYNC_SECONDS: &str = "safekeeper_wal_fsync_seconds";
 /// Histogram: bytes written per fdatasync (group-commit batch size; label `cluster`).
-pub const WAL_FLUSH_BATCH_BYTES: &str = "safekeeper_wal_flush_batch_bytes";
+pub(crate) const WAL_FLUSH_BATCH_BYTES: &str = "safekeeper_wal_flush_batch_bytes";
 /// Counter: objects stored (labels `cluster`, `kind` = full|partial|history).
-pub const UPLOADS_TOTAL: &str = "safekeeper_uploads_total";
+pub(crate) const UPLOADS_TOTAL: &str = "safekeeper_uploads_total";
 /// Counter: uploads that failed after the storage layer's retries (labels `cluster`, `kind`).
-pub const UPLOAD_FAILURES_TOTAL: &str = "safekeeper_upload_failures_total";
+pub(crate) const UPLOAD_FAILURES_TOTAL: &str = "safekeeper_upload_failures_total";
 /// Counter: upload attempts that repeated a failed attempt of the same object (`cluster`, `kind`).
-pub const UPLOAD_RETRIES_TOTAL: &str = "safekeeper_upload_retries_total";
+pub(crate) const UPLOAD_RETRIES_TOTAL: &str = "safekeeper_upload_retries_total";
 /// Counter: bytes stored by successful uploads (labels `cluster`, `kind`).
-pub const UPLOAD_BYTES_TOTAL: &str = "safekeeper_upload_bytes_total";
+pub(crate) const UPLOAD_BYTES_TOTAL: &str = "safekeeper_upload_bytes_total";
 /// Histogram: seconds per upload, retries and queueing included (labels `cluster`, `kind`).
-pub const UPLOAD_SECONDS: &str = "safekeeper_upload_seconds";
+pub(crate) const UPLOAD_SECONDS: &str = "safekeeper_upload_seconds";
 
 /// Upper bounds of the latency histograms, in seconds: 100 µs to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -53,7 +52,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once; later calls return the same handle). `None` when
 /// another recorder was installed first, in which case events are not exported.
-pub fn install() -> Option<PrometheusHandle> {
+pub(crate) fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -75,7 +74,7 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 /// Keeps the recorder's memory bounded: drains histogram samples until `cancel` fires.
-pub fn spawn_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+pub(crate) fn spawn_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         loop {

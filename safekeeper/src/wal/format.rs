@@ -13,24 +13,24 @@
 use std::fmt;
 
 /// WAL page size (`XLOG_BLCKSZ`); PostgreSQL builds with another size are not supported.
-pub const WAL_PAGE_SIZE: usize = 8192;
+pub(crate) const WAL_PAGE_SIZE: usize = 8192;
 /// `SizeOfXLogShortPHD`: MAXALIGN(20).
-pub const SHORT_PAGE_HEADER_SIZE: usize = 24;
+pub(crate) const SHORT_PAGE_HEADER_SIZE: usize = 24;
 /// `SizeOfXLogLongPHD`: MAXALIGN(36).
-pub const LONG_PAGE_HEADER_SIZE: usize = 40;
+pub(crate) const LONG_PAGE_HEADER_SIZE: usize = 40;
 /// `SizeOfXLogRecord`.
-pub const RECORD_HEADER_SIZE: usize = 24;
+pub(crate) const RECORD_HEADER_SIZE: usize = 24;
 /// Offset of `xl_crc` inside the record header; the CRC covers the header bytes before it.
 const RECORD_CRC_OFFSET: usize = 20;
 
 /// `xlp_info` flag: the page starts with the continuation of a record from an earlier page.
-pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+pub(crate) const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// `xlp_info` flag: the page carries the long header (first page of a segment).
-pub const XLP_LONG_HEADER: u16 = 0x0002;
+pub(crate) const XLP_LONG_HEADER: u16 = 0x0002;
 
 /// Page magic of the PostgreSQL major versions we know (13..=17). A page magic changes with each
 /// WAL format change; an unknown one means "not a WAL page we understand".
-pub const KNOWN_PAGE_MAGICS: &[(u16, u32)] = &[
+pub(crate) const KNOWN_PAGE_MAGICS: &[(u16, u32)] = &[
     (0xD106, 13),
     (0xD10D, 14),
     (0xD110, 15),
@@ -39,7 +39,7 @@ pub const KNOWN_PAGE_MAGICS: &[(u16, u32)] = &[
 ];
 
 /// PostgreSQL major version for a page magic, if known.
-pub fn pg_version_for_magic(magic: u16) -> Option<u32> {
+pub(crate) fn pg_version_for_magic(magic: u16) -> Option<u32> {
     KNOWN_PAGE_MAGICS
         .iter()
         .find(|(m, _)| *m == magic)
@@ -48,7 +48,7 @@ pub fn pg_version_for_magic(magic: u16) -> Option<u32> {
 
 /// A decoded WAL page header (short form, plus the long-form fields when present).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageHeader {
+pub(crate) struct PageHeader {
     pub magic: u16,
     pub info: u16,
     pub timeline: u32,
@@ -60,7 +60,7 @@ pub struct PageHeader {
 
 /// Fields that only the first page of a segment carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LongPageFields {
+pub(crate) struct LongPageFields {
     pub system_identifier: u64,
     pub seg_size: u32,
     pub block_size: u32,
@@ -68,7 +68,7 @@ pub struct LongPageFields {
 
 impl PageHeader {
     /// Decodes a header from the start of `page`; `None` when too short.
-    pub fn decode(page: &[u8]) -> Option<PageHeader> {
+    pub(crate) fn decode(page: &[u8]) -> Option<PageHeader> {
         if page.len() < SHORT_PAGE_HEADER_SIZE {
             return None;
         }
@@ -96,7 +96,7 @@ impl PageHeader {
     }
 
     /// Size of this header on the page.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         if self.long.is_some() {
             LONG_PAGE_HEADER_SIZE
         } else {
@@ -104,14 +104,14 @@ impl PageHeader {
         }
     }
 
-    pub fn is_continuation(&self) -> bool {
+    pub(crate) fn is_continuation(&self) -> bool {
         self.info & XLP_FIRST_IS_CONTRECORD != 0
     }
 }
 
 /// Why a page header is not acceptable at a given position.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PageProblem {
+pub(crate) enum PageProblem {
     /// All zero: never written (the normal end of WAL in a preallocated segment).
     Zeroed,
     UnknownMagic(u16),
@@ -164,7 +164,7 @@ impl fmt::Display for PageProblem {
 }
 
 /// Checks the page header at `page_lsn` (a multiple of the page size).
-pub fn check_page_header(
+pub(crate) fn check_page_header(
     page: &[u8],
     page_lsn: u64,
     seg_size: u32,
@@ -213,7 +213,7 @@ pub fn check_page_header(
 
 /// What [`scan_segment`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScanResult {
+pub(crate) struct ScanResult {
     /// Offset into the segment just past the last byte known to be valid WAL: the end of the last
     /// complete record that checked out (or of the continuation data a segment starts with).
     pub valid_end: usize,
@@ -227,7 +227,7 @@ pub struct ScanResult {
 
 /// Why a scan stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ScanStop {
+pub(crate) enum ScanStop {
     /// Reached the end of the supplied bytes, possibly inside an incomplete record.
     EndOfData,
     /// Found zeros where the next record or page should be: the normal end of written WAL.
@@ -247,7 +247,7 @@ pub enum ScanStop {
 
 impl ScanStop {
     /// True when the scan ended on damage rather than on the natural end of the data.
-    pub fn is_corruption(&self) -> bool {
+    pub(crate) fn is_corruption(&self) -> bool {
         match self {
             ScanStop::EndOfData | ScanStop::EndOfWal => false,
             ScanStop::BadPage { problem, .. } => *problem != PageProblem::Zeroed,
@@ -258,7 +258,7 @@ impl ScanStop {
 
 /// Walks the WAL in `data`, which holds the first `data.len()` bytes of the segment starting at
 /// `segment_lsn`, and returns where the verified WAL ends. See the module invariant.
-pub fn scan_segment(
+pub(crate) fn scan_segment(
     data: &[u8],
     segment_lsn: u64,
     seg_size: u32,
@@ -490,7 +490,7 @@ impl PageReader<'_> {
 }
 
 /// Rounds up to PostgreSQL's MAXALIGN (8 bytes on every supported platform).
-pub fn maxalign(n: usize) -> usize {
+pub(crate) fn maxalign(n: usize) -> usize {
     (n + 7) & !7
 }
 

@@ -2,5 +2,5 @@
 //! segment files a follower appends to and fsyncs ([`store`]). Nothing here knows about clusters,
 //! control files or object storage; the follower thread is the only writer of a store.
 
-pub mod format;
-pub mod store;
+pub(crate) mod format;
+pub(crate) mod store;

@@ -26,14 +26,14 @@ use tracing::{debug, info, warn};
 use crate::wal::format::{self, ScanStop};
 
 /// Suffix of the segment being written.
-pub const PARTIAL_SUFFIX: &str = ".partial";
+pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
 /// Suffix of a segment being preallocated; never holds WAL, removed on open.
 const PREALLOC_SUFFIX: &str = ".prealloc";
 const ZERO_CHUNK: usize = 1 << 20;
 
 /// Identity of the WAL a store holds; checked against every segment it opens.
 #[derive(Clone, Copy, Debug)]
-pub struct WalIdentity {
+pub(crate) struct WalIdentity {
     pub system_identifier: u64,
     pub timeline: u32,
     pub seg_size: u32,
@@ -48,14 +48,14 @@ struct OpenSegment {
 
 /// A completed local segment file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalSegment {
+pub(crate) struct LocalSegment {
     pub timeline: u32,
     pub segno: u64,
     pub path: PathBuf,
 }
 
 /// Writer and catalogue of one cluster's local WAL directory.
-pub struct WalStore {
+pub(crate) struct WalStore {
     dir: PathBuf,
     id: WalIdentity,
     open: Option<OpenSegment>,
@@ -68,14 +68,15 @@ pub struct WalStore {
 impl WalStore {
     /// Opens (creating if needed) the WAL directory and works out where streaming must resume.
     /// `recorded_flush_lsn` is the flush LSN from the control file, a lower bound of what is durable.
-    pub fn open(dir: &Path, id: WalIdentity, recorded_flush_lsn: Lsn) -> Result<WalStore> {
+    #[cfg(test)]
+    pub(crate) fn open(dir: &Path, id: WalIdentity, recorded_flush_lsn: Lsn) -> Result<WalStore> {
         Self::open_from(dir, id, recorded_flush_lsn, Lsn::INVALID)
     }
 
     /// Like [`WalStore::open`], for WAL that starts at `floor` (the current term's start): files
     /// below it (before a gap the upstream could not fill) are kept but do not decide the resume
     /// point.
-    pub fn open_from(
+    pub(crate) fn open_from(
         dir: &Path,
         id: WalIdentity,
         recorded_flush_lsn: Lsn,
@@ -111,7 +112,7 @@ impl WalStore {
     /// Starts the WAL of a new timeline at `start`. The segment holding `start` begins with the
     /// bytes the new timeline shares with its parent (`[segment start, start)`), which are copied
     /// from `parent_timeline`'s file of that segment, fsynced, before anything is streamed into it.
-    pub fn start_timeline(
+    pub(crate) fn start_timeline(
         dir: &Path,
         id: WalIdentity,
         start: Lsn,
@@ -149,28 +150,24 @@ impl WalStore {
         Ok(store)
     }
 
-    pub fn identity(&self) -> WalIdentity {
+    pub(crate) fn identity(&self) -> WalIdentity {
         self.id
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// End of the bytes accepted by [`WalStore::write`].
-    pub fn written_lsn(&self) -> Lsn {
+    pub(crate) fn written_lsn(&self) -> Lsn {
         self.written_lsn
     }
 
     /// End of the bytes on disk.
-    pub fn flushed_lsn(&self) -> Lsn {
+    pub(crate) fn flushed_lsn(&self) -> Lsn {
         self.flushed_lsn
     }
 
     /// Sets the segment being written aside as `<name>.partial.gap`, after flushing it: the WAL
     /// that follows it is not available upstream, so it will never be completed. Its bytes stay
     /// for inspection and for the partial already uploaded from them.
-    pub fn retire_open_segment(&mut self) -> Result<()> {
+    pub(crate) fn retire_open_segment(&mut self) -> Result<()> {
         self.flush()?;
         if let Some(segment) = self.open.take() {
             let mut retired = segment.path.clone().into_os_string();
@@ -184,7 +181,7 @@ impl WalStore {
     }
 
     /// Path of a completed segment of the store's timeline.
-    pub fn segment_path(&self, segno: u64) -> PathBuf {
+    pub(crate) fn segment_path(&self, segno: u64) -> PathBuf {
         self.dir
             .join(segment_file_name(self.id.timeline, segno, self.id.seg_size))
     }
@@ -197,7 +194,7 @@ impl WalStore {
 
     /// Appends WAL that starts at `lsn`. Bytes below `written_lsn` (a server re-sending what we
     /// have) are skipped; a start above it would leave a gap and is refused.
-    pub fn write(&mut self, lsn: Lsn, mut data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&mut self, lsn: Lsn, mut data: &[u8]) -> Result<()> {
         let mut lsn = lsn;
         if lsn < self.written_lsn {
             let overlap = (self.written_lsn.0 - lsn.0).min(data.len() as u64) as usize;
@@ -234,7 +231,7 @@ impl WalStore {
     }
 
     /// Makes every written byte durable (one fdatasync) and returns the new flush LSN.
-    pub fn flush(&mut self) -> Result<Lsn> {
+    pub(crate) fn flush(&mut self) -> Result<Lsn> {
         if self.flushed_lsn < self.written_lsn {
             if let Some(segment) = &self.open {
                 segment
@@ -326,7 +323,7 @@ impl WalStore {
     }
 
     /// Completed segments in the WAL directory (every timeline), oldest first.
-    pub fn list_segments(&self) -> Result<Vec<LocalSegment>> {
+    pub(crate) fn list_segments(&self) -> Result<Vec<LocalSegment>> {
         list_completed_segments(&self.dir, self.id.seg_size)
     }
 
@@ -474,7 +471,7 @@ impl WalStore {
 }
 
 /// Completed segments in a WAL directory (every timeline), ordered by (timeline, segno).
-pub fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<LocalSegment>> {
+pub(crate) fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<LocalSegment>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
@@ -495,7 +492,7 @@ pub fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<LocalSeg
 /// Reads the first `len` bytes of segment `segno` of `timeline` from a WAL directory, from the
 /// completed file or, while it is still being written, from its `.partial`. Bytes below the flush
 /// LSN are never rewritten, so reading them while the follower appends is safe.
-pub fn read_segment_prefix(
+pub(crate) fn read_segment_prefix(
     dir: &Path,
     timeline: u32,
     segno: u64,
@@ -516,7 +513,7 @@ pub fn read_segment_prefix(
 }
 
 /// Writes a timeline history file durably (temp file, fsync, rename, directory fsync).
-pub fn write_history_file(dir: &Path, timeline: u32, content: &[u8]) -> Result<()> {
+pub(crate) fn write_history_file(dir: &Path, timeline: u32, content: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = control_file::names::history_file_name(timeline);
     let tmp = dir.join(format!("{name}{PREALLOC_SUFFIX}"));
@@ -546,7 +543,7 @@ fn remove_leftover_preallocations(dir: &Path) -> Result<()> {
 }
 
 /// fsyncs a directory so that renames and creations in it are durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync directory {}", dir.display()))

@@ -22,9 +22,9 @@ use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::pg::{ReplicationMessage, ReplicationStream};
 use crate::cluster::config::IngestOptions;
 use crate::cluster::status::ClusterStatus;
+use crate::pg::{ReplicationMessage, ReplicationStream};
 use crate::wal::store::WalStore;
 
 /// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
@@ -33,7 +33,7 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// Shutdown was requested; everything received was flushed and acknowledged.
     Cancelled,
     /// The server finished streaming this timeline; the next one starts at `start`.
@@ -41,7 +41,7 @@ pub enum SessionEnd {
 }
 
 /// Streams until cancelled, the timeline ends, or an error. The caller owns reconnecting.
-pub async fn receive_wal(
+pub(crate) async fn receive_wal(
     stream: &mut ReplicationStream,
     wal: &mut WalStore,
     status: &watch::Sender<ClusterStatus>,

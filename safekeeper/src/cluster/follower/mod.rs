@@ -31,24 +31,24 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::cluster::config::ClusterConfig;
-use crate::cluster::control::ControlClient;
-use crate::hints::with_hint;
-use crate::cluster::config::IngestOptions;
 use self::ingest::SessionEnd;
-use crate::pg::{ConnInfo, PgError, ReplicationConnection};
+use crate::cluster::config::ClusterConfig;
+use crate::cluster::config::IngestOptions;
+use crate::cluster::control::ControlClient;
 use crate::cluster::status::{ClusterStatus, ConnectionState};
+use crate::hints::with_hint;
+use crate::pg::{ConnInfo, PgError, ReplicationConnection};
 use crate::wal::store::{WalIdentity, WalStore};
 
 /// File name of a cluster's control file inside its directory.
-pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
+pub(crate) const CONTROL_FILE_NAME: &str = "safekeeper.control";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Everything a cluster task needs from the service configuration.
 #[derive(Clone, Debug)]
-pub struct ClusterSettings {
+pub(crate) struct ClusterSettings {
     pub sk_id: u64,
     pub cluster: ClusterConfig,
     pub cluster_dir: PathBuf,
@@ -82,7 +82,7 @@ impl From<PgError> for SessionError {
 }
 
 /// Runs the cluster until `cancel` fires (Ok) or a permanent error (Err).
-pub async fn run_follower(
+pub(crate) async fn run_follower(
     settings: ClusterSettings,
     control: ControlClient,
     status: watch::Sender<ClusterStatus>,
@@ -110,7 +110,7 @@ pub async fn run_follower(
     .await
 }
 
-pub mod ingest;
+pub(crate) mod ingest;
 mod switch;
 
 pub(crate) struct Follower<'a> {
@@ -390,7 +390,7 @@ impl Follower<'_> {
 
 /// Runs [`run_follower`] on a dedicated thread with its own current-thread runtime; the returned
 /// receiver yields the cluster's result when the thread ends.
-pub fn spawn_follower_thread(
+pub(crate) fn spawn_follower_thread(
     settings: ClusterSettings,
     control: ControlClient,
     status: watch::Sender<ClusterStatus>,

@@ -23,8 +23,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Follower, SessionError};
-use crate::pg::{IdentifySystem, ReplicationConnection};
 use crate::cluster::status::ClusterStatus;
+use crate::pg::{IdentifySystem, ReplicationConnection};
 use crate::wal::store::{WalIdentity, WalStore, write_history_file};
 
 /// Bound on the final partial upload of an ending timeline.
@@ -32,14 +32,14 @@ const FINAL_PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One line of a timeline history file: `parent` ended at `switchpoint`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
+pub(super) struct HistoryEntry {
     pub parent: u32,
     pub switchpoint: Lsn,
 }
 
 /// Parses a history file (`<parent tli>\t<switchpoint X/Y>\t<reason>` per line; blank lines and
 /// `#` comments ignored, as PostgreSQL does).
-pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>> {
+pub(super) fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>> {
     let text = std::str::from_utf8(content).context("timeline history is not UTF-8")?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -61,7 +61,7 @@ pub fn parse_history(content: &[u8]) -> Result<Vec<HistoryEntry>> {
 
 /// Where timeline `ours` ends in the history of `server_timeline`, and which timeline follows:
 /// `None` when `ours` is not an ancestor of the server's timeline.
-pub fn end_of_timeline(
+pub(super) fn end_of_timeline(
     history: &[HistoryEntry],
     server_timeline: u32,
     ours: u32,

@@ -14,7 +14,7 @@ use control_file::{ClusterState, Lsn};
 use tracing::debug;
 
 /// A cluster's control file: the state in memory and the path it is saved to.
-pub struct ControlStore {
+pub(crate) struct ControlStore {
     path: PathBuf,
     state: ClusterState,
     on_disk: ClusterState,
@@ -22,7 +22,7 @@ pub struct ControlStore {
 
 impl ControlStore {
     /// Loads the control file at `path`, or `None` when there is none yet.
-    pub fn load(path: &Path) -> Result<Option<ControlStore>> {
+    pub(crate) fn load(path: &Path) -> Result<Option<ControlStore>> {
         if !path.exists() {
             return Ok(None);
         }
@@ -37,7 +37,7 @@ impl ControlStore {
 
     /// Creates the control file for a cluster seen for the first time, durably, before any WAL
     /// of it is written.
-    pub fn create(path: &Path, state: ClusterState) -> Result<ControlStore> {
+    pub(crate) fn create(path: &Path, state: ClusterState) -> Result<ControlStore> {
         save(path, &state)?;
         Ok(ControlStore {
             path: path.to_path_buf(),
@@ -46,16 +46,12 @@ impl ControlStore {
         })
     }
 
-    pub fn state(&self) -> &ClusterState {
+    pub(crate) fn state(&self) -> &ClusterState {
         &self.state
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Applies `change` and saves the result durably before returning.
-    pub fn update(&mut self, change: impl FnOnce(&mut ClusterState)) -> Result<()> {
+    pub(crate) fn update(&mut self, change: impl FnOnce(&mut ClusterState)) -> Result<()> {
         let mut next = self.state.clone();
         change(&mut next);
         if next != self.on_disk {
@@ -67,7 +63,7 @@ impl ControlStore {
     }
 
     /// Records the durable and the acknowledged WAL positions (never moving them backwards).
-    pub fn record_lsns(&mut self, flush_lsn: Lsn, commit_lsn: Lsn) -> Result<()> {
+    pub(crate) fn record_lsns(&mut self, flush_lsn: Lsn, commit_lsn: Lsn) -> Result<()> {
         if flush_lsn <= self.state.flush_lsn && commit_lsn <= self.state.commit_lsn {
             return Ok(());
         }

@@ -35,10 +35,10 @@ use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::config::OffloadSettings;
 use crate::cluster::control::ControlRequest;
 use crate::cluster::manager::control_store::ControlStore;
 use crate::cluster::manager::offloader::{Offloader, Uploaded};
-use crate::cluster::config::OffloadSettings;
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// How often the follower's published LSNs are read (uploads start at most this late).
@@ -51,7 +51,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Requests from the admin API.
-pub enum ManagerCommand {
+pub(crate) enum ManagerCommand {
     /// Upload the partial segment now; answers with its object name (None: nothing to upload).
     UploadPartialNow(oneshot::Sender<Result<Option<String>>>),
     /// Run GC now; answers with the deleted object names.
@@ -61,7 +61,7 @@ pub enum ManagerCommand {
 }
 
 /// Everything the manager is wired to.
-pub struct ManagerIo {
+pub(crate) struct ManagerIo {
     pub requests: mpsc::Receiver<ControlRequest>,
     pub commands: mpsc::Receiver<ManagerCommand>,
     pub progress: watch::Receiver<ClusterStatus>,
@@ -89,7 +89,7 @@ enum TaskDone {
     },
 }
 
-pub struct Manager {
+pub(crate) struct Manager {
     settings: OffloadSettings,
     offloader: Option<Offloader>,
     storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
@@ -126,7 +126,7 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(
+    pub(crate) fn new(
         settings: OffloadSettings,
         storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
         cluster: &str,
@@ -173,7 +173,7 @@ impl Manager {
     }
 
     /// Runs until the follower has stopped (its status channel closes) after `cancel`.
-    pub async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+    pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
         let mut persist = interval(PERSIST_INTERVAL);
         persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut progress_tick = interval(PROGRESS_SAMPLE);

@@ -30,7 +30,7 @@ use crate::wal::store::read_segment_prefix;
 
 /// What an upload did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Uploaded {
+pub(super) struct Uploaded {
     pub bytes: u64,
     pub crc32c: u32,
     /// The identical object was already there.
@@ -39,7 +39,7 @@ pub struct Uploaded {
 
 /// Uploads for one cluster: the storage, where the cluster's local WAL is, and under which name.
 #[derive(Clone, Debug)]
-pub struct Offloader {
+pub(super) struct Offloader {
     pub storage: Arc<dyn RemoteStorage>,
     pub cluster: String,
     pub wal_dir: PathBuf,
@@ -56,7 +56,7 @@ fn options(kind: &str, crc32c: u32) -> PutOptions {
 
 impl Offloader {
     /// Uploads the completed local segment `segno` of `timeline`.
-    pub async fn upload_full_segment(
+    pub(super) async fn upload_full_segment(
         &self,
         timeline: TimelineId,
         segno: u64,
@@ -102,7 +102,7 @@ impl Offloader {
     }
 
     /// Reads the content of partial version `name` from local WAL: `[segment start, commit_lsn)`.
-    pub async fn read_partial(&self, name: &PartialName) -> Result<(Bytes, u32)> {
+    pub(super) async fn read_partial(&self, name: &PartialName) -> Result<(Bytes, u32)> {
         let (dir, seg_size, name) = (self.wal_dir.clone(), self.seg_size, name.clone());
         tokio::task::spawn_blocking(move || {
             let len = name.size(seg_size) as usize;
@@ -115,7 +115,7 @@ impl Offloader {
     }
 
     /// Uploads a partial version whose content was read by [`Offloader::read_partial`].
-    pub async fn upload_partial(
+    pub(super) async fn upload_partial(
         &self,
         name: &PartialName,
         data: Bytes,
@@ -135,7 +135,7 @@ impl Offloader {
     }
 
     /// Uploads the local `<TLI>.history` file.
-    pub async fn upload_history(
+    pub(super) async fn upload_history(
         &self,
         timeline: TimelineId,
         cancel: &CancellationToken,
@@ -158,7 +158,11 @@ impl Offloader {
     }
 
     /// Deletes objects by file name (under this cluster's WAL prefix); missing ones are fine.
-    pub async fn delete(&self, file_names: &[String], cancel: &CancellationToken) -> Result<()> {
+    pub(super) async fn delete(
+        &self,
+        file_names: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         if file_names.is_empty() {
             return Ok(());
         }

@@ -12,7 +12,7 @@ use crate::remote::{S3Args, open_remote};
 
 /// The object that holds WAL up to at least `lsn`: a full segment ending at or after it, or a
 /// partial whose commit LSN is at or after it.
-pub fn covering(archive: &Archive, lsn: u64) -> Option<String> {
+pub(super) fn covering(archive: &Archive, lsn: u64) -> Option<String> {
     let seg = u64::from(archive.seg_size);
     for (tli, t) in &archive.timelines {
         if let Some((segno, _)) = t.segments.iter().find(|(s, _)| (*s + 1) * seg >= lsn) {
@@ -31,7 +31,7 @@ pub fn covering(archive: &Archive, lsn: u64) -> Option<String> {
 }
 
 /// Polls the archive of cluster `main` until an object covers `lsn`; returns the listing.
-pub async fn wait_until_covered(url: &str, lsn: u64, limit: Duration) -> Result<Archive> {
+pub(super) async fn wait_until_covered(url: &str, lsn: u64, limit: Duration) -> Result<Archive> {
     let storage = open_remote(url, &S3Args::default()).await?;
     let cancel = CancellationToken::new();
     let deadline = Instant::now() + limit;
@@ -53,7 +53,7 @@ pub async fn wait_until_covered(url: &str, lsn: u64, limit: Duration) -> Result<
 
 /// One line per full-segment range, partial and history file; `last_commit` marks the partial
 /// (or segment) that holds it.
-pub fn render(archive: &Archive, last_commit: u64) -> Vec<String> {
+pub(super) fn render(archive: &Archive, last_commit: u64) -> Vec<String> {
     let marked = covering(archive, last_commit);
     let mark = |name: &str| {
         if marked.as_deref() == Some(name) {

@@ -12,14 +12,14 @@ use tokio::process::{Child, Command};
 
 use super::postgres::{last_lines, scrub_env};
 
-pub struct SafekeeperChild {
+pub(super) struct SafekeeperChild {
     child: Child,
     log: PathBuf,
 }
 
 impl SafekeeperChild {
     /// Starts `exe run ARGS`, its output appended to `log`.
-    pub fn spawn(exe: &Path, args: Vec<OsString>, log: &Path) -> Result<SafekeeperChild> {
+    pub(super) fn spawn(exe: &Path, args: Vec<OsString>, log: &Path) -> Result<SafekeeperChild> {
         let file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(exe);
@@ -44,7 +44,7 @@ impl SafekeeperChild {
     }
 
     /// An error with the tail of its log if the process has exited.
-    pub fn check_alive(&mut self) -> Result<()> {
+    pub(super) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             bail!("the safekeeper exited ({status}): {}", last_lines(&log, 3));
@@ -53,7 +53,7 @@ impl SafekeeperChild {
     }
 
     /// SIGTERM (it uploads its final partial on the way out), SIGKILL after 15 s.
-    pub async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: signalling our own child by its PID; it has not been reaped yet.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -9,20 +9,20 @@ use anyhow::{Context, Result};
 use super::postgres::Server;
 
 /// The demo's table; `id` tells the order of commits.
-pub const CREATE_TABLE: &str = "CREATE TABLE demo_commits (\
+pub(super) const CREATE_TABLE: &str = "CREATE TABLE demo_commits (\
      id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
      writer int NOT NULL, \
      committed_at timestamptz NOT NULL DEFAULT clock_timestamp())";
 
 /// When the load stops.
 #[derive(Clone, Copy, Debug)]
-pub enum Limit {
+pub(super) enum Limit {
     Rows(u64),
     Time(Duration),
 }
 
 /// Runs `writers` connections until `limit`; returns the number of acknowledged commits.
-pub async fn write_load(server: &Server, writers: u32, limit: Limit) -> Result<u64> {
+pub(super) async fn write_load(server: &Server, writers: u32, limit: Limit) -> Result<u64> {
     let claimed = AtomicU64::new(0);
     let committed = AtomicU64::new(0);
     let start = Instant::now();

@@ -20,7 +20,7 @@ use crate::pg::{ConnInfo, ReplicationConnection, SessionKind};
 const NEEDED: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "postgres"];
 
 /// What to install when nothing is found.
-pub const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not \
+pub(super) const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not \
      found: install them (Debian/Ubuntu: sudo apt-get install postgresql) or set PG_BINDIR to \
      the directory that holds them";
 
@@ -31,7 +31,7 @@ pub const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, pg_ctl, pg_b
 ///
 /// This is the project's one search order, also in scripts/lib/find_pg.sh (`find_pg_bindir`) and
 /// test_runner/fixtures/pg.py (`pg_bindir`, which runs the shell function): keep the three in step.
-pub fn find_bindir() -> Result<PathBuf> {
+pub(super) fn find_bindir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BINDIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         if let Some(missing) = missing_binary(&dir) {
@@ -92,7 +92,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Version directory names (`16`, `15`, `9.6`) ordered newest first; other names are dropped.
-pub fn newest_first(names: Vec<String>) -> Vec<String> {
+pub(super) fn newest_first(names: Vec<String>) -> Vec<String> {
     let mut versions: Vec<(Vec<u32>, String)> = names
         .into_iter()
         .filter_map(|n| {
@@ -106,7 +106,7 @@ pub fn newest_first(names: Vec<String>) -> Vec<String> {
 
 /// The unprivileged OS user PostgreSQL runs as when the demo runs as root (initdb refuses root).
 #[derive(Clone, Debug)]
-pub struct OsUser {
+pub(super) struct OsUser {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
@@ -114,7 +114,7 @@ pub struct OsUser {
 
 impl OsUser {
     /// `None` when not root; the `postgres` user when root.
-    pub fn for_postgres() -> Result<Option<OsUser>> {
+    pub(super) fn for_postgres() -> Result<Option<OsUser>> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(None);
@@ -143,7 +143,7 @@ impl OsUser {
 
 /// The PostgreSQL installation the demo uses.
 #[derive(Clone, Debug)]
-pub struct PgTools {
+pub(super) struct PgTools {
     pub bindir: PathBuf,
     pub user: Option<OsUser>,
 }
@@ -152,7 +152,7 @@ impl PgTools {
     /// A command running `bin` from the bindir (as the PostgreSQL OS user when root), with
     /// every `PG*` and `SAFEKEEPER_*` variable removed so the user's environment cannot redirect
     /// it.
-    pub fn command(&self, bin: &str) -> Command {
+    pub(super) fn command(&self, bin: &str) -> Command {
         let path = self.bindir.join(bin);
         let mut cmd = match &self.user {
             Some(u) => {
@@ -168,7 +168,12 @@ impl PgTools {
     }
 
     /// Runs `cmd` to completion within `limit`; fails with `what` and the tail of its output.
-    pub async fn run(&self, mut cmd: Command, what: &str, limit: Duration) -> Result<String> {
+    pub(super) async fn run(
+        &self,
+        mut cmd: Command,
+        what: &str,
+        limit: Duration,
+    ) -> Result<String> {
         let out = tokio::time::timeout(limit, cmd.output())
             .await
             .with_context(|| format!("{what}: no answer within {}s", limit.as_secs()))?
@@ -185,7 +190,7 @@ impl PgTools {
     }
 
     /// `postgres --version`, e.g. `PostgreSQL 15.8`.
-    pub async fn version(&self) -> Result<String> {
+    pub(super) async fn version(&self) -> Result<String> {
         let mut cmd = Command::new(self.bindir.join("postgres"));
         cmd.arg("--version");
         let text = self
@@ -198,7 +203,7 @@ impl PgTools {
     }
 
     /// Hands `path` to the PostgreSQL OS user (no-op when not root).
-    pub fn give(&self, path: &Path) -> Result<()> {
+    pub(super) fn give(&self, path: &Path) -> Result<()> {
         if let Some(u) = &self.user {
             std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
                 .with_context(|| format!("cannot chown {} to {}", path.display(), u.name))?;
@@ -207,7 +212,7 @@ impl PgTools {
     }
 
     /// Whether the PostgreSQL OS user can run `program --version` (it runs restore_command).
-    pub async fn user_can_run(&self, program: &Path) -> bool {
+    pub(super) async fn user_can_run(&self, program: &Path) -> bool {
         let Some(u) = &self.user else { return true };
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", &u.name, "--"])
@@ -221,7 +226,7 @@ impl PgTools {
     }
 
     /// Whether the PostgreSQL OS user can enter `dir` (every parent must be searchable).
-    pub async fn user_can_enter(&self, dir: &Path) -> bool {
+    pub(super) async fn user_can_enter(&self, dir: &Path) -> bool {
         let Some(u) = &self.user else { return true };
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", &u.name, "--", "test", "-x"]).arg(dir);
@@ -233,7 +238,7 @@ impl PgTools {
 }
 
 /// Removes `PG*` and `SAFEKEEPER_*` variables from a child's environment.
-pub fn scrub_env(cmd: &mut Command) {
+pub(super) fn scrub_env(cmd: &mut Command) {
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
         if n.starts_with("PG") || n.starts_with("SAFEKEEPER_") {
@@ -243,20 +248,20 @@ pub fn scrub_env(cmd: &mut Command) {
 }
 
 /// The last `n` non-empty lines of `text`, joined with ` | `.
-pub fn last_lines(text: &str, n: usize) -> String {
+pub(super) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// One PostgreSQL server of the demo.
-pub struct Server {
+pub(super) struct Server {
     pub data: PathBuf,
     pub log: PathBuf,
     pub port: u16,
 }
 
 impl Server {
-    pub fn new(dir: &Path, port: u16) -> Server {
+    pub(super) fn new(dir: &Path, port: u16) -> Server {
         Server {
             data: dir.join("data"),
             log: dir.join("server.log"),
@@ -265,7 +270,7 @@ impl Server {
     }
 
     /// initdb plus a configuration that keeps everything on 127.0.0.1 and inside `data`.
-    pub async fn initdb(&self, pg: &PgTools) -> Result<()> {
+    pub(super) async fn initdb(&self, pg: &PgTools) -> Result<()> {
         let mut cmd = pg.command("initdb");
         cmd.args(["--no-sync", "-U", "postgres", "-A", "trust", "-E", "UTF8"])
             .arg("--no-locale")
@@ -286,7 +291,7 @@ impl Server {
     }
 
     /// Appends settings to `postgresql.auto.conf` (later lines win).
-    pub fn append_conf(&self, text: &str) -> Result<()> {
+    pub(super) fn append_conf(&self, text: &str) -> Result<()> {
         use std::io::Write;
         let path = self.data.join("postgresql.auto.conf");
         let mut f = std::fs::OpenOptions::new()
@@ -297,7 +302,7 @@ impl Server {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
-    pub async fn start(&self, pg: &PgTools) -> Result<()> {
+    pub(super) async fn start(&self, pg: &PgTools) -> Result<()> {
         let mut cmd = pg.command("pg_ctl");
         cmd.arg("-D")
             .arg(&self.data)
@@ -311,7 +316,7 @@ impl Server {
     }
 
     /// pg_ctl stop (`fast`/`immediate`) when the postmaster is alive; bounded.
-    pub async fn stop(&self, pg: &PgTools, mode: &str) -> Result<()> {
+    pub(super) async fn stop(&self, pg: &PgTools, mode: &str) -> Result<()> {
         if self.postmaster_pid().is_none() {
             return Ok(());
         }
@@ -328,7 +333,7 @@ impl Server {
     }
 
     /// SIGKILL the postmaster and wait until it is gone; returns its PID.
-    pub async fn kill9(&self) -> Result<i32> {
+    pub(super) async fn kill9(&self) -> Result<i32> {
         let pid = self
             .postmaster_pid()
             .context("the primary is not running")?;
@@ -347,7 +352,7 @@ impl Server {
     }
 
     /// The PID in `postmaster.pid` if that process is alive.
-    pub fn postmaster_pid(&self) -> Option<i32> {
+    pub(super) fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         alive(pid).then_some(pid)
@@ -360,7 +365,7 @@ impl Server {
     }
 
     /// A plain SQL session as `postgres`.
-    pub async fn connect(&self) -> Result<ReplicationConnection> {
+    pub(super) async fn connect(&self) -> Result<ReplicationConnection> {
         let info = ConnInfo::parse_with_env(
             &format!(
                 "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable \
@@ -376,7 +381,7 @@ impl Server {
     }
 
     /// Runs one statement on a new session and returns its rows.
-    pub async fn sql(&self, query: &str) -> Result<Vec<Vec<Option<String>>>> {
+    pub(super) async fn sql(&self, query: &str) -> Result<Vec<Vec<Option<String>>>> {
         let mut conn = self.connect().await?;
         let rows = conn
             .simple_query(query)
@@ -387,7 +392,7 @@ impl Server {
     }
 
     /// The first column of the first row.
-    pub async fn sql_one(&self, query: &str) -> Result<String> {
+    pub(super) async fn sql_one(&self, query: &str) -> Result<String> {
         let rows = self.sql(query).await?;
         rows.into_iter()
             .next()
@@ -397,7 +402,7 @@ impl Server {
 }
 
 /// Whether `pid` exists (a zombie counts as gone).
-pub fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
     let exists = unsafe { libc::kill(pid, 0) } == 0
         || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
@@ -416,7 +421,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// SIGKILL `pid` and wait up to `limit` for it to disappear.
-pub async fn kill_and_wait(pid: i32, limit: Duration) -> bool {
+pub(super) async fn kill_and_wait(pid: i32, limit: Duration) -> bool {
     // SAFETY: plain signal delivery to a PID we started (read from its own pid file).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + limit;
@@ -430,12 +435,12 @@ pub async fn kill_and_wait(pid: i32, limit: Duration) -> bool {
 }
 
 /// `text` as one shell word (single quotes).
-pub fn shell_quote(text: &OsStr) -> String {
+pub(super) fn shell_quote(text: &OsStr) -> String {
     format!("'{}'", text.to_string_lossy().replace('\'', r"'\''"))
 }
 
 /// A port on 127.0.0.1 that is free right now.
-pub fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use super::postgres::{PgTools, Server, shell_quote};
 
 /// pg_basebackup of `primary` into `target`'s data directory; returns its start LSN.
-pub async fn base_backup(pg: &PgTools, primary: &Server, target: &Server) -> Result<String> {
+pub(super) async fn base_backup(pg: &PgTools, primary: &Server, target: &Server) -> Result<String> {
     let mut cmd = pg.command("pg_basebackup");
     cmd.args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
         .args(["-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"])
@@ -29,7 +29,7 @@ pub async fn base_backup(pg: &PgTools, primary: &Server, target: &Server) -> Res
 }
 
 /// `restore_command` serving the archive at `remote_url` through `exe restore-wal`.
-pub fn restore_command(exe: &Path, remote_url: &str) -> String {
+pub(super) fn restore_command(exe: &Path, remote_url: &str) -> String {
     format!(
         "{} restore-wal --remote {} --cluster main %f %p",
         cmd_word(exe.as_os_str()),
@@ -39,7 +39,7 @@ pub fn restore_command(exe: &Path, remote_url: &str) -> String {
 
 /// Configures `server` (a restored base backup) to recover through `command` to the end of the
 /// archive, starts it, and waits until it has left recovery.
-pub async fn recover(pg: &PgTools, server: &Server, command: &str) -> Result<()> {
+pub(super) async fn recover(pg: &PgTools, server: &Server, command: &str) -> Result<()> {
     server.append_conf(&format!(
         "# safekeeper demo: recovery from the archive\n\
          port = {}\n\
@@ -85,7 +85,7 @@ fn cmd_word(text: &OsStr) -> String {
 }
 
 /// The distinct files the server log says were restored from the archive, in order.
-pub fn restored_files(log: &Path) -> Vec<String> {
+pub(super) fn restored_files(log: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut names: Vec<String> = Vec::new();
     for rest in text.split("restored log file \"").skip(1) {

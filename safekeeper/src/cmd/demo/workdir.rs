@@ -9,11 +9,11 @@ use anyhow::{Context, Result, bail};
 use super::postgres::{PgTools, Server};
 
 /// Marks a directory as made by the demo, so a later run may remove and reuse it.
-pub const MARKER: &str = ".safekeeper-demo";
+pub(super) const MARKER: &str = ".safekeeper-demo";
 
 /// Creates `dir` (replacing one an earlier demo made) and returns the executable to use in
 /// `restore_command`: `exe`, or a copy inside `dir` when the PostgreSQL user cannot run `exe`.
-pub async fn create(
+pub(super) async fn create(
     dir: &Path,
     pg: &PgTools,
     servers: [&Server; 2],
@@ -69,7 +69,7 @@ pub async fn create(
 }
 
 /// A directory for one server, owned by the PostgreSQL user.
-pub fn server_dir(pg: &PgTools, path: &Path) -> Result<()> {
+pub(super) fn server_dir(pg: &PgTools, path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     set_mode(path, 0o755)?;
     pg.give(path)

@@ -26,7 +26,7 @@ pub(super) struct Settings {
 }
 
 impl Settings {
-    pub fn set(&mut self, key: &str, value: String) -> Result<(), PgError> {
+    pub(super) fn set(&mut self, key: &str, value: String) -> Result<(), PgError> {
         let slot = match key {
             "host" => &mut self.host,
             "port" => &mut self.port,

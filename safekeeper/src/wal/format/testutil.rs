@@ -8,7 +8,7 @@ use super::*;
 const MAGIC: u16 = 0xD110;
 
 /// Builds the WAL image of one segment from record sizes.
-pub struct WalBuilder {
+pub(crate) struct WalBuilder {
     segment_lsn: u64,
     seg_size: u32,
     system_identifier: u64,
@@ -19,7 +19,7 @@ pub struct WalBuilder {
 }
 
 impl WalBuilder {
-    pub fn new(
+    pub(crate) fn new(
         segment_lsn: u64,
         seg_size: u32,
         system_identifier: u64,
@@ -84,7 +84,7 @@ impl WalBuilder {
         }
     }
 
-    pub fn record(&mut self, total_len: usize) {
+    pub(crate) fn record(&mut self, total_len: usize) {
         self.align();
         let start = self.buf.len();
         let lsn = self.segment_lsn + start as u64;
