@@ -48,117 +48,191 @@ pub(crate) async fn receive_wal(
     options: IngestOptions,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd> {
-    let mut last_status = Instant::now();
-    let mut last_received = Instant::now();
-    let mut acknowledged = wal.flushed_lsn();
     if stream.is_streaming() {
         send_status(stream, wal, false).await?;
     }
-    let mut batch: Vec<(Lsn, Bytes)> = Vec::with_capacity(64);
-    // Handles resolved once per session: recording is then an atomic push per batch.
-    let cluster = status.borrow().name.clone();
-    let fsync_seconds =
-        metrics::histogram!(crate::telemetry::WAL_FSYNC_SECONDS, "cluster" => cluster.clone());
-    let batch_bytes_hist =
-        metrics::histogram!(crate::telemetry::WAL_FLUSH_BATCH_BYTES, "cluster" => cluster);
+    let mut session = Session::new(wal.flushed_lsn(), status, options);
     loop {
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                finish(stream, wal, status, acknowledged).await?;
+                finish(stream, wal, status, session.acknowledged).await?;
                 return Ok(SessionEnd::Cancelled);
             }
             msg = stream.recv() => {
-                last_received = Instant::now();
+                session.last_received = Instant::now();
                 msg.context("replication stream failed")?
             }
-            _ = sleep_until((last_status + options.status_interval).into()), if stream.is_streaming() => {
-                let silent = last_received.elapsed();
-                anyhow::ensure!(
-                    silent < options.receive_timeout,
-                    "no message from the primary for {}s (receive timeout): reconnecting",
-                    silent.as_secs()
-                );
-                // When the primary has been quiet, ask it to answer: silence then means trouble.
-                send_status(stream, wal, silent >= options.status_interval).await?;
-                last_status = Instant::now();
+            _ = sleep_until(session.next_status_due().into()), if stream.is_streaming() => {
+                session.on_quiet(stream, wal).await?;
                 continue;
             }
         };
+        let round = session.collect(stream, first)?;
+        session.write_and_flush(wal, round.batch_bytes)?;
+        session.acknowledge(stream, wal, &round).await?;
+        status.send_modify(|s| {
+            s.received_lsn = wal.written_lsn();
+            s.flush_lsn = wal.flushed_lsn();
+            s.commit_lsn = session.acknowledged;
+        });
+        if let Some(end) = round.end_of_timeline {
+            info!(?end, "upstream timeline ended");
+            return Ok(end);
+        }
+    }
+}
 
-        // Collect everything already available, up to the batch limit.
-        let mut reply_requested = false;
-        let mut end_of_timeline = None;
-        let mut batch_bytes = 0usize;
+/// What one round of the receive loop collected besides the WAL itself.
+struct Round {
+    batch_bytes: usize,
+    reply_requested: bool,
+    end_of_timeline: Option<SessionEnd>,
+}
+
+/// The state of one receive loop: its timers, the batch being assembled, the newest position
+/// acknowledged to the primary, and the metric handles (resolved once per session, so recording
+/// is an atomic push per batch).
+struct Session {
+    options: IngestOptions,
+    last_status: Instant,
+    last_received: Instant,
+    /// The newest flush position sent to the primary (never above the store's flushed LSN).
+    acknowledged: Lsn,
+    /// Reused between rounds; drained by every write pass.
+    batch: Vec<(Lsn, Bytes)>,
+    fsync_seconds: metrics::Histogram,
+    batch_bytes_hist: metrics::Histogram,
+}
+
+impl Session {
+    fn new(
+        acknowledged: Lsn,
+        status: &watch::Sender<ClusterStatus>,
+        options: IngestOptions,
+    ) -> Self {
+        let cluster = status.borrow().name.clone();
+        Session {
+            options,
+            last_status: Instant::now(),
+            last_received: Instant::now(),
+            acknowledged,
+            batch: Vec::with_capacity(64),
+            fsync_seconds: metrics::histogram!(
+                crate::telemetry::WAL_FSYNC_SECONDS, "cluster" => cluster.clone()
+            ),
+            batch_bytes_hist: metrics::histogram!(
+                crate::telemetry::WAL_FLUSH_BATCH_BYTES, "cluster" => cluster
+            ),
+        }
+    }
+
+    fn next_status_due(&self) -> Instant {
+        self.last_status + self.options.status_interval
+    }
+
+    /// Nothing arrived for a status interval: give up on a silent primary, else send a status
+    /// update that asks for an answer when the primary has been quiet (silence then means
+    /// trouble).
+    async fn on_quiet(&mut self, stream: &mut ReplicationStream, wal: &WalStore) -> Result<()> {
+        let silent = self.last_received.elapsed();
+        anyhow::ensure!(
+            silent < self.options.receive_timeout,
+            "no message from the primary for {}s (receive timeout): reconnecting",
+            silent.as_secs()
+        );
+        send_status(stream, wal, silent >= self.options.status_interval).await?;
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    /// Collects `first` and every message already available, up to the batch limit or the end
+    /// of the timeline.
+    fn collect(
+        &mut self,
+        stream: &mut ReplicationStream,
+        first: ReplicationMessage,
+    ) -> Result<Round> {
+        let mut round = Round {
+            batch_bytes: 0,
+            reply_requested: false,
+            end_of_timeline: None,
+        };
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 ReplicationMessage::XLogData {
                     wal_start, data, ..
                 } => {
-                    batch_bytes += data.len();
-                    batch.push((Lsn(wal_start), data));
+                    round.batch_bytes += data.len();
+                    self.batch.push((Lsn(wal_start), data));
                 }
                 ReplicationMessage::Keepalive {
-                    reply_requested: r, ..
-                } => reply_requested |= r,
+                    reply_requested, ..
+                } => round.reply_requested |= reply_requested,
                 ReplicationMessage::EndOfTimeline {
                     next_timeline,
                     next_timeline_start,
                 } => {
-                    end_of_timeline = Some(SessionEnd::EndOfTimeline {
+                    round.end_of_timeline = Some(SessionEnd::EndOfTimeline {
                         next_timeline,
                         start: Lsn(next_timeline_start),
                     });
                     break;
                 }
             }
-            if batch_bytes >= MAX_BATCH_BYTES {
+            if round.batch_bytes >= MAX_BATCH_BYTES {
                 break;
             }
             next = stream.try_recv().context("replication stream failed")?;
         }
+        Ok(round)
+    }
 
-        // One write pass and one fdatasync for the whole batch.
-        let before = wal.flushed_lsn();
-        if !batch.is_empty() {
-            let fsync_started = Instant::now();
-            // Inline on purpose: the write and the fdatasync are the critical path of every
-            // synchronous commit, and handing them to another thread costs a wake-up each way.
-            for (lsn, data) in batch.drain(..) {
-                wal.write(lsn, &data)?;
-            }
-            let flush_started = Instant::now();
-            wal.flush()?;
-            fsync_seconds.record(flush_started.elapsed().as_secs_f64());
-            batch_bytes_hist.record(batch_bytes as f64);
-            debug!(
-                bytes = batch_bytes,
-                flush_lsn = %wal.flushed_lsn(),
-                elapsed_us = fsync_started.elapsed().as_micros() as u64,
-                "batch flushed"
-            );
+    /// One write pass and one fdatasync for the whole batch. Inline on purpose: the write and
+    /// the fdatasync are the critical path of every synchronous commit, and handing them to
+    /// another thread costs a wake-up each way.
+    fn write_and_flush(&mut self, wal: &mut WalStore, batch_bytes: usize) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
         }
+        let started = Instant::now();
+        for (lsn, data) in self.batch.drain(..) {
+            wal.write(lsn, &data)?;
+        }
+        let flush_started = Instant::now();
+        wal.flush()?;
+        self.fsync_seconds
+            .record(flush_started.elapsed().as_secs_f64());
+        self.batch_bytes_hist.record(batch_bytes as f64);
+        debug!(
+            bytes = batch_bytes,
+            flush_lsn = %wal.flushed_lsn(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch flushed"
+        );
+        Ok(())
+    }
+
+    /// Sends the new durable position (or the reply a keepalive asked for). After the end of a
+    /// timeline the server accepts no more status updates; the position is reported on the next
+    /// timeline's stream.
+    async fn acknowledge(
+        &mut self,
+        stream: &mut ReplicationStream,
+        wal: &WalStore,
+        round: &Round,
+    ) -> Result<()> {
         let flushed = wal.flushed_lsn();
-        // After the end of a timeline the server accepts no more status updates; the position
-        // is reported on the next timeline's stream.
-        if end_of_timeline.is_none()
+        if round.end_of_timeline.is_none()
             && stream.is_streaming()
-            && (flushed > before || reply_requested)
+            && (flushed > self.acknowledged || round.reply_requested)
         {
             send_status(stream, wal, false).await?;
-            last_status = Instant::now();
-            acknowledged = flushed;
+            self.last_status = Instant::now();
+            self.acknowledged = flushed;
         }
-        status.send_modify(|s| {
-            s.received_lsn = wal.written_lsn();
-            s.flush_lsn = flushed;
-            s.commit_lsn = acknowledged;
-        });
-        if let Some(end) = end_of_timeline {
-            info!(?end, "upstream timeline ended");
-            return Ok(end);
-        }
+        Ok(())
     }
 }
 

@@ -37,7 +37,7 @@ use crate::cluster::config::IngestOptions;
 use crate::cluster::control::ControlClient;
 use crate::cluster::status::{ClusterStatus, ConnectionState};
 use crate::hints::with_hint;
-use crate::pg::{ConnInfo, PgError, ReplicationConnection};
+use crate::pg::{ConnInfo, IdentifySystem, PgError, ReplicationConnection};
 use crate::wal::store::{WalIdentity, WalStore};
 
 /// File name of a cluster's control file inside its directory.
@@ -267,6 +267,21 @@ impl Follower<'_> {
             _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
             c = self.connect() => c?,
         };
+        let ident = self.pin(&mut conn).await?;
+        let slot = self.settings.cluster.slot.clone();
+        if conn.create_physical_slot_if_missing(&slot).await? {
+            info!(slot = %slot, "created physical replication slot");
+        }
+        self.stream(conn, &ident, &slot, status, cancel).await
+    }
+
+    /// Checks the server against the pinned identity in the control file (system identifier,
+    /// segment size, timeline not behind), or, for a new cluster, pins it: the control file is
+    /// durably created before anything else happens.
+    async fn pin(
+        &mut self,
+        conn: &mut ReplicationConnection,
+    ) -> Result<IdentifySystem, SessionError> {
         let ident = conn.identify_system().await?;
         let seg_size = conn.wal_segment_size().await?;
         let pg_version = conn.server_version_num().await? / 10000;
@@ -314,10 +329,19 @@ impl Follower<'_> {
                       start_lsn = %start, "following a new cluster");
             }
         }
-        let slot = self.settings.cluster.slot.clone();
-        if conn.create_physical_slot_if_missing(&slot).await? {
-            info!(slot = %slot, "created physical replication slot");
-        }
+        Ok(ident)
+    }
+
+    /// Streams from the durable local end of WAL, across timeline switches and past WAL the
+    /// server removed (reported as a gap), until cancelled or an error.
+    async fn stream(
+        &mut self,
+        mut conn: ReplicationConnection,
+        ident: &IdentifySystem,
+        slot: &str,
+        status: &watch::Sender<ClusterStatus>,
+        cancel: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
         let options = self.settings.ingest;
         let mut server_timeline = ident.timeline;
         loop {
@@ -325,9 +349,7 @@ impl Follower<'_> {
             let wal = self.open_wal()?;
             let resume = wal.flush()?;
             let timeline = wal.identity().timeline;
-            let started = conn
-                .start_replication(Some(&slot), resume.0, timeline)
-                .await;
+            let started = conn.start_replication(Some(slot), resume.0, timeline).await;
             let mut stream = match started {
                 Ok(stream) => stream,
                 Err(e) if e.code() == Some("58P01") => {
