@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::parse_history;
 use super::{PartialObject, best_partial, looks_like_segment_name, pad_to_segment};
 use crate::remote::wal_prefix;
-use crate::wal::format::{PageHeader, check_page_header};
+use crate::wal::format::{Expect, PageHeader, check_page_header};
 
 /// How often the lookup starts over when the archive changes under it.
 const LOOKUP_ROUNDS: usize = 3;
@@ -286,7 +286,7 @@ fn check_full(
     }
     let (_, segno) = parse_segment_file_name(segment, size).map_err(|e| corrupt(e.reason))?;
     let start = Lsn::from_segment(segno, size);
-    check_page_header(&data, start.0, size, None)
+    check_page_header(&data, start.0, size, Expect::default())
         .map_err(|p| corrupt(format!("first page header at {start}: {p}")))?;
     Ok(Fetched::Full {
         key,
@@ -331,7 +331,7 @@ fn check_partial(
         )));
     }
     let start = Lsn::from_segment(name.segno, size);
-    check_page_header(&data, start.0, size, None)
+    check_page_header(&data, start.0, size, Expect::default())
         .map_err(|p| corrupt(format!("first page header at {start}: {p}")))?;
     let padded = pad_to_segment(&data, size).map_err(|e| corrupt(format!("{e:#}")))?;
     Ok(Fetched::Partial {

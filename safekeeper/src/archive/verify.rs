@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
 use super::{Archive, PartialObject};
-use crate::wal::format::{PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
+use crate::wal::format::{Expect, PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
 
 /// Missing segments named individually per gap before the rest is summarized.
 const NAMED_PER_GAP: u64 = 10;
@@ -391,7 +391,7 @@ fn check_wal(key: &str, data: &[u8], start: Lsn, seg_size: u32, f: &mut ObjectFi
         if page.len() < header_len {
             break;
         }
-        match check_page_header(page, lsn.0, seg_size, None) {
+        match check_page_header(page, lsn.0, seg_size, Expect::default()) {
             Ok(header) => {
                 if let Some(zero) = first_zeroed {
                     bad_pages.push(format!(
@@ -424,7 +424,7 @@ fn check_wal(key: &str, data: &[u8], start: Lsn, seg_size: u32, f: &mut ObjectFi
     if count > 0 {
         return;
     }
-    let scan = scan_segment(data, start.0, seg_size, None);
+    let scan = scan_segment(data, start.0, seg_size, Expect::default());
     if scan.stop.is_corruption() {
         let detail = match &scan.stop {
             crate::wal::format::ScanStop::BadRecord { offset, reason, .. } => {

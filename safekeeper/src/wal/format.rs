@@ -3,7 +3,7 @@
 //!
 //! Owns: the byte layout of `XLogPageHeaderData`, `XLogLongPageHeaderData` and `XLogRecord`
 //! (PostgreSQL `access/xlog_internal.h`, `access/xlogrecord.h`) and the rules that make a record
-//! valid: every page it touches has a header with a known magic and the page's own address, the
+//! valid: every page it touches has a header with the cluster's page magic and the page's own address, the
 //! continuation flag and remaining length agree with the record, `xl_prev` points at the previous
 //! record, and the CRC-32C over payload-then-header matches `xl_crc`.
 //!
@@ -28,14 +28,21 @@ pub(crate) const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 /// `xlp_info` flag: the page carries the long header (first page of a segment).
 pub(crate) const XLP_LONG_HEADER: u16 = 0x0002;
 
-/// Page magic of the PostgreSQL major versions we know (13..=17). A page magic changes with each
-/// WAL format change; an unknown one means "not a WAL page we understand".
+/// Page magic (`XLOG_PAGE_MAGIC`) of the PostgreSQL majors we know, for messages only.
+///
+/// Validation never depends on this table: the magic changes with every major (whenever the
+/// *record* format changes), while the page header layout this module checks has stayed the same
+/// in every major this safekeeper supports (13 to 18). A cluster's magic is learned from the WAL its primary sends and recorded in its
+/// control file; pages are then held to that magic. A major missing here therefore works as long
+/// as its page header layout is unchanged (`wal::stream_check` refuses it, before storing any of
+/// it, when it is not).
 pub(crate) const KNOWN_PAGE_MAGICS: &[(u16, u32)] = &[
     (0xD106, 13),
     (0xD10D, 14),
     (0xD110, 15),
     (0xD113, 16),
     (0xD116, 17),
+    (0xD118, 18),
 ];
 
 /// PostgreSQL major version for a page magic, if known.
@@ -114,7 +121,11 @@ impl PageHeader {
 pub(crate) enum PageProblem {
     /// All zero: never written (the normal end of WAL in a preallocated segment).
     Zeroed,
-    UnknownMagic(u16),
+    /// Another magic than the cluster's (or than the first page of the same segment).
+    WrongMagic {
+        expected: u16,
+        found: u16,
+    },
     WrongAddress {
         expected: u64,
         found: u64,
@@ -136,7 +147,12 @@ impl fmt::Display for PageProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PageProblem::Zeroed => write!(f, "page is all zeros"),
-            PageProblem::UnknownMagic(m) => write!(f, "unknown WAL page magic {m:#06X}"),
+            PageProblem::WrongMagic { expected, found } => write!(
+                f,
+                "WAL page magic {} where {} was expected",
+                describe_magic(*found),
+                describe_magic(*expected)
+            ),
             PageProblem::WrongAddress { expected, found } => write!(
                 f,
                 "page address {:X}/{:X} where {:X}/{:X} was expected",
@@ -163,20 +179,53 @@ impl fmt::Display for PageProblem {
     }
 }
 
+/// `0xD118 (PostgreSQL 18)`, or `0xD11A (an unknown PostgreSQL version)`.
+pub(crate) fn describe_magic(magic: u16) -> String {
+    match pg_version_for_magic(magic) {
+        Some(major) => format!("{magic:#06X} (PostgreSQL {major})"),
+        None => format!("{magic:#06X} (an unknown PostgreSQL version)"),
+    }
+}
+
+/// What every page header must match besides its own address and the segment size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Expect {
+    /// The cluster's system identifier, checked on the long header of a segment's first page.
+    pub system_identifier: Option<u64>,
+    /// The cluster's page magic. `None`: not known yet, any magic is accepted and a scan holds
+    /// the rest of the segment to the magic of its first page.
+    pub magic: Option<u16>,
+}
+
+impl Expect {
+    /// Pages of the cluster `system_identifier`, whose magic is learned from the first page.
+    pub(crate) fn system(system_identifier: u64) -> Expect {
+        Expect {
+            system_identifier: Some(system_identifier),
+            magic: None,
+        }
+    }
+}
+
 /// Checks the page header at `page_lsn` (a multiple of the page size).
 pub(crate) fn check_page_header(
     page: &[u8],
     page_lsn: u64,
     seg_size: u32,
-    system_identifier: Option<u64>,
+    expect: Expect,
 ) -> Result<PageHeader, PageProblem> {
     let header_bytes = page.len().min(LONG_PAGE_HEADER_SIZE);
     if page[..header_bytes].iter().all(|b| *b == 0) {
         return Err(PageProblem::Zeroed);
     }
     let header = PageHeader::decode(page).ok_or(PageProblem::Zeroed)?;
-    if pg_version_for_magic(header.magic).is_none() {
-        return Err(PageProblem::UnknownMagic(header.magic));
+    if let Some(expected) = expect.magic
+        && header.magic != expected
+    {
+        return Err(PageProblem::WrongMagic {
+            expected,
+            found: header.magic,
+        });
     }
     if header.page_addr != page_lsn {
         return Err(PageProblem::WrongAddress {
@@ -196,7 +245,7 @@ pub(crate) fn check_page_header(
             if long.block_size as usize != WAL_PAGE_SIZE {
                 return Err(PageProblem::WrongBlockSize(long.block_size));
             }
-            if let Some(expected) = system_identifier {
+            if let Some(expected) = expect.system_identifier {
                 if long.system_identifier != expected {
                     return Err(PageProblem::WrongSystemIdentifier {
                         expected,
@@ -221,7 +270,9 @@ pub(crate) struct ScanResult {
     pub records: usize,
     /// Why the scan stopped before the end of the supplied bytes, if it did.
     pub stop: ScanStop,
-    /// PostgreSQL major version from the first page's magic.
+    /// The first page's magic: what the rest of the segment was held to.
+    pub magic: Option<u16>,
+    /// PostgreSQL major version of that magic, when it is a known one.
     pub pg_version: Option<u32>,
 }
 
@@ -262,19 +313,20 @@ pub(crate) fn scan_segment(
     data: &[u8],
     segment_lsn: u64,
     seg_size: u32,
-    system_identifier: Option<u64>,
+    expect: Expect,
 ) -> ScanResult {
     let mut reader = PageReader {
         data,
         segment_lsn,
         seg_size,
-        system_identifier,
+        expect,
         pos: 0,
     };
     let mut result = ScanResult {
         valid_end: 0,
         records: 0,
         stop: ScanStop::EndOfData,
+        magic: None,
         pg_version: None,
     };
     // The first page says whether the segment starts inside a record from the previous segment.
@@ -286,6 +338,9 @@ pub(crate) fn scan_segment(
             return result;
         }
     };
+    // Every later page of the segment must carry the same magic.
+    reader.expect.magic = Some(first.magic);
+    result.magic = Some(first.magic);
     result.pg_version = pg_version_for_magic(first.magic);
     if first.is_continuation() && first.rem_len > 0 {
         match reader.read_record_bytes(first.rem_len as usize, true) {
@@ -385,7 +440,7 @@ struct PageReader<'a> {
     data: &'a [u8],
     segment_lsn: u64,
     seg_size: u32,
-    system_identifier: Option<u64>,
+    expect: Expect,
     pos: usize,
 }
 
@@ -427,7 +482,7 @@ impl PageReader<'_> {
             &self.data[self.pos..],
             page_lsn,
             self.seg_size,
-            self.system_identifier,
+            self.expect,
         )
         .map_err(|problem| {
             if problem == PageProblem::Zeroed {

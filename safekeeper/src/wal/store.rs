@@ -23,7 +23,7 @@ use control_file::Lsn;
 use control_file::names::{parse_segment_file_name, segment_file_name};
 use tracing::{debug, info, warn};
 
-use crate::wal::format::{self, ScanStop};
+use crate::wal::format::{self, Expect, ScanStop};
 
 /// Suffix of the segment being written.
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -37,6 +37,9 @@ pub(crate) struct WalIdentity {
     pub system_identifier: u64,
     pub timeline: u32,
     pub seg_size: u32,
+    /// The cluster's WAL page magic from its control file; `None` until learned (a scan then
+    /// holds a segment to the magic of its first page).
+    pub page_magic: Option<u16>,
 }
 
 /// The segment currently open for writing.
@@ -429,7 +432,10 @@ impl WalStore {
             &data,
             segment_lsn.0,
             self.id.seg_size,
-            Some(self.id.system_identifier),
+            Expect {
+                system_identifier: Some(self.id.system_identifier),
+                magic: self.id.page_magic,
+            },
         );
         let valid_end_lsn = segment_lsn + scan.valid_end as u64;
         // Where the evidence of damage ends: only damage wholly below the recorded flush LSN

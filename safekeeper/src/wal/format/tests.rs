@@ -9,7 +9,7 @@ const SEG: u32 = 1 << 20; // 1 MiB segments keep the tests fast
 const SYSID: u64 = 7_300_000_000_000_000_001;
 
 fn scan(data: &[u8]) -> ScanResult {
-    scan_segment(data, 0x0300_0000, SEG, Some(SYSID))
+    scan_segment(data, 0x0300_0000, SEG, Expect::system(SYSID))
 }
 
 fn builder_with(records: &[usize]) -> WalBuilder {
