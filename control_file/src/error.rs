@@ -1,12 +1,13 @@
 //! Errors of loading, verifying and saving a control file.
 //!
-//! Invariant: every variant names the file and displays as a single line, so the service and the CLI
-//! can print it as is.
+//! Owns [`ControlFileError`] and the helpers that build it from I/O errors and foreign messages.
+//!
+//! Invariants: every variant names the file and displays as a single line, so the service and the CLI
+//! can print it as is. This module is a leaf: it depends on no other module of the crate, so every
+//! fact an error reports (such as the expected magic) is carried as a value by the variant.
 
 use std::io;
 use std::path::{Path, PathBuf};
-
-use crate::format::MAGIC;
 
 /// A control file could not be read, trusted or written.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +33,13 @@ pub enum ControlFileError {
     },
 
     #[error(
-        "control file {path} is not a safekeeper control file: bad magic {found:#010x} (expected {:#010x})",
-        MAGIC
+        "control file {path} is not a safekeeper control file: bad magic {found:#010x} (expected {expected:#010x})"
     )]
-    BadMagic { path: PathBuf, found: u32 },
+    BadMagic {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
 
     #[error(
         "control file {path} is corrupt: checksum mismatch (stored crc32c {expected:#010x}, computed {actual:#010x})"

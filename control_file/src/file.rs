@@ -32,7 +32,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 /// Reads the bytes of a control file. Stops after the header when it already proves the file wrong
 /// (bad magic, or a length that does not match the file size), so a huge stray file is not read.
 /// The returned bytes are checked by [`format::decode_file`].
-pub fn read_bytes(path: &Path) -> Result<Vec<u8>, ControlFileError> {
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, ControlFileError> {
     let mut file = File::open(path).map_err(|e| ControlFileError::io(path, "open", e))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN);
     (&mut file)

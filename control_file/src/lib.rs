@@ -2,12 +2,26 @@
 //!
 //! - [`lsn`]: typed WAL positions and segment arithmetic.
 //! - [`names`]: names of segments, partial segments and history files (DESIGN.md "Remote layout").
-//! - [`ClusterState`] and the remote object list, with their invariants ([`ClusterState::validate`]).
+//! - [`ClusterState`] and the remote object list, with their invariants ([`ClusterState::validate`])
+//!   (module `state`).
+//! - [`ControlFileError`]: every way a load or save can fail (module `error`).
 //! - [`format`](mod@format): the on-disk bytes (frame + versioned bincode payload) and the upgrade chain.
-//! - [`load`] / [`save`]: verified reads and crash-safe writes.
+//! - [`load`] / [`save`]: verified reads and crash-safe writes (module `file`).
 //!
 //! A load verifies the magic, lengths, checksum, format version and invariants, and upgrades older
 //! formats in memory; a save validates and always writes [`CURRENT_FORMAT_VERSION`].
+//!
+//! Module dependencies form a DAG, lowest first: `lsn` ← `names` ← `state` ← `format` ← `file`,
+//! with `error` a leaf used by `format` and `file`. A module never names one above it, not even
+//! in a doc link.
+
+#![deny(
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![warn(missing_debug_implementations)]
 
 mod error;
 mod file;
@@ -18,8 +32,8 @@ mod state;
 
 pub use error::ControlFileError;
 pub use file::{
-    UpgradeOutcome, load, load_versioned, read_bytes, save, temp_path, upgrade_in_place,
-    with_suffix, write_durably,
+    UpgradeOutcome, load, load_versioned, save, temp_path, upgrade_in_place, with_suffix,
+    write_durably,
 };
 pub use format::CURRENT_FORMAT_VERSION;
 pub use lsn::Lsn;

@@ -37,11 +37,6 @@ impl Lsn {
     /// The largest representable position.
     pub const MAX: Lsn = Lsn(u64::MAX);
 
-    /// True unless this is [`Lsn::INVALID`].
-    pub fn is_valid(self) -> bool {
-        self != Lsn::INVALID
-    }
-
     /// Number of the segment holding the byte at this LSN.
     pub fn segment_number(self, seg_size: u32) -> u64 {
         debug_assert!(

@@ -6,8 +6,12 @@
 //! timeline; `commit_lsn <= flush_lsn`; full segment ranges non-empty, sorted and non-overlapping per
 //! timeline; every partial object's size equal to the WAL its name covers (1 to `seg_size` bytes).
 //!
-//! These types are NOT the encoding: the bytes on disk are defined by the frozen structs in
-//! [`crate::format`], so these can gain methods or derives without changing any file format.
+//! `wal_page_magic` and `pg_major_version` are stored as given: which page magic belongs to which
+//! PostgreSQL major is the service's knowledge, so no invariant ties them together here.
+//!
+//! These types are NOT the encoding: the bytes on disk are defined by the frozen structs of the
+//! `format` module, so these can gain methods or derives without changing any file format. (This
+//! module depends only on `lsn` and `names`; `format` depends on it, never the other way round.)
 
 use std::collections::HashSet;
 
@@ -129,6 +133,12 @@ pub struct ClusterState {
     pub system_identifier: u64,
     pub wal_segment_size: u32,
     pub pg_major_version: u32,
+    /// `xlp_magic` of the WAL pages the primary sends: the `u16` at the start of every WAL page
+    /// header, which identifies the WAL format of the primary's PostgreSQL major version. Recorded
+    /// once the first page arrives, so that local WAL can be checked against it after a restart.
+    /// 0 = not learned yet (a cluster created before its first WAL page arrived, or loaded from a
+    /// format v1/v2 file). Stored as is; see the module docs. (v3)
+    pub wal_page_magic: u16,
     pub timeline: TimelineId,
     pub term: u64,
     pub term_history: Vec<TermSwitch>,
@@ -144,7 +154,8 @@ pub struct ClusterState {
 
 impl ClusterState {
     /// A fresh cluster: term 1 starting at `start_lsn`, flush/commit = `start_lsn`,
-    /// backup_lsn = start of its segment, nothing remote.
+    /// backup_lsn = start of its segment, nothing remote, no GC yet, the default partial interval
+    /// and no WAL page magic learned yet (`wal_page_magic` 0).
     pub fn new(
         sk_id: u64,
         cluster_name: &str,
@@ -165,6 +176,7 @@ impl ClusterState {
             system_identifier,
             wal_segment_size,
             pg_major_version,
+            wal_page_magic: 0,
             timeline,
             term: 1,
             term_history: vec![TermSwitch {

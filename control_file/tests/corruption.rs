@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::{fixture_path, v2_fixture_state};
+use common::{fixture_path, v3_fixture_state};
 use control_file::{ControlFileError, format, load, save};
 use proptest::prelude::*;
 
@@ -13,7 +13,7 @@ use proptest::prelude::*;
 fn every_single_bit_flip_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = dir.path().join("safekeeper.control");
-    save(&original, &v2_fixture_state()).expect("save");
+    save(&original, &v3_fixture_state()).expect("save");
     let bytes = fs::read(&original).expect("read");
     assert!(load(&original).is_ok());
 
@@ -38,16 +38,34 @@ fn every_single_bit_flip_is_rejected() {
 }
 
 #[test]
-fn every_bit_flip_of_the_v1_fixture_is_rejected() {
-    let bytes = fs::read(fixture_path(1)).expect("read fixture");
-    let path = fixture_path(1);
-    for bit in 0..bytes.len() * 8 {
-        let mut flipped = bytes.clone();
-        flipped[bit / 8] ^= 1 << (bit % 8);
-        assert!(
-            format::decode_file(&path, &flipped).is_err(),
-            "bit {bit} accepted"
-        );
+fn every_bit_flip_of_every_fixture_is_rejected() {
+    for version in 1..=format::CURRENT_FORMAT_VERSION {
+        let path = fixture_path(version);
+        let bytes = fs::read(&path).expect("read fixture");
+        assert!(format::decode_file(&path, &bytes).is_ok(), "v{version}");
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                format::decode_file(&path, &flipped).is_err(),
+                "v{version}: bit {bit} accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_truncation_of_every_fixture_is_rejected() {
+    for version in 1..=format::CURRENT_FORMAT_VERSION {
+        let path = fixture_path(version);
+        let bytes = fs::read(&path).expect("read fixture");
+        for len in 0..bytes.len() {
+            match format::decode_file(&path, &bytes[..len]) {
+                Err(ControlFileError::Empty { .. }) => assert_eq!(len, 0),
+                Err(ControlFileError::Truncated { actual, .. }) => assert_eq!(actual, len as u64),
+                other => panic!("v{version} truncated to {len}: {other:?}"),
+            }
+        }
     }
 }
 
@@ -55,7 +73,7 @@ fn every_bit_flip_of_the_v1_fixture_is_rejected() {
 fn every_truncation_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("safekeeper.control");
-    save(&path, &v2_fixture_state()).expect("save");
+    save(&path, &v3_fixture_state()).expect("save");
     let bytes = fs::read(&path).expect("read");
     for len in 0..bytes.len() {
         fs::write(&path, &bytes[..len]).expect("write");
@@ -78,7 +96,7 @@ proptest! {
     /// or the invariants, never with a panic.
     #[test]
     fn framed_garbage_never_panics(
-        version in 1u32..=2,
+        version in 1u32..=format::CURRENT_FORMAT_VERSION,
         payload in proptest::collection::vec(any::<u8>(), 0..400),
     ) {
         let path = std::path::Path::new("framed.control");
@@ -88,12 +106,14 @@ proptest! {
         }
     }
 
-    /// Random byte overwrites of a real file (several bytes at once) are rejected.
+    /// Random byte overwrites of a real file (several bytes at once) are rejected, for the fixture
+    /// of every format version.
     #[test]
     fn random_overwrites_are_rejected(
+        version in 1u32..=format::CURRENT_FORMAT_VERSION,
         edits in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..8),
     ) {
-        let path = fixture_path(2);
+        let path = fixture_path(version);
         let mut bytes = fs::read(&path).expect("read fixture");
         for (index, xor) in edits {
             let i = index.index(bytes.len());

@@ -54,11 +54,11 @@ fn read_only_leftover_temp_file_does_not_block_save() {
 fn save_load_round_trip_and_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("safekeeper.control");
-    let mut state = common::v2_fixture_state();
+    let mut state = common::v3_fixture_state();
     save(&path, &state).expect("save");
     assert_eq!(
         control_file::load_versioned(&path).expect("load"),
-        (state.clone(), 2)
+        (state.clone(), format::CURRENT_FORMAT_VERSION)
     );
     state.start_term(3, Lsn(0x0734_5678));
     state.remote.add_full_segment(2, 7);

@@ -5,8 +5,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{simple_state, v2_fixture_state};
-use control_file::format::{self, current, v1};
+use common::{simple_state, v3_fixture_state};
+use control_file::format::{self, CURRENT_FORMAT_VERSION, current, v1};
 use control_file::{ControlFileError, load, load_versioned, save, temp_path};
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -30,8 +30,9 @@ fn check_message(err: &ControlFileError, path: &Path) {
     assert_eq!(err.path(), path);
 }
 
-fn v2_payload() -> Vec<u8> {
-    format::encode_payload(&current::to_wire(&v2_fixture_state())).expect("encode")
+/// A payload of the newest format.
+fn current_payload() -> Vec<u8> {
+    format::encode_payload(&current::to_wire(&v3_fixture_state())).expect("encode")
 }
 
 #[test]
@@ -90,11 +91,21 @@ fn bad_magic() {
         b"\x7fELF\x02\x01\x01\0\0\0\0\0",
     ] {
         let err = load_bytes(&path, bytes);
-        assert!(matches!(err, ControlFileError::BadMagic { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("not a safekeeper control file"),
-            "{err}"
-        );
+        match &err {
+            ControlFileError::BadMagic {
+                found, expected, ..
+            } => {
+                assert_eq!(
+                    *found,
+                    u32::from_le_bytes(bytes[..4].try_into().expect("4"))
+                );
+                assert_eq!(*expected, format::MAGIC);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains("not a safekeeper control file"), "{msg}");
+        assert!(msg.contains("(expected 0x66634b53)"), "{msg}");
     }
 }
 
@@ -112,7 +123,7 @@ fn bad_checksum() {
 
     // The checksum covers the header: a corrupted version is corruption, not a "newer" file.
     let mut bytes = format::encode_file(&simple_state(1)).expect("encode");
-    bytes[4] ^= 0x01; // version 2 -> 3
+    bytes[4] ^= 0x01; // version 3 -> 2
     let err = load_bytes(&path, &bytes);
     assert!(
         matches!(err, ControlFileError::BadChecksum { .. }),
@@ -123,24 +134,18 @@ fn bad_checksum() {
 #[test]
 fn newer_format() {
     let (_dir, path) = setup();
-    let err = load_bytes(
-        &path,
-        &format::frame(format::CURRENT_FORMAT_VERSION + 1, &v2_payload()),
-    );
+    let newer = CURRENT_FORMAT_VERSION + 1;
+    let err = load_bytes(&path, &format::frame(newer, &current_payload()));
+    match &err {
+        ControlFileError::NewerFormat {
+            found, supported, ..
+        } => assert_eq!((*found, *supported), (newer, CURRENT_FORMAT_VERSION)),
+        other => panic!("{other:?}"),
+    }
     assert!(
-        matches!(
-            err,
-            ControlFileError::NewerFormat {
-                found: 3,
-                supported: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .contains("written by a newer safekeeper (format 3 > 2)"),
+        err.to_string().contains(&format!(
+            "written by a newer safekeeper (format {newer} > {CURRENT_FORMAT_VERSION})"
+        )),
         "{err}"
     );
     let err = load_bytes(&path, &format::frame(u32::MAX, b""));
@@ -153,7 +158,7 @@ fn newer_format() {
 #[test]
 fn unknown_old_format() {
     let (_dir, path) = setup();
-    let err = load_bytes(&path, &format::frame(0, &v2_payload()));
+    let err = load_bytes(&path, &format::frame(0, &current_payload()));
     assert!(
         matches!(err, ControlFileError::UnknownFormat { found: 0, .. }),
         "{err:?}"
@@ -163,21 +168,28 @@ fn unknown_old_format() {
 #[test]
 fn decode_errors() {
     let (_dir, path) = setup();
-    let payload = v2_payload();
+    let payload = current_payload();
     let mut longer = payload.clone();
     longer.push(7);
     let v1_payload = format::encode_payload(&common::v1_fixture_wire()).expect("encode v1");
+    let v2_payload = format::encode_payload(&common::v2_fixture_wire()).expect("encode v2");
     let mut bad_status = v1_payload.clone();
     // The last field of v1 is the history list; its status sits 16 bytes before the end
     // (u32 status, u64 size, u32 crc): make it variant 9.
     let at = bad_status.len() - 16;
     bad_status[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
     let cases: Vec<(u32, Vec<u8>, &str)> = vec![
+        (3, b"garbage".to_vec(), ""),
+        (3, longer, "unused bytes"),
+        (3, payload[..payload.len() - 1].to_vec(), ""), // half of the trailing u16
+        (3, v2_payload.clone(), ""), // a v2 payload labelled v3 is 2 bytes too short
+        (3, v1_payload.clone(), ""), // a v1 payload labelled v3 is too short
         (2, b"garbage".to_vec(), ""),
-        (2, longer, "unused bytes"),
-        (2, payload[..payload.len() - 3].to_vec(), ""),
+        (2, v2_payload[..v2_payload.len() - 3].to_vec(), ""),
         (2, v1_payload.clone(), ""), // a v1 payload labelled v2 is too short
-        (1, payload.clone(), "unused bytes"), // a v2 payload labelled v1 has 16 extra bytes
+        (2, payload.clone(), "unused bytes"), // a v3 payload labelled v2 has 2 extra bytes
+        (1, v2_payload.clone(), "unused bytes"), // a v2 payload labelled v1 has 16 extra bytes
+        (1, payload.clone(), "unused bytes"), // a v3 payload labelled v1 has 18 extra bytes
         (1, bad_status, ""),
     ];
     for (version, payload, needle) in cases {
@@ -192,9 +204,11 @@ fn decode_errors() {
             other => panic!("{other:?}"),
         }
     }
-    // Sanity: the untouched v1 payload decodes.
-    fs::write(&path, format::frame(1, &v1_payload)).expect("write");
-    assert_eq!(load_versioned(&path).expect("v1 loads").1, 1);
+    // Sanity: the untouched payloads decode under their own versions.
+    for (version, payload) in [(1, &v1_payload), (2, &v2_payload), (3, &payload)] {
+        fs::write(&path, format::frame(version, payload)).expect("write");
+        assert_eq!(load_versioned(&path).expect("loads").1, version);
+    }
     let _: v1::ClusterState = format::decode_payload(&v1_payload).expect("decode");
 }
 
@@ -204,7 +218,7 @@ fn invalid_on_load() {
     let mut wire = current::to_wire(&simple_state(1));
     wire.commit_lsn = wire.flush_lsn + 1;
     let payload = format::encode_payload(&wire).expect("encode");
-    let err = load_bytes(&path, &format::frame(2, &payload));
+    let err = load_bytes(&path, &format::frame(CURRENT_FORMAT_VERSION, &payload));
     match &err {
         ControlFileError::Invalid { reason, .. } => {
             assert!(reason.contains("commit_lsn"), "{reason}")
@@ -215,8 +229,20 @@ fn invalid_on_load() {
     let mut wire = current::to_wire(&simple_state(1));
     wire.wal_segment_size = 3 << 20;
     let payload = format::encode_payload(&wire).expect("encode");
-    let err = load_bytes(&path, &format::frame(2, &payload));
+    let err = load_bytes(&path, &format::frame(CURRENT_FORMAT_VERSION, &payload));
     assert!(matches!(err, ControlFileError::Invalid { .. }), "{err:?}");
+
+    // An older format is upgraded first, then validated like any other.
+    let mut v2 = common::v2_fixture_wire();
+    v2.commit_lsn = v2.flush_lsn + 1;
+    let payload = format::encode_payload(&v2).expect("encode v2");
+    let err = load_bytes(&path, &format::frame(2, &payload));
+    match &err {
+        ControlFileError::Invalid { reason, .. } => {
+            assert!(reason.contains("commit_lsn"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{SEG16, simple_state, v2_fixture_state};
+use common::{SEG16, simple_state, v3_fixture_state};
 use control_file::format::{self, CURRENT_FORMAT_VERSION};
 use control_file::{
     ClusterState, HistoryObject, Lsn, ObjectStatus, PartialName, PartialObject, RemoteObjects,
@@ -31,6 +31,7 @@ fn new_state() {
     assert_eq!(s.backup_lsn, Lsn(0x0100_0000));
     assert_eq!(s.remote, RemoteObjects::default());
     assert_eq!((s.last_gc_at_unix_ms, s.partial_interval_ms), (0, 0));
+    assert_eq!(s.wal_page_magic, 0, "no WAL page seen yet");
     s.validate().expect("fresh state is valid");
     // Segment 0 of a fresh cluster.
     let s0 = ClusterState::new(1, "c", 1, SEG16, 15, 1, Lsn(0));
@@ -181,12 +182,31 @@ fn partial(segno: u64, commit: u64, size: u64) -> PartialObject {
 
 #[test]
 fn json_round_trip() {
-    let s = v2_fixture_state();
+    let s = v3_fixture_state();
     let json = serde_json::to_string(&s).expect("json");
     assert_eq!(
         serde_json::from_str::<ClusterState>(&json).expect("parse"),
         s
     );
+    let value = serde_json::to_value(&s).expect("json value");
+    assert_eq!(value["wal_page_magic"], 0xD110);
+}
+
+#[test]
+fn wal_page_magic_is_stored_as_is() {
+    // Any value is valid (0 = not learned yet); the file keeps it exactly.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("safekeeper.control");
+    for magic in [0, 1, 0xD106, 0xD110, 0xD116, u16::MAX] {
+        let mut s = simple_state(1);
+        s.wal_page_magic = magic;
+        s.validate().expect("any magic is valid");
+        control_file::save(&path, &s).expect("save");
+        let (loaded, version) = control_file::load_versioned(&path).expect("load");
+        assert_eq!(version, CURRENT_FORMAT_VERSION);
+        assert_eq!(loaded.wal_page_magic, magic);
+        assert_eq!(loaded, s);
+    }
 }
 
 /// Arbitrary valid states.
@@ -204,10 +224,10 @@ fn valid_state() -> impl Strategy<Value = ClusterState> {
         steps,
         segments,
         partials,
-        any::<(u64, u64)>(),
+        any::<(u64, u64, u16)>(),
     )
         .prop_map(
-            |(seg, sysid, name, sk_id, steps, segments, partials, (gc, interval))| {
+            |(seg, sysid, name, sk_id, steps, segments, partials, (gc, interval, magic))| {
                 let mut s = ClusterState::new(sk_id, &name, sysid, seg, 16, 1, Lsn(0x0100_0028));
                 let mut lsn = s.flush_lsn;
                 for (term_gap, tli_gap, advance) in steps {
@@ -253,6 +273,7 @@ fn valid_state() -> impl Strategy<Value = ClusterState> {
                 });
                 s.last_gc_at_unix_ms = gc;
                 s.partial_interval_ms = interval;
+                s.wal_page_magic = magic;
                 s
             },
         )

@@ -1,5 +1,9 @@
 //! The bytes of a control file: a version-independent frame around a versioned bincode payload.
 //!
+//! Owns the frame ([`frame`], [`unframe`]), the one bincode configuration ([`CONFIG`]), the frozen
+//! payload structs of every released version ([`v1`], [`v2`], [`v3`]), the upgrade chain between
+//! them, and the conversion of the newest one to and from [`ClusterState`] ([`current`]).
+//!
 //! ```text
 //! offset  size  field
 //! 0       4     magic            b"SKcf" (u32 LE 0x6663_4B53)
@@ -17,13 +21,14 @@
 //!   payload decode (which must consume the payload exactly), upgrade, [`ClusterState::validate`].
 //!   The checksum covers the header, so any single flipped bit anywhere is rejected.
 //! - [`CONFIG`] is the one and only bincode configuration. Bincode stores neither field names nor
-//!   types: the field ORDER and types of the frozen structs in [`v1`], [`v2`], ... are the format.
+//!   types: the field ORDER and types of the frozen structs in [`v1`], [`v2`], [`v3`], ... are the format.
 //!   Serde attributes that need self-describing formats (`flatten`, `untagged`, `skip_serializing_if`)
 //!   must never be used in them.
 
 pub mod current;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 use std::path::Path;
 
@@ -113,6 +118,7 @@ pub fn unframe<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u32, &'a [u8]), Cont
         return Err(ControlFileError::BadMagic {
             path,
             found: u32_at(bytes, 0),
+            expected: MAGIC,
         });
     }
     let Some(expected) = declared_len(bytes) else {
@@ -150,18 +156,25 @@ pub fn unframe<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u32, &'a [u8]), Cont
     Ok((u32_at(bytes, 4), &bytes[HEADER_LEN..body_len]))
 }
 
-/// Decodes a payload of format `version` and upgrades it step by step to the newest wire struct.
+/// Decodes a payload of format `version` (1..=[`CURRENT_FORMAT_VERSION`]) and upgrades it step by
+/// step to the newest wire struct.
 fn decode_and_upgrade(version: u32, payload: &[u8]) -> Result<current::Wire, String> {
-    // The upgrade chain: each step decodes its own version or takes the previous step's result.
-    let from_v1 = match version {
-        1 => Some(decode_payload::<v1::ClusterState>(payload)?.upgrade()),
+    debug_assert!((1..=CURRENT_FORMAT_VERSION).contains(&version));
+    // The upgrade chain: each step takes the previous step's result, or decodes its own version.
+    let v1 = match version {
+        1 => Some(decode_payload::<v1::ClusterState>(payload)?),
         _ => None,
     };
-    let v2 = match from_v1 {
-        Some(s) => s,
-        None => decode_payload::<v2::ClusterState>(payload)?,
+    let v2 = match v1 {
+        Some(s) => Some(s.upgrade()),
+        None if version == 2 => Some(decode_payload::<v2::ClusterState>(payload)?),
+        None => None,
     };
-    Ok(v2)
+    let v3 = match v2 {
+        Some(s) => s.upgrade(),
+        None => decode_payload::<v3::ClusterState>(payload)?,
+    };
+    Ok(v3)
 }
 
 /// Verifies and decodes a whole file: `(state in the newest format, version found on disk)`.

@@ -3,8 +3,13 @@
 //! Same rules as [`super::v1`]: bincode encodes fields in declaration order, serde names are not
 //! stored, so field order and types are the format. v2 = v1 plus two trailing fields of
 //! [`ClusterState`]; all nested structs are v1's, unchanged.
+//!
+//! Version 3 reuses every struct below except [`ClusterState`]; [`ClusterState::upgrade`] is the
+//! v2 → v3 step of the upgrade chain (added with v3; the definitions above it are untouched).
 
 use serde::{Deserialize, Serialize};
+
+use super::v3;
 
 pub use super::v1::{
     HistoryObject, ObjectStatus, PartialName, PartialObject, RemoteObjects, SegmentRange,
@@ -29,4 +34,28 @@ pub struct ClusterState {
     pub last_gc_at_unix_ms: u64,
     /// Partial upload interval in milliseconds; 0 = the service default.
     pub partial_interval_ms: u64,
+}
+
+impl ClusterState {
+    /// v2 → v3: the WAL page magic of the primary is not known yet (`wal_page_magic` 0); the service
+    /// learns it from the next WAL page it receives.
+    pub fn upgrade(self) -> v3::ClusterState {
+        v3::ClusterState {
+            sk_id: self.sk_id,
+            cluster_name: self.cluster_name,
+            system_identifier: self.system_identifier,
+            wal_segment_size: self.wal_segment_size,
+            pg_major_version: self.pg_major_version,
+            timeline: self.timeline,
+            term: self.term,
+            term_history: self.term_history,
+            flush_lsn: self.flush_lsn,
+            commit_lsn: self.commit_lsn,
+            backup_lsn: self.backup_lsn,
+            remote: self.remote,
+            last_gc_at_unix_ms: self.last_gc_at_unix_ms,
+            partial_interval_ms: self.partial_interval_ms,
+            wal_page_magic: 0,
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use control_file::format::v1;
+use control_file::format::{v1, v2};
 use control_file::{
     ClusterState, HistoryObject, Lsn, ObjectStatus, PartialName, PartialObject, RemoteObjects,
     SegmentRange, TermSwitch,
@@ -134,6 +134,7 @@ pub fn v1_fixture_upgraded() -> ClusterState {
         system_identifier: 7_301_234_567_890_123_456,
         wal_segment_size: SEG16,
         pg_major_version: 15,
+        wal_page_magic: 0,
         timeline: 2,
         term: 3,
         term_history: vec![
@@ -186,7 +187,23 @@ pub fn v1_fixture_upgraded() -> ClusterState {
     }
 }
 
-/// The state stored in `tests/fixtures/v2.control` (v2 fields set).
+/// The v2 payload stored in `tests/fixtures/v2.control`, spelled in v2's own frozen types (the v1
+/// fixture with another cluster and safekeeper, and the v2 fields set).
+pub fn v2_fixture_wire() -> v2::ClusterState {
+    let mut v1 = v1_fixture_wire();
+    v1.cluster_name = "orders-db".into();
+    v1.sk_id = 2;
+    for p in &mut v1.remote.partials {
+        p.name.sk_id = 2;
+    }
+    v2::ClusterState {
+        last_gc_at_unix_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+        partial_interval_ms: 500,
+        ..v1.upgrade()
+    }
+}
+
+/// What loading the v2 fixture must produce (v2 fields set, no WAL page magic yet).
 pub fn v2_fixture_state() -> ClusterState {
     let mut s = v1_fixture_upgraded();
     s.cluster_name = "orders-db".into();
@@ -197,6 +214,28 @@ pub fn v2_fixture_state() -> ClusterState {
     s.last_gc_at_unix_ms = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     s.partial_interval_ms = 500;
     s
+}
+
+/// The state stored in `tests/fixtures/v3.control`: the v2 fixture's state with another safekeeper
+/// and the v3 field set (PostgreSQL 15's WAL page magic).
+pub fn v3_fixture_state() -> ClusterState {
+    let mut s = v2_fixture_state();
+    s.sk_id = 3;
+    for p in &mut s.remote.partials {
+        p.name.sk_id = 3;
+    }
+    s.wal_page_magic = 0xD110;
+    s
+}
+
+/// The fixture state of every format version, as loading that fixture must produce it.
+pub fn fixture_state(version: u32) -> ClusterState {
+    match version {
+        1 => v1_fixture_upgraded(),
+        2 => v2_fixture_state(),
+        3 => v3_fixture_state(),
+        _ => panic!("no fixture for format version {version}"),
+    }
 }
 
 /// A small, valid state for tests that do not care about the contents.
