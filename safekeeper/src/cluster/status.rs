@@ -35,6 +35,10 @@ pub(crate) struct ClusterStatus {
     /// the history below our end, or WAL no longer available): what happened, never silent.
     pub last_gap: Option<String>,
     pub gaps: u64,
+    /// The WAL page magic verified on the stream of this session, for the manager to record in
+    /// the control file when it has none yet (see `wal::stream_check`).
+    #[serde(skip)]
+    pub wal_page_magic: Option<u16>,
 }
 
 impl ClusterStatus {
@@ -51,6 +55,7 @@ impl ClusterStatus {
             reconnects: 0,
             last_gap: None,
             gaps: 0,
+            wal_page_magic: None,
         }
     }
 }

@@ -111,6 +111,11 @@ fn render_text(path: &Path, s: &ClusterState, version: u32) -> String {
     let _ = writeln!(o, "system identifier:  {}", s.system_identifier);
     let _ = writeln!(o, "wal segment size:   {} ({} MiB)", seg, seg >> 20);
     let _ = writeln!(o, "postgres version:   {}", s.pg_major_version);
+    let magic = match s.wal_page_magic {
+        0 => "not learned yet".to_string(),
+        m => format!("{m:#06X}"),
+    };
+    let _ = writeln!(o, "wal page magic:     {magic}");
     let _ = writeln!(o, "timeline:           {}", s.timeline);
     let _ = writeln!(o, "term:               {}", s.term);
     let _ = writeln!(o, "flush lsn:          {}", s.flush_lsn);

@@ -45,6 +45,8 @@ pub(crate) struct CfState {
     pub system_identifier: u64,
     pub wal_segment_size: u32,
     pub pg_major_version: u32,
+    /// The WAL page magic learned from the primary's stream; 0 = not learned yet.
+    pub wal_page_magic: u16,
     pub timeline: u32,
     pub term: u64,
     pub term_history: Vec<CfTermSwitch>,
@@ -149,6 +151,7 @@ impl From<ClusterState> for CfState {
             system_identifier,
             wal_segment_size,
             pg_major_version,
+            wal_page_magic,
             timeline,
             term,
             term_history,
@@ -170,6 +173,7 @@ impl From<ClusterState> for CfState {
             system_identifier,
             wal_segment_size,
             pg_major_version,
+            wal_page_magic,
             timeline,
             term,
             term_history: term_history

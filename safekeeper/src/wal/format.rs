@@ -199,6 +199,7 @@ pub(crate) struct Expect {
 
 impl Expect {
     /// Pages of the cluster `system_identifier`, whose magic is learned from the first page.
+    #[cfg(test)]
     pub(crate) fn system(system_identifier: u64) -> Expect {
         Expect {
             system_identifier: Some(system_identifier),
@@ -478,22 +479,18 @@ impl PageReader<'_> {
             return Ok(None);
         }
         let page_lsn = self.segment_lsn + self.pos as u64;
-        let header = check_page_header(
-            &self.data[self.pos..],
-            page_lsn,
-            self.seg_size,
-            self.expect,
-        )
-        .map_err(|problem| {
-            if problem == PageProblem::Zeroed {
-                ScanStop::EndOfWal
-            } else {
-                ScanStop::BadPage {
-                    offset: self.pos,
-                    problem,
-                }
-            }
-        })?;
+        let header =
+            check_page_header(&self.data[self.pos..], page_lsn, self.seg_size, self.expect)
+                .map_err(|problem| {
+                    if problem == PageProblem::Zeroed {
+                        ScanStop::EndOfWal
+                    } else {
+                        ScanStop::BadPage {
+                            offset: self.pos,
+                            problem,
+                        }
+                    }
+                })?;
         if let Some(flag) = expect_continuation {
             if header.is_continuation() != flag {
                 return Err(ScanStop::BadPage {

@@ -26,6 +26,7 @@ use crate::cluster::config::IngestOptions;
 use crate::cluster::status::ClusterStatus;
 use crate::pg::{ReplicationMessage, ReplicationStream};
 use crate::wal::store::WalStore;
+use crate::wal::stream_check::StreamCheck;
 
 /// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
 /// acknowledged regularly.
@@ -45,13 +46,14 @@ pub(crate) async fn receive_wal(
     stream: &mut ReplicationStream,
     wal: &mut WalStore,
     status: &watch::Sender<ClusterStatus>,
+    check: StreamCheck,
     options: IngestOptions,
     cancel: &CancellationToken,
 ) -> Result<SessionEnd> {
     if stream.is_streaming() {
         send_status(stream, wal, false).await?;
     }
-    let mut session = Session::new(wal.flushed_lsn(), status, options);
+    let mut session = Session::new(wal.flushed_lsn(), status, check, options);
     loop {
         let first = tokio::select! {
             biased;
@@ -75,6 +77,7 @@ pub(crate) async fn receive_wal(
             s.received_lsn = wal.written_lsn();
             s.flush_lsn = wal.flushed_lsn();
             s.commit_lsn = session.acknowledged;
+            s.wal_page_magic = session.check.verified_magic();
         });
         if let Some(end) = round.end_of_timeline {
             info!(?end, "upstream timeline ended");
@@ -95,6 +98,8 @@ struct Round {
 /// is an atomic push per batch).
 struct Session {
     options: IngestOptions,
+    /// Streamed WAL is checked against the cluster's format before any of it is written.
+    check: StreamCheck,
     last_status: Instant,
     last_received: Instant,
     /// The newest flush position sent to the primary (never above the store's flushed LSN).
@@ -109,11 +114,13 @@ impl Session {
     fn new(
         acknowledged: Lsn,
         status: &watch::Sender<ClusterStatus>,
+        check: StreamCheck,
         options: IngestOptions,
     ) -> Self {
         let cluster = status.borrow().name.clone();
         Session {
             options,
+            check,
             last_status: Instant::now(),
             last_received: Instant::now(),
             acknowledged,
@@ -164,6 +171,7 @@ impl Session {
                 ReplicationMessage::XLogData {
                     wal_start, data, ..
                 } => {
+                    self.check.check(Lsn(wal_start), &data)?;
                     round.batch_bytes += data.len();
                     self.batch.push((Lsn(wal_start), data));
                 }

@@ -39,6 +39,7 @@ use crate::cluster::status::{ClusterStatus, ConnectionState};
 use crate::hints::with_hint;
 use crate::pg::{ConnInfo, IdentifySystem, PgError, ReplicationConnection};
 use crate::wal::store::{WalIdentity, WalStore};
+use crate::wal::stream_check::{StreamCheck, WalRefused};
 
 /// File name of a cluster's control file inside its directory.
 pub(crate) const CONTROL_FILE_NAME: &str = "safekeeper.control";
@@ -68,6 +69,9 @@ impl From<anyhow::Error> for SessionError {
     /// Errors from the PostgreSQL client are classified by their own rules; anything else
     /// (local I/O included) is worth a retry after the store has been reopened.
     fn from(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<WalRefused>().is_some() {
+            return SessionError::Permanent(e);
+        }
         match e.downcast_ref::<PgError>() {
             Some(pg) if !pg.is_transient() => SessionError::Permanent(e),
             _ => SessionError::Transient(e),
@@ -234,6 +238,7 @@ impl Follower<'_> {
                     system_identifier: st.system_identifier,
                     timeline: st.timeline,
                     seg_size: st.wal_segment_size,
+                    page_magic: recorded_magic(&st),
                 },
                 recorded,
                 floor,
@@ -267,21 +272,23 @@ impl Follower<'_> {
             _ = cancel.cancelled() => return Ok(SessionEnd::Cancelled),
             c = self.connect() => c?,
         };
-        let ident = self.pin(&mut conn).await?;
+        let (ident, server_major) = self.pin(&mut conn).await?;
         let slot = self.settings.cluster.slot.clone();
         if conn.create_physical_slot_if_missing(&slot).await? {
             info!(slot = %slot, "created physical replication slot");
         }
-        self.stream(conn, &ident, &slot, status, cancel).await
+        self.stream(conn, &ident, server_major, &slot, status, cancel)
+            .await
     }
 
     /// Checks the server against the pinned identity in the control file (system identifier,
     /// segment size, timeline not behind), or, for a new cluster, pins it: the control file is
-    /// durably created before anything else happens.
+    /// durably created before anything else happens. Returns the identity and the server's
+    /// PostgreSQL major version.
     async fn pin(
         &mut self,
         conn: &mut ReplicationConnection,
-    ) -> Result<IdentifySystem, SessionError> {
+    ) -> Result<(IdentifySystem, u32), SessionError> {
         let ident = conn.identify_system().await?;
         let seg_size = conn.wal_segment_size().await?;
         let pg_version = conn.server_version_num().await? / 10000;
@@ -329,7 +336,7 @@ impl Follower<'_> {
                       start_lsn = %start, "following a new cluster");
             }
         }
-        Ok(ident)
+        Ok((ident, pg_version))
     }
 
     /// Streams from the durable local end of WAL, across timeline switches and past WAL the
@@ -338,6 +345,7 @@ impl Follower<'_> {
         &mut self,
         mut conn: ReplicationConnection,
         ident: &IdentifySystem,
+        server_major: u32,
         slot: &str,
         status: &watch::Sender<ClusterStatus>,
         cancel: &CancellationToken,
@@ -376,7 +384,14 @@ impl Follower<'_> {
                 .wal
                 .as_mut()
                 .context("internal error: WAL store missing")?;
-            let end = match ingest::receive_wal(&mut stream, wal, status, options, cancel).await {
+            let check = StreamCheck::new(
+                wal.identity().seg_size,
+                ident.system_identifier,
+                self.control.snapshot().and_then(|st| recorded_magic(&st)),
+                server_major,
+            );
+            let received = ingest::receive_wal(&mut stream, wal, status, check, options, cancel);
+            let end = match received.await {
                 Ok(end) => end,
                 // The server reports removed WAL once it tries to read it, inside the stream.
                 Err(e) if removed_wal(&e) => {
@@ -442,6 +457,11 @@ fn removed_wal(e: &anyhow::Error) -> bool {
 }
 
 /// Full jitter in [d/2, d].
+/// The page magic in a control file (0 there: not learned yet).
+fn recorded_magic(st: &ClusterState) -> Option<u16> {
+    (st.wal_page_magic != 0).then_some(st.wal_page_magic)
+}
+
 fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(rand::thread_rng().r#gen::<f64>())

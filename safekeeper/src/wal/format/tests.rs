@@ -112,7 +112,7 @@ fn wrong_page_address_stops_at_that_page() {
 #[test]
 fn other_system_identifier_is_rejected_on_the_first_page() {
     let b = builder_with(&[100]);
-    let r = scan_segment(&b.buf, 0x0300_0000, SEG, Some(SYSID + 1));
+    let r = scan_segment(&b.buf, 0x0300_0000, SEG, Expect::system(SYSID + 1));
     assert_eq!(r.valid_end, 0);
     assert!(matches!(
         r.stop,
@@ -131,12 +131,74 @@ fn all_zero_segment_is_empty_not_corrupt() {
     assert!(!r.stop.is_corruption());
 }
 
+/// Sets the magic of every page of `image` (as a primary of another major would write it).
+fn with_magic(mut image: Vec<u8>, magic: u16) -> Vec<u8> {
+    for page in image.chunks_mut(WAL_PAGE_SIZE) {
+        page[..2].copy_from_slice(&magic.to_le_bytes());
+    }
+    image
+}
+
 #[test]
-fn unknown_magic_is_corruption() {
+fn postgres_18_wal_is_valid_wal() {
+    let b = builder_with(&[100, 9000, 20000, 64]);
+    let end = *b.record_ends.last().unwrap();
+    let r = scan(&with_magic(b.buf.clone(), 0xD118));
+    assert_eq!((r.valid_end, r.records, r.stop), (end, 4, ScanStop::EndOfData));
+    assert_eq!((r.magic, r.pg_version), (Some(0xD118), Some(18)));
+}
+
+#[test]
+fn an_unknown_magic_with_the_known_page_layout_is_learned_not_damage() {
+    let b = builder_with(&[100, 9000, 20000, 64]);
+    let end = *b.record_ends.last().unwrap();
+    let r = scan(&with_magic(b.buf.clone(), 0xD1F0));
+    assert_eq!((r.valid_end, r.records), (end, 4));
+    assert!(!r.stop.is_corruption(), "{:?}", r.stop);
+    assert_eq!((r.magic, r.pg_version), (Some(0xD1F0), None));
+}
+
+#[test]
+fn a_page_with_another_magic_than_the_recorded_one_is_damage() {
     let b = builder_with(&[100]);
+    let expect = Expect {
+        system_identifier: Some(SYSID),
+        magic: Some(0xD116),
+    };
+    let r = scan_segment(&b.buf, 0x0300_0000, SEG, expect);
+    assert_eq!(r.valid_end, 0);
+    assert_eq!(
+        r.stop,
+        ScanStop::BadPage {
+            offset: 0,
+            problem: PageProblem::WrongMagic {
+                expected: 0xD116,
+                found: 0xD110
+            }
+        }
+    );
+    assert!(r.stop.is_corruption());
+    let shown = PageProblem::WrongMagic {
+        expected: 0xD116,
+        found: 0xD110,
+    }
+    .to_string();
+    assert!(shown.contains("0xD110 (PostgreSQL 15)") && shown.contains("0xD116 (PostgreSQL 17)"));
+}
+
+#[test]
+fn a_later_page_with_another_magic_than_the_first_is_damage() {
+    let b = builder_with(&[100, 9000, 20000, 64]);
     let mut image = b.buf.clone();
-    image[0] = 0x55;
+    image[WAL_PAGE_SIZE..WAL_PAGE_SIZE + 2].copy_from_slice(&0x55u16.to_le_bytes());
     let r = scan(&image);
     assert!(r.stop.is_corruption());
-    assert_eq!(r.valid_end, 0);
+    assert!(matches!(
+        r.stop,
+        ScanStop::BadPage {
+            offset: WAL_PAGE_SIZE,
+            problem: PageProblem::WrongMagic { found: 0x55, .. }
+        }
+    ));
+    assert!(r.valid_end <= WAL_PAGE_SIZE);
 }

@@ -12,6 +12,7 @@ fn identity() -> WalIdentity {
         system_identifier: SYSID,
         timeline: 1,
         seg_size: SEG,
+        page_magic: None,
     }
 }
 
