@@ -1,7 +1,7 @@
 //! The safekeeper control file: the persisted state of one cluster.
 //!
 //! - [`lsn`]: typed WAL positions and segment arithmetic.
-//! - [`names`]: names of segments, partial segments and history files (DESIGN.md "Remote layout").
+//! - [`names`]: names of segments, partial segments and history files (docs/architecture.md, "In object storage").
 //! - [`ClusterState`] and the remote object list, with their invariants ([`ClusterState::validate`])
 //!   (module `state`).
 //! - [`ControlFileError`]: every way a load or save can fail (module `error`).

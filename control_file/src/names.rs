@@ -1,4 +1,4 @@
-//! Names of WAL objects, locally and in remote storage (DESIGN.md, "Remote layout").
+//! Names of WAL objects, locally and in remote storage (docs/architecture.md, "In object storage").
 //!
 //! Owns the exact spelling of:
 //! - full segments: `TTTTTTTTXXXXXXXXYYYYYYYY` (timeline, then `segno / (2^32 / seg_size)` and

@@ -28,7 +28,7 @@ pub struct TermSwitch {
     pub start_lsn: Lsn,
 }
 
-/// Where a remote object is in the partial upload protocol (DESIGN.md).
+/// Where a remote object is in the partial upload protocol (docs/architecture.md, "Partial upload protocol").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ObjectStatus {
     /// Intent recorded, the PUT may or may not have happened.

@@ -14,7 +14,12 @@
 //! - [`http`]: the admin API and `/metrics`, over the cluster set.
 //! - [`cmd`]: the command line.
 
+// A service crate: its documentation is its internals, read with `--document-private-items`
+// (as `scripts/test.sh` builds it), where links to private items resolve.
 #![deny(rustdoc::broken_intra_doc_links)]
+#![allow(rustdoc::private_intra_doc_links)]
+// Clap turns doc comments into `--help` text, where `<data-dir>` is meant literally.
+#![allow(rustdoc::invalid_html_tags)]
 #![deny(unreachable_pub)]
 #![warn(missing_debug_implementations)]
 

@@ -1,5 +1,5 @@
 //! Where remote objects live: the remote storage URL and S3 options shared by `safekeeper run` and
-//! the recovery commands, and the key layout of DESIGN.md ("Remote layout").
+//! the recovery commands, and the key layout of docs/architecture.md, "In object storage".
 //!
 //! Owns the key scheme: `<cluster>/wal/<SEGMENT>`, `<cluster>/wal/<SEGMENT>_<COMMITLSN>_<TERM>_sk<ID>.partial`
 //! and `<cluster>/wal/<TLI>.history`, relative to the storage root (`file:///path` or

@@ -1,6 +1,6 @@
 //! A cluster's archive in remote storage as recovery sees it: what a listing of
 //! `<cluster>/wal/` means (timelines, contiguous segment ranges, gaps, partial versions, history
-//! files) and the selection rules of DESIGN.md ("Restore semantics").
+//! files) and the selection rules of docs/architecture.md, "Restore semantics".
 //!
 //! Owns:
 //! - [`Archive`]: a parsed listing, built by a pure function ([`Archive::from_listing`]) so every

@@ -1,6 +1,6 @@
 //! `safekeeper restore-wal %f %p`: PostgreSQL's `restore_command`, served from the archive.
 //!
-//! Owns the contract with PostgreSQL (DESIGN.md, "Restore semantics"), through the exit status:
+//! Owns the contract with PostgreSQL (docs/architecture.md, "Restore semantics"), through the exit status:
 //! - `0`: `%p` holds the file: the full segment, else the best partial of that segment
 //!   zero-padded to the segment size, or the history file;
 //! - `1`: the archive has no such file; PostgreSQL carries on (tries another timeline, or ends

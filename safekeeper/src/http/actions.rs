@@ -69,7 +69,7 @@ async fn ask<T>(
 /// Upload the partial segment now
 ///
 /// Uploads the WAL of the current segment up to the commit position (the partial upload
-/// protocol of DESIGN.md) and answers with the object name once it is durable in the storage
+/// protocol of docs/architecture.md) and answers with the object name once it is durable in the storage
 /// and recorded in the control file.
 #[utoipa::path(post, path = "/v1/clusters/{name}/partial_upload", tag = "actions",
     params(("name" = String, Path, description = "Cluster name")),

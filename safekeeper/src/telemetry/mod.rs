@@ -4,9 +4,9 @@
 //! - **Events** (latencies, counts) are recorded where they happen through the `metrics` facade
 //!   and kept by a `metrics-exporter-prometheus` recorder installed once per process
 //!   ([`install`]): the WAL fsync latency and batch size (`ingest`), object-storage uploads,
-//!   failures and retries by kind (the [`storage`] wrapper, so the offload code is untouched).
+//!   failures and retries by kind (the [`crate::process::storage`] wrapper, so the offload code is untouched).
 //! - **State** (LSNs, lag, connection state, reconnects, GC deletions) is read from the clusters'
-//!   `watch` channels at scrape time ([`scrape`]): nothing is instrumented for it, it can never
+//!   `watch` channels at scrape time ([`crate::http::metrics`]): nothing is instrumented for it, it can never
 //!   drift from what the admin API reports, and a cluster removed at run time disappears from it.
 //!
 //! Invariants: the two sources never define the same metric family; every family name starts with

@@ -1,4 +1,4 @@
-//! Local WAL: the page and record layout PostgreSQL writes ([`format`]) and the directory of
+//! Local WAL: the page and record layout PostgreSQL writes ([`format`](mod@format)) and the directory of
 //! segment files a follower appends to and fsyncs ([`store`]), and the check of streamed WAL
 //! against the cluster's format ([`stream_check`]). Nothing here knows about clusters,
 //! control files or object storage; the follower thread is the only writer of a store.

@@ -6,7 +6,7 @@
 //! follower changes it only through a [`ControlClient`] request that returns once it is durable.
 //!
 //! Threading: each cluster's follower runs on its own OS thread with a current-thread runtime
-//! ([`spawn_cluster_thread`]). Its disk I/O (WAL writes, fdatasync, control-file saves) is done
+//! ([`spawn_follower_thread`]). Its disk I/O (WAL writes, fdatasync, control-file saves) is done
 //! inline on that thread: it is the critical path of every synchronous commit, a hand-off to
 //! another thread costs a wake-up each way, and a slow disk or a stuck cluster then blocks only
 //! its own thread, never another cluster's.

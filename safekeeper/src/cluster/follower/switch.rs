@@ -6,7 +6,7 @@
 //!    of that timeline);
 //! 2. the old timeline's final partial is uploaded (best effort, bounded: a periodic one exists);
 //! 3. the new timeline's first segment is created, holding the bytes it shares with its parent;
-//! 4. the control file starts a new term at the switch point (DESIGN.md: a switch of timeline or
+//! 4. the control file starts a new term at the switch point (docs/architecture.md: a switch of timeline or
 //!    a truncation of local WAL both start a new term).
 //!
 //! Never silent: a fork below our end, or WAL the upstream removed before we had it, is logged,
