@@ -14,8 +14,14 @@ root=$(pwd)
 log() { printf '==> %s\n' "$*" >&2; }
 
 # --- PostgreSQL server binaries -------------------------------------------------------------
+# Found in the project's one search order (scripts/lib/find_pg.sh says which); exported as
+# PG_BINDIR, which test_runner/fixtures/pg.py and `safekeeper demo` then use as they are.
 . scripts/lib/find_pg.sh
-if ! pg_bindir=$(find_pg_bindir); then
+find_rc=0
+pg_bindir=$(find_pg_bindir) || find_rc=$?
+if [ "$find_rc" = 2 ]; then
+  exit 1  # PG_BINDIR is set but incomplete: find_pg_bindir said so; installing would not help
+elif [ "$find_rc" != 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "PostgreSQL server binaries not found: installing them with apt-get"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,4 +1,5 @@
-"""pytest fixtures: a scratch directory PostgreSQL can use, primaries, safekeepers.
+"""pytest fixtures: a scratch directory PostgreSQL can use, primaries, safekeepers, and
+`start_standby` (fixtures/standby.py) to make a safekeeper the synchronous standby of a primary.
 
 Everything a test starts is registered here and stopped by PID at teardown, even on failure; the
 logs of failed tests are printed.
@@ -19,6 +20,7 @@ from fixtures.pg import PgCluster  # noqa: E402
 from fixtures.remote import LocalRemote  # noqa: E402
 from fixtures.s3 import MotoServer, S3Bucket, new_bucket  # noqa: E402
 from fixtures.safekeeper import Safekeeper  # noqa: E402
+from fixtures.standby import start_standby_fixture  # noqa: E402,F401 - the `start_standby` fixture
 from fixtures.utils import chown_to_pg_user  # noqa: E402
 
 

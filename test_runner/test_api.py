@@ -25,27 +25,12 @@ from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
 from fixtures.s3 import MotoServer, new_bucket
 from fixtures.safekeeper import Safekeeper
-from fixtures.utils import free_port, parse_lsn, segment_name, wait_until
-
-SEG = 16 << 20
-PARTIAL_RE = re.compile(r"^([0-9A-F]{24})_([0-9A-F]{16})_([0-9A-F]{16})_sk(\d+)\.partial$")
+from fixtures.utils import free_port, wait_until
+from fixtures.wal import PARTIAL_RE, SEG_SIZE, parse_lsn, segment_name, segno_of
 CLUSTER_ROUTES = [
     ("GET", ""), ("GET", "/remote"), ("GET", "/control_file"),
     ("POST", "/partial_upload"), ("POST", "/gc"), ("POST", "/term_bump"), ("DELETE", ""),
 ]
-
-
-def start(sk: Safekeeper, pg: PgCluster, extra: list[str] | None = None, token: str | None = None,
-          interval: str = "500ms", sync: bool = True) -> Api:
-    """Starts `sk` following `pg` as cluster main; returns a client once it streams."""
-    sk.start(pg.connstr(), extra=["--partial-interval", interval] + (extra or []))
-    api = Api(sk.http_port, token)
-    wait_until("the admin API", api.up, timeout=30)
-    wait_until("streaming", lambda: (r := pg.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
-    if sync:
-        pg.set_sync_standby(sk.application_name)
-        wait_until("sync", lambda: (r := pg.replication(sk.application_name)) and r["sync_state"] == "sync", timeout=30)
-    return api
 
 
 def remote_of(sk: Safekeeper) -> LocalRemote:
@@ -71,9 +56,10 @@ def assert_error(r, status: int, code: str) -> None:
     assert set(body) == {"error", "code"} and body["code"] == code and body["error"], body
 
 
-def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: PgCluster, safekeeper: Safekeeper):
+def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: PgCluster, safekeeper: Safekeeper, start_standby):
     # A long interval: the only partial uploads are the ones this test asks for.
-    api = start(safekeeper, primary, interval="1h")
+    start_standby(safekeeper, primary, partial_interval="1h")
+    api = safekeeper.api()
     remote = remote_of(safekeeper)
     primary.pgbench("-i", "-s", "1", "-q")
     primary.pgbench("-n", "-c", "2", "-T", "2")
@@ -90,7 +76,7 @@ def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: Pg
     assert lsn["received"] >= lsn["flush"] >= lsn["commit"] >= end
     assert primary.replication(safekeeper.application_name)["flush_lsn"] <= lsn["commit"]
     assert d["system_identifier"] == primary.system_identifier()
-    assert (d["timeline"], d["term"], d["wal_segment_size"]) == (1, 1, SEG)
+    assert (d["timeline"], d["term"], d["wal_segment_size"]) == (1, 1, SEG_SIZE)
     assert [(t["term"], t["timeline"]) for t in d["term_history"]] == [(1, 1)]
     assert d["primary"] == {"hosts": [f"127.0.0.1:{primary.port}"], "user": "postgres",
                             "slot": "safekeeper_1", "application_name": "safekeeper1"}
@@ -109,11 +95,11 @@ def test_cluster_routes_report_what_the_primary_and_the_archive_hold(primary: Pg
     assert d["lag"]["upload"]["bytes"] == parse_lsn(d["lsn"]["commit"]) - int(commit, 16)
     listing = api.ok("GET", "/v1/clusters/main/remote")
     assert [(p["name"], p["status"]) for p in listing["partials"]] == [(first, "uploaded")]
-    assert listing["partials"][0]["size"] == int(commit, 16) % SEG
+    assert listing["partials"][0]["size"] == int(commit, 16) % SEG_SIZE
 
     # A full segment: listed once uploaded, and backup_lsn moves past it.
     switched = primary.switch_wal()
-    full = segment_name(1, (switched - 1) // SEG)
+    full = segment_name(1, segno_of(switched - 1))
     wait_until(f"{full} listed as uploaded", lambda: any(r["last_segment"] == full for r in api.ok("GET", "/v1/clusters/main/remote")["full_segments"]))
     assert parse_lsn(api.cluster()["lsn"]["backup"]) >= switched
     assert f"main/wal/{full}" in remote.keys("main/wal/")
@@ -173,8 +159,9 @@ LSN_METRICS = {"received": "safekeeper_received_lsn_bytes", "flush": "safekeeper
                "remote": "safekeeper_remote_lsn_bytes"}
 
 
-def test_metrics_move_during_pgbench_and_track_the_api(primary: PgCluster, safekeeper: Safekeeper, workdir: str):
-    api = start(safekeeper, primary, interval="1s")
+def test_metrics_move_during_pgbench_and_track_the_api(primary: PgCluster, safekeeper: Safekeeper, workdir: str, start_standby):
+    start_standby(safekeeper, primary, partial_interval="1s")
+    api = safekeeper.api()
     primary.pgbench("-i", "-s", "1", "-q")
     bench = primary.pgbench_popen("-n", "-c", "2", "-T", "8", log_path=os.path.join(workdir, "pgbench.log"))
     samples = []
@@ -234,8 +221,7 @@ def test_upload_failures_and_retries_are_counted_and_reported(primary: PgCluster
     try:
         bucket = new_bucket(server)
         safekeeper.start(primary.connstr(), extra=bucket.args() + ["--partial-interval", "1h"], env=bucket.env())
-        api = Api(safekeeper.http_port)
-        wait_until("the admin API", api.up, timeout=30)
+        api = safekeeper.api()
         emit_wal(primary)
         wait_committed(api, primary)
         name = api.ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
@@ -259,12 +245,13 @@ def test_upload_failures_and_retries_are_counted_and_reported(primary: PgCluster
     safekeeper.kill9()  # a graceful stop would retry the final upload for its full timeout
 
 
-def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safekeeper: Safekeeper, workdir: str):
+def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safekeeper: Safekeeper, workdir: str, start_standby):
     token = "sk-" + secrets.token_hex(16)
     token_file = os.path.join(workdir, "token")
     with open(token_file, "w") as f:
         f.write(token + "\n")
-    api = start(safekeeper, primary, extra=["--http-auth-token-file", token_file], token=token, sync=False)
+    start_standby(safekeeper, primary, sync=False, partial_interval="500ms", extra=["--http-auth-token-file", token_file])
+    api = safekeeper.api(token)
     port = safekeeper.http_port
     strangers = [Api(port), Api(port, token[:-1]), Api(port, token + "x"), Api(port, "")]
     routes = [("GET", "/v1/clusters"), ("POST", "/v1/clusters"), ("GET", "/v1/openapi.json"), ("GET", "/v1/nope")]
@@ -292,7 +279,7 @@ def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safe
     # Configurable: nothing public.
     assert safekeeper.stop() == 0
     safekeeper.start(primary.connstr(), extra=["--http-auth-token-file", token_file, "--http-auth-public-routes", "none"])
-    wait_until("the admin API", api.up, timeout=30)
+    api = safekeeper.api(token)
     for path in ("/metrics", "/v1/status"):
         assert_error(Api(port).get(path), 401, "unauthorized")
         assert api.get(path).status == 200
@@ -301,9 +288,10 @@ def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safe
     assert token not in safekeeper.log()
 
 
-def test_bad_input_gets_a_json_error_never_a_5xx(primary: PgCluster, make_safekeeper):
+def test_bad_input_gets_a_json_error_never_a_5xx(primary: PgCluster, make_safekeeper, start_standby):
     safekeeper = make_safekeeper(1)
-    api = start(safekeeper, primary, sync=False)
+    start_standby(safekeeper, primary, sync=False, partial_interval="500ms")
+    api = safekeeper.api()
     for method, sub in CLUSTER_ROUTES:
         assert_error(api.request(method, f"/v1/clusters/nope{sub}"), 404, "not_found")
     assert_error(api.get("/v1/nothing/here"), 404, "not_found")
@@ -365,14 +353,15 @@ def test_bad_input_gets_a_json_error_never_a_5xx(primary: PgCluster, make_safeke
     assert safekeeper.stop() == 0
 
 
-def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(primary: PgCluster, make_pg, safekeeper: Safekeeper):
+def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(primary: PgCluster, make_pg, safekeeper: Safekeeper, start_standby):
     second = make_pg("second")
-    api = start(safekeeper, primary, sync=False)
+    start_standby(safekeeper, primary, sync=False, partial_interval="500ms")
+    api = safekeeper.api()
     runtime_file = os.path.join(safekeeper.data_dir, "clusters.toml")
     body = {"name": "second", "primary": second.connstr(), "application_name": "sk_second"}
     added = api.ok("POST", "/v1/clusters", body, status=201)
     assert (added["name"], added["origin"], added["primary"]["slot"]) == ("second", "api", "safekeeper_1")
-    wait_until("second streams", lambda: (r := second.replication("sk_second")) and r["state"] == "streaming", timeout=60)
+    second.wait_streaming("sk_second")
     second.set_sync_standby("sk_second")
     second.pgbench("-i", "-s", "1", "-q")  # synchronous: only returns once the safekeeper has it
     flushed = wait_committed(api, second, "second")
@@ -384,7 +373,8 @@ def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(prim
     assert safekeeper.stop() == 0
     with open(runtime_file, "a") as f:
         f.write('\n[[cluster]]\nname = "main"\nprimary = "host=127.0.0.1 port=1"\nslot = "safekeeper_1"\napplication_name = "x"\n')
-    start(safekeeper, primary, sync=False)
+    start_standby(safekeeper, primary, sync=False, partial_interval="500ms")
+    safekeeper.api()
     names = {c["name"]: c["origin"] for c in api.ok("GET", "/v1/clusters")["clusters"]}
     assert names == {"main": "config", "second": "api"}
     assert api.cluster()["primary"]["hosts"] == [f"127.0.0.1:{primary.port}"]
@@ -404,7 +394,8 @@ def test_clusters_added_at_run_time_survive_restarts_and_removal_keeps_data(prim
     archived = remote_of(safekeeper).keys("second/wal/")
     assert archived, "the final partial upload of the removed cluster"
     assert safekeeper.stop() == 0
-    start(safekeeper, primary, sync=False)
+    start_standby(safekeeper, primary, sync=False, partial_interval="500ms")
+    safekeeper.api()
     assert [c["name"] for c in api.ok("GET", "/v1/clusters")["clusters"]] == ["main"]
 
     # Added again, it resumes from its local data; purged, the local directory goes, the archive stays.
@@ -445,12 +436,13 @@ def schemathesis_bin() -> str:
     return found
 
 
-def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(primary: PgCluster, safekeeper: Safekeeper, workdir: str):
+def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(primary: PgCluster, safekeeper: Safekeeper, workdir: str, start_standby):
     token = secrets.token_hex(16)
     token_file = os.path.join(workdir, "token")
     with open(token_file, "w") as f:
         f.write(token)
-    api = start(safekeeper, primary, extra=["--http-auth-token-file", token_file], token=token)
+    start_standby(safekeeper, primary, partial_interval="500ms", extra=["--http-auth-token-file", token_file])
+    api = safekeeper.api(token)
     primary.pgbench("-i", "-s", "1", "-q")
     wait_committed(api, primary)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 
 import psycopg
@@ -20,8 +19,7 @@ from fixtures.remote import LocalRemote
 from fixtures.restore import copy_archive, recover, take_base_backup
 from fixtures.safekeeper import Safekeeper
 from fixtures.utils import wait_until
-
-SEG = 16 << 20
+from fixtures.wal import SEG_SIZE, segment_name, segno_of
 
 
 def insert_ids(pg: PgCluster, ids: range) -> list[int]:
@@ -34,7 +32,7 @@ def insert_ids(pg: PgCluster, ids: range) -> list[int]:
     return done
 
 
-def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg, safekeeper: Safekeeper, workdir):
+def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg, safekeeper: Safekeeper, workdir, start_standby):
     primary = make_pg("primary")
     primary.sql("CREATE TABLE ids (id int PRIMARY KEY)")
     primary.pgbench("-i", "-s", "1", "-q")
@@ -42,23 +40,19 @@ def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg,
     backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
     remote = LocalRemote(os.path.join(workdir, "remote"))
     both = f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port} user=postgres dbname=postgres"
-    safekeeper.start(both, extra=remote.args() + ["--partial-interval", "500ms"])
-    wait_until("streaming from the primary", lambda: (r := primary.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
-    primary.set_sync_standby("safekeeper1")
-    wait_until("sync", lambda: (r := primary.replication("safekeeper1")) and r["sync_state"] == "sync", timeout=30)
+    start_standby(safekeeper, primary, connstr=both, remote=remote, partial_interval="500ms")
 
     before = insert_ids(primary, range(0, 300))
     primary.pgbench("-n", "-c", "2", "-T", "2")
     primary.kill9()
     standby.promote()
     # The promoted standby takes sync commits once the safekeeper found it.
-    standby.set_sync_standby("safekeeper1")
-    wait_until("following the promoted standby", lambda: (r := standby.replication("safekeeper1")) and r["sync_state"] == "sync", timeout=90)
+    standby.make_sync("safekeeper1", timeout=90)  # following the promoted standby
     assert standby.timeline() == 2
     after = insert_ids(standby, range(100000, 100300))
     standby.pgbench("-n", "-c", "2", "-T", "2")
     end = standby.switch_wal()
-    wait_until("new timeline's segment uploaded", lambda: f"main/wal/00000002{(end - 1) // SEG >> 8:08X}{(end - 1) // SEG & 0xFF:08X}" in remote.keys("main/wal/"), timeout=90)
+    wait_until("new timeline's segment uploaded", lambda: f"main/wal/{segment_name(2, segno_of(end - 1))}" in remote.keys("main/wal/"), timeout=90)
     last = insert_ids(standby, range(200000, 200050))
     flushed = standby.current_lsn()
     wait_until("partial at the newest commit", lambda: any(
@@ -89,13 +83,13 @@ def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg,
     assert set(before) <= have
 
 
-def test_two_safekeepers_any_one(primary: PgCluster, make_safekeeper, workdir):
+def test_two_safekeepers_any_one(primary: PgCluster, make_safekeeper, workdir, start_standby):
     sk1, sk2 = make_safekeeper(1), make_safekeeper(2)
+    remote = LocalRemote(os.path.join(workdir, "remote"))
     for sk in (sk1, sk2):
-        sk.start(primary.connstr(), extra=["--remote", f"file://{os.path.join(workdir, 'remote')}"])
-        wait_until(f"{sk.name} streaming", lambda sk=sk: (r := primary.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
+        start_standby(sk, primary, sync=False, remote=remote)
     primary.set_sync_standby("ANY 1 (safekeeper1, safekeeper2)")
-    wait_until("quorum sync", lambda: (r := primary.replication("safekeeper1")) and r["sync_state"] == "quorum", timeout=30)
+    primary.wait_sync_state("safekeeper1", "quorum")
     primary.pgbench("-i", "-s", "1", "-q")
     log = os.path.join(workdir, "pgbench.log")
     bench = primary.pgbench_popen("-n", "-c", "2", "-T", "8", log_path=log)
@@ -108,9 +102,8 @@ def test_two_safekeepers_any_one(primary: PgCluster, make_safekeeper, workdir):
     processed = int(re.search(r"number of transactions actually processed: (\d+)", open(log).read()).group(1))
     assert processed > 100
     # Restarted, it catches up.
-    sk1.start(primary.connstr(), extra=["--remote", f"file://{os.path.join(workdir, 'remote')}"])
-    target = primary.current_lsn()
-    wait_until("sk1 caught up", lambda: (r := primary.replication("safekeeper1")) and r["flush_lsn"] is not None and r["flush_lsn"] >= target, timeout=60)
+    sk1.start(primary.connstr(), extra=remote.args())
+    primary.wait_flushed("safekeeper1", primary.current_lsn())  # sk1 caught up
 
 
 def tps(pg: PgCluster, seconds: int = 4) -> float:
@@ -127,7 +120,7 @@ def test_one_process_three_primaries_one_stopped(make_pg, safekeeper: Safekeeper
             f.write(f'[[cluster]]\nname = "{pg.name}"\nprimary = "{pg.connstr()}"\n')
     safekeeper.start(None, extra=["--config", cfg])
     for pg in pgs:
-        wait_until(f"{pg.name} streaming", lambda pg=pg: (r := pg.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
+        pg.wait_streaming("safekeeper1")
         pg.set_sync_standby("safekeeper1")
         pg.pgbench("-i", "-s", "1", "-q")
     with_all = [tps(pgs[0]), tps(pgs[1])]
@@ -142,23 +135,21 @@ def test_one_process_three_primaries_one_stopped(make_pg, safekeeper: Safekeeper
     assert safekeeper.stop() == 0
 
 
-def test_removed_upstream_wal_is_a_reported_gap_then_followed(primary: PgCluster, safekeeper: Safekeeper, workdir):
+def test_removed_upstream_wal_is_a_reported_gap_then_followed(primary: PgCluster, safekeeper: Safekeeper, workdir, start_standby):
     """The primary removed WAL the safekeeper needs (its slot was dropped while it was down): the
     gap is reported, the WAL held is kept (locally and its last partial remotely), and following
     goes on from the primary's current segment in a new term."""
     remote = LocalRemote(os.path.join(workdir, "remote"))
-    args = remote.args() + ["--partial-interval", "300ms"]
-    safekeeper.start(primary.connstr(), extra=args)
-    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    start_standby(safekeeper, primary, sync=False, remote=remote, partial_interval="300ms")
     primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
     primary.switch_wal()
     primary.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
     held_lsn = primary.current_lsn()
-    held_seg = f"00000001{held_lsn // SEG >> 8:08X}{held_lsn // SEG & 0xFF:08X}"
+    held_seg = segment_name(1, segno_of(held_lsn))
     wait_until("partial of the held segment uploaded", lambda: any(
         k.startswith(f"main/wal/{held_seg}_") and int(k.split("_")[1], 16) >= held_lsn for k in remote.keys("main/wal/")), timeout=60)
     assert safekeeper.stop() == 0
-    held = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
+    held = safekeeper.wal_file_sizes()
     primary.sql("SELECT pg_drop_replication_slot('safekeeper_1')")
     for _ in range(6):
         primary.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
@@ -166,13 +157,12 @@ def test_removed_upstream_wal_is_a_reported_gap_then_followed(primary: PgCluster
     primary.sql("CHECKPOINT")
     primary.sql("CHECKPOINT")
 
-    safekeeper.start(primary.connstr(), extra=args)
-    line = safekeeper.wait_log("no longer has the WAL after", timeout=60)
-    primary.set_sync_standby(safekeeper.application_name)
-    wait_until("following again, in sync", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+    safekeeper.start(primary.connstr(), extra=remote.args() + ["--partial-interval", "300ms"])
+    safekeeper.wait_log("no longer has the WAL after", timeout=60)
+    primary.make_sync(safekeeper.application_name, timeout=60)  # following again, in sync
     primary.sql("INSERT INTO t VALUES (-1)")  # a sync commit returns
     end = primary.switch_wal()
-    new_seg = f"00000001{(end - 1) // SEG >> 8:08X}{(end - 1) // SEG & 0xFF:08X}"
+    new_seg = segment_name(1, segno_of(end - 1))
     wait_until("a segment after the gap uploaded", lambda: f"main/wal/{new_seg}" in remote.keys("main/wal/"), timeout=60)
 
     # What was held is kept: completed segments untouched, the incomplete one set aside, and its
@@ -185,4 +175,4 @@ def test_removed_upstream_wal_is_a_reported_gap_then_followed(primary: PgCluster
     assert safekeeper.stop() == 0
     cf = safekeeper.control_file_json()["state"]
     assert cf["term"] == 2
-    assert cf["term_history"][-1]["start_lsn"] % SEG == 0 and cf["term_history"][-1]["start_lsn"] > held_lsn
+    assert cf["term_history"][-1]["start_lsn"] % SEG_SIZE == 0 and cf["term_history"][-1]["start_lsn"] > held_lsn

@@ -13,41 +13,22 @@ import os
 import random
 import time
 
-import pytest
-
 from fixtures.pg import PgCluster
 from fixtures.safekeeper import Safekeeper
-from fixtures.utils import parse_segment_name, run, wait_until
-
-SEG = 16 << 20
-
-
-def start_following(sk: Safekeeper, pg: PgCluster, sync: bool = True) -> None:
-    sk.start(pg.connstr())
-    wait_until("safekeeper streaming", lambda: (r := pg.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
-    if sync:
-        pg.set_sync_standby(sk.application_name)
-        wait_until("sync_state = sync", lambda: (r := pg.replication(sk.application_name)) and r["sync_state"] == "sync", timeout=30)
+from fixtures.utils import run, wait_until
+from fixtures.wal import SEG_SIZE, format_lsn, parse_segment_name, segno_of
 
 
 def switch_and_wait_complete(sk: Safekeeper, pg: PgCluster) -> int:
     """Switches WAL and waits until the safekeeper completed the switched segment; returns its end."""
     end = pg.switch_wal()
-    segno = (end - 1) // SEG
+    segno = segno_of(end - 1)
     wait_until(
         f"segment {segno:X} completed locally",
         lambda: any(parse_segment_name(n)[1] == segno for n in sk.local_segments()),
         timeout=60,
     )
-    return (segno + 1) * SEG
-
-
-def wait_flushed(sk: Safekeeper, pg: PgCluster, lsn: int, timeout: float = 60) -> None:
-    wait_until(
-        f"safekeeper flush_lsn >= {lsn:X}",
-        lambda: (r := pg.replication(sk.application_name)) and r["flush_lsn"] is not None and r["flush_lsn"] >= lsn,
-        timeout=timeout,
-    )
+    return (segno + 1) * SEG_SIZE
 
 
 def compare_with_primary(sk: Safekeeper, pg: PgCluster) -> int:
@@ -61,9 +42,9 @@ def compare_with_primary(sk: Safekeeper, pg: PgCluster) -> int:
             continue  # already removed or recycled by the primary
         with open(path, "rb") as a, open(theirs, "rb") as b:
             mine, primary = a.read(), b.read()
-        assert len(mine) == SEG, f"{name}: {len(mine)} bytes"
+        assert len(mine) == SEG_SIZE, f"{name}: {len(mine)} bytes"
         if mine != primary:
-            first = next(i for i in range(SEG) if mine[i] != primary[i])
+            first = next(i for i in range(SEG_SIZE) if mine[i] != primary[i])
             raise AssertionError(f"{name} differs from the primary's at offset {first}")
         compared += 1
     assert compared > 0, "no completed segment could be compared"
@@ -91,15 +72,13 @@ def segment_lsn_range(sk: Safekeeper) -> tuple[str, str]:
     names = sorted(sk.local_segments())
     first = parse_segment_name(names[0])[1]
     last = parse_segment_name(names[-1])[1]
-    start, end = first * SEG, (last + 1) * SEG
-    fmt = lambda v: f"{v >> 32:X}/{v & 0xFFFFFFFF:X}"  # noqa: E731
-    return fmt(start), fmt(end)
+    return format_lsn(first * SEG_SIZE), format_lsn((last + 1) * SEG_SIZE)
 
 
-def test_sync_standby_pgbench(primary: PgCluster, safekeeper: Safekeeper):
+def test_sync_standby_pgbench(primary: PgCluster, safekeeper: Safekeeper, start_standby):
     """pgbench in sync mode completes; the safekeeper is `streaming`/`sync` with flush advancing."""
     primary.pgbench("-i", "-s", "2", "-q")
-    start_following(safekeeper, primary)
+    start_standby(safekeeper, primary)
     before = primary.replication(safekeeper.application_name)["flush_lsn"]
     out = primary.pgbench("-n", "-c", "4", "-j", "2", "-T", "5", timeout=120)
     assert "number of failed transactions: 0" in out.stdout, out.stdout
@@ -114,9 +93,9 @@ def test_sync_standby_pgbench(primary: PgCluster, safekeeper: Safekeeper):
     assert safekeeper.running()
 
 
-def test_local_wal_is_byte_identical_and_readable(primary: PgCluster, safekeeper: Safekeeper):
+def test_local_wal_is_byte_identical_and_readable(primary: PgCluster, safekeeper: Safekeeper, start_standby):
     primary.pgbench("-i", "-s", "1", "-q")
-    start_following(safekeeper, primary)
+    start_standby(safekeeper, primary)
     primary.pgbench("-n", "-c", "2", "-T", "3")
     for _ in range(3):
         primary.sql("INSERT INTO pgbench_history SELECT 1, 1, 1, 1, now() FROM generate_series(1, 2000)")
@@ -136,10 +115,10 @@ def test_local_wal_is_byte_identical_and_readable(primary: PgCluster, safekeeper
     assert cf["state"]["commit_lsn"] <= cf["state"]["flush_lsn"]
 
 
-def test_kill9_during_pgbench_loses_nothing(primary: PgCluster, safekeeper: Safekeeper, workdir):
+def test_kill9_during_pgbench_loses_nothing(primary: PgCluster, safekeeper: Safekeeper, workdir, start_standby):
     """Five kill -9s at random moments under sync load: no gap, no duplicate, commits resume."""
     primary.pgbench("-i", "-s", "1", "-q")
-    start_following(safekeeper, primary)
+    start_standby(safekeeper, primary)
     rng = random.Random(int(os.environ.get("SK_TEST_SEED", "4242")))
     bench = primary.pgbench_popen("-n", "-c", "4", "-j", "2", "-T", "40", log_path=os.path.join(workdir, "pgbench.log"))
     try:
@@ -150,7 +129,7 @@ def test_kill9_during_pgbench_loses_nothing(primary: PgCluster, safekeeper: Safe
                 primary.sql("SELECT pg_switch_wal()")  # committed work is blocked; switch is not a commit
             time.sleep(rng.uniform(0.0, 0.5))
             safekeeper.start(primary.connstr())
-            wait_until("safekeeper back in sync", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+            primary.wait_sync_state(safekeeper.application_name, timeout=60)  # back in sync
             # Commits resume: a sync commit returns.
             primary.sql("INSERT INTO pgbench_history VALUES (1, 1, 1, 1, now())")
     finally:
@@ -163,12 +142,12 @@ def test_kill9_during_pgbench_loses_nothing(primary: PgCluster, safekeeper: Safe
     waldump(primary, safekeeper.wal_dir(), start, end_lsn)
 
 
-def test_survives_primary_restart(primary: PgCluster, safekeeper: Safekeeper):
+def test_survives_primary_restart(primary: PgCluster, safekeeper: Safekeeper, start_standby):
     primary.pgbench("-i", "-s", "1", "-q")
-    start_following(safekeeper, primary)
+    start_standby(safekeeper, primary)
     for mode in ("fast", "immediate"):
         primary.restart(mode)
-        wait_until("reconnected after restart", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+        primary.wait_sync_state(safekeeper.application_name, timeout=60)  # reconnected after restart
         primary.pgbench("-n", "-c", "2", "-T", "2")
     switch_and_wait_complete(safekeeper, primary)
     compare_with_primary(safekeeper, primary)
@@ -176,13 +155,13 @@ def test_survives_primary_restart(primary: PgCluster, safekeeper: Safekeeper):
     assert "retrying" in safekeeper.log()
 
 
-def test_refuses_a_different_primary(make_pg, safekeeper: Safekeeper):
+def test_refuses_a_different_primary(make_pg, safekeeper: Safekeeper, start_standby):
     first = make_pg("first")
-    start_following(safekeeper, first, sync=False)
+    start_standby(safekeeper, first, sync=False)
     end = first.switch_wal()
-    wait_flushed(safekeeper, first, end)
+    first.wait_flushed(safekeeper.application_name, end)
     assert safekeeper.stop() == 0
-    wal_before = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
+    wal_before = safekeeper.wal_file_sizes()
     pinned = ("system_identifier", "timeline", "term", "term_history", "flush_lsn", "commit_lsn", "wal_segment_size")
     cf_before = {k: safekeeper.control_file_json()["state"][k] for k in pinned}
 
@@ -196,17 +175,16 @@ def test_refuses_a_different_primary(make_pg, safekeeper: Safekeeper):
     assert f"pinned to {first.system_identifier()}" in log
     # Nothing written: local WAL, the pinned identity and positions unchanged, no slot created on
     # the other server.
-    wal_after = {n: os.path.getsize(os.path.join(safekeeper.wal_dir(), n)) for n in os.listdir(safekeeper.wal_dir())}
-    assert wal_after == wal_before
+    assert safekeeper.wal_file_sizes() == wal_before
     assert {k: safekeeper.control_file_json()["state"][k] for k in pinned} == cf_before
     assert other.sql("SELECT slot_name FROM pg_replication_slots") == []
 
 
-def test_sigterm_flushes_and_records_position(primary: PgCluster, safekeeper: Safekeeper):
-    start_following(safekeeper, primary)
+def test_sigterm_flushes_and_records_position(primary: PgCluster, safekeeper: Safekeeper, start_standby):
+    start_standby(safekeeper, primary)
     primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
     lsn = primary.current_lsn()
-    wait_flushed(safekeeper, primary, lsn)
+    primary.wait_flushed(safekeeper.application_name, lsn)
     assert safekeeper.stop() == 0
     cf = safekeeper.control_file_json()["state"]
     # Everything acknowledged before SIGTERM is recorded as flushed and committed.
@@ -229,8 +207,8 @@ def test_config_file_follows_two_primaries_independently(make_pg, safekeeper: Sa
             f'[[cluster]]\nname = "beta"\nprimary = "{b.connstr()}"\napplication_name = "sk_beta"\nslot = "sk_beta"\n'
         )
     safekeeper.start(None, extra=["--config", cfg])
-    wait_until("alpha streaming", lambda: (r := a.replication("safekeeper1")) and r["state"] == "streaming", timeout=60)
-    wait_until("beta streaming", lambda: (r := b.replication("sk_beta")) and r["state"] == "streaming", timeout=60)
+    a.wait_streaming("safekeeper1")
+    b.wait_streaming("sk_beta")
     a.set_sync_standby("safekeeper1")
     b.set_sync_standby("sk_beta")
     a.stop("immediate")
@@ -240,19 +218,17 @@ def test_config_file_follows_two_primaries_independently(make_pg, safekeeper: Sa
     assert safekeeper.stop() == 0
 
 
-def test_silent_primary_connection_is_dropped_and_reestablished(primary: PgCluster, safekeeper: Safekeeper):
+def test_silent_primary_connection_is_dropped_and_reestablished(primary: PgCluster, safekeeper: Safekeeper, start_standby):
     """A walsender that stops answering without closing the connection (SIGSTOP, like a host that
     vanished from the network) is detected by the receive timeout; streaming resumes after."""
     import signal as sig
-    safekeeper.start(primary.connstr(), extra=["--status-interval", "500ms", "--receive-timeout", "3s"])
-    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    start_standby(safekeeper, primary, sync=False, extra=["--status-interval", "500ms", "--receive-timeout", "3s"])
     walsender = primary.sql_one("SELECT pid FROM pg_stat_replication WHERE application_name = %s", (safekeeper.application_name,))
     os.kill(walsender, sig.SIGSTOP)
     try:
         safekeeper.wait_log("receive timeout", timeout=30)
     finally:
         os.kill(walsender, sig.SIGCONT)
-    primary.set_sync_standby(safekeeper.application_name)
-    wait_until("streaming again, in sync", lambda: (r := primary.replication(safekeeper.application_name)) and r["sync_state"] == "sync", timeout=60)
+    primary.make_sync(safekeeper.application_name, timeout=60)  # streaming again, in sync
     primary.sql("CREATE TABLE after_timeout AS SELECT 1 AS x")  # a sync commit returns
     assert safekeeper.running()

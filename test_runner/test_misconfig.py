@@ -12,8 +12,9 @@ import subprocess
 import pytest
 
 from fixtures.pg import PgCluster
+from fixtures.s3 import S3Bucket
 from fixtures.safekeeper import Safekeeper, safekeeper_bin
-from fixtures.utils import free_port, is_root, pg_os_user, wait_until
+from fixtures.utils import free_port, is_root, pg_os_user
 
 
 def advice_line(sk: Safekeeper, needle: str, timeout: float = 30) -> str:
@@ -55,11 +56,8 @@ def test_replication_slots_exhausted(make_pg, safekeeper: Safekeeper):
 
 
 def test_missing_bucket(primary: PgCluster, safekeeper: Safekeeper, moto_server):
-    safekeeper.start(
-        primary.connstr(),
-        extra=["--remote", "s3://no-such-bucket/archive", "--s3-endpoint", moto_server.endpoint, "--s3-force-path-style"],
-        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"},
-    )
+    missing = S3Bucket(moto_server, "no-such-bucket")  # never created on the server
+    safekeeper.start(primary.connstr(), extra=missing.args(), env=missing.env())
     assert safekeeper.wait_exit(timeout=60) != 0
     advice_line(safekeeper, "error: the bucket in --remote does not exist: create it or fix --remote")
 

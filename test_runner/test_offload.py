@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 
@@ -21,36 +20,23 @@ import psycopg
 import pytest
 
 from fixtures.pg import PgCluster
-from fixtures.restore import copy_archive, recover, take_base_backup
+from fixtures.remote import LocalRemote
+from fixtures.restore import copy_archive, recover, restore_wal_command, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
-from fixtures.safekeeper import Safekeeper, safekeeper_bin
-from fixtures.utils import parse_segment_name, run, segment_name, wait_until
+from fixtures.safekeeper import Safekeeper
+from fixtures.utils import run, wait_until
+from fixtures.wal import SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, partial_name, segment_name, segno_of
 
-SEG = 16 << 20
-PARTIAL_RE = re.compile(r"^main/wal/([0-9A-F]{24})_([0-9A-F]{16})_([0-9A-F]{16})_sk(\d+)\.partial$")
-FULL_RE = re.compile(r"^main/wal/([0-9A-F]{24})$")
-
-
-def start(sk: Safekeeper, pg: PgCluster, remote, interval: str = "500ms", extra: list[str] | None = None, env: dict | None = None, sync: bool = True) -> None:
-    sk.start(pg.connstr(), extra=remote.args() + ["--partial-interval", interval] + (extra or []), env={**remote.env(), **(env or {})})
-    wait_until("streaming", lambda: (r := pg.replication(sk.application_name)) and r["state"] == "streaming", timeout=60)
-    if sync:
-        pg.set_sync_standby(sk.application_name)
-        wait_until("sync", lambda: (r := pg.replication(sk.application_name)) and r["sync_state"] == "sync", timeout=30)
+WAL = "main/wal/"
 
 
 def partials(remote) -> list[tuple[str, int, int, int, str]]:
     """(segment, commit_lsn, term, sk_id, key) of every partial object."""
-    out = []
-    for k in remote.keys("main/wal/"):
-        m = PARTIAL_RE.match(k)
-        if m:
-            out.append((m.group(1), int(m.group(2), 16), int(m.group(3), 16), int(m.group(4)), k))
-    return out
+    return [(*p, k) for k in remote.keys(WAL) if (p := parse_partial_name(k[len(WAL):]))]
 
 
 def fulls(remote) -> list[str]:
-    return [m.group(1) for k in remote.keys("main/wal/") if (m := FULL_RE.match(k))]
+    return [k[len(WAL):] for k in remote.keys(WAL) if is_segment_name(k[len(WAL):])]
 
 
 def wait_partial_at(remote, lsn: int, timeout: float = 60) -> tuple:
@@ -70,14 +56,14 @@ def primary_bytes(pg: PgCluster, seg: str) -> bytes:
         return f.read()
 
 
-def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, safekeeper: Safekeeper, remote):
+def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, safekeeper: Safekeeper, remote, start_standby):
     primary.pgbench("-i", "-s", "1", "-q")
-    start(safekeeper, primary, remote)
+    start_standby(safekeeper, primary, remote=remote, partial_interval="500ms")
     switched = []
     for _ in range(2):
         primary.pgbench("-n", "-c", "2", "-T", "2")
         end = primary.switch_wal()
-        switched.append(segment_name(1, (end - 1) // SEG))
+        switched.append(segment_name(1, segno_of(end - 1)))
     primary.pgbench("-n", "-c", "2", "-T", "1")
     wait_backed_up(remote, switched)
     ack = primary.replication(safekeeper.application_name)["flush_lsn"]
@@ -89,16 +75,16 @@ def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, 
     assert segnos == list(range(segnos[0], segnos[0] + len(segnos))), names
     for n in names:
         data = remote.get(f"main/wal/{n}")
-        assert len(data) == SEG
+        assert len(data) == SEG_SIZE
         if os.path.exists(os.path.join(primary.pg_wal, n)):
             assert data == primary_bytes(primary, n), f"{n} differs from the primary's"
         assert remote.tags(f"main/wal/{n}") == {"safekeeper-kind": "full"}
 
     # Exactly one partial: the current segment, bytes = primary's WAL up to its commit LSN.
-    assert seg == segment_name(1, commit // SEG) and parse_segment_name(seg)[1] == segnos[-1] + 1
+    assert seg == segment_name(1, segno_of(commit)) and parse_segment_name(seg)[1] == segnos[-1] + 1
     assert (term, sk_id) == (1, 1)
     data = remote.get(key)
-    assert len(data) == commit % SEG
+    assert len(data) == commit % SEG_SIZE
     assert data == primary_bytes(primary, seg)[: len(data)]
     assert remote.tags(key) == {"safekeeper-kind": "partial"}
 
@@ -107,7 +93,7 @@ def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, 
     cf = safekeeper.control_file_json()["state"]
     listed = [p for p in cf["remote"]["partials"]]
     assert [p["status"] for p in listed] == ["Uploaded"], listed
-    assert cf["backup_lsn"] == (segnos[-1] + 1) * SEG
+    assert cf["backup_lsn"] == (segnos[-1] + 1) * SEG_SIZE
 
 
 def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int], errors: list[str], start_id: int) -> None:
@@ -124,14 +110,14 @@ def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int],
 
 
 @pytest.mark.parametrize("restore", ["cp-oracle", "restore-wal"])
-def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir, restore):
+def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir, restore, start_standby):
     """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit.
     Recovered once through an independent copy of the archive (`cp`) and once through
     `safekeeper restore-wal` as PostgreSQL's restore_command."""
     primary = make_pg("primary")
     primary.sql("CREATE TABLE rpo (id int PRIMARY KEY, pad text)")
     backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
-    start(safekeeper, primary, remote, interval="1s")
+    start_standby(safekeeper, primary, remote=remote, partial_interval="1s")
 
     stop, committed, errors = threading.Event(), [], []
     writers = [threading.Thread(target=committed_writer, args=(primary, stop, committed, errors, k)) for k in range(4)]
@@ -153,8 +139,7 @@ def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remo
     if restore == "cp-oracle":
         restore_command = f"cp {archive}/%f %p"
     else:
-        env = " ".join(f"{k}={v}" for k, v in remote.env().items())
-        restore_command = f"{env} {safekeeper_bin()} restore-wal {' '.join(remote.args())} --cluster main %f %p"
+        restore_command = restore_wal_command(remote.args() + ["--cluster", "main"], remote.env())
     restored = recover(workdir, "restored", backup, restore_command)
     try:
         have = {r[0] for r in restored.sql("SELECT id FROM rpo")}
@@ -174,8 +159,7 @@ def listed_partial_names(cf: dict) -> dict[str, str]:
     out = {}
     for p in cf["remote"]["partials"]:
         n = p["name"]
-        seg = segment_name(n["timeline"], n["segno"])
-        out[f"{seg}_{n['commit_lsn']:016X}_{n['term']:016X}_sk{n['sk_id']}.partial"] = p["status"]
+        out[partial_name(n["timeline"], n["segno"], n["commit_lsn"], n["term"], n["sk_id"])] = p["status"]
     return out
 
 
@@ -183,15 +167,14 @@ def full_implied(cf: dict, seg: str) -> bool:
     tli, segno = parse_segment_name(seg)
     if any(r["timeline"] == tli and r["start_segno"] <= segno < r["end_segno"] for r in cf["remote"]["full_segments"]):
         return True
-    return tli == cf["timeline"] and cf["backup_lsn"] // SEG <= segno < (cf["flush_lsn"] + SEG - 1) // SEG
+    return tli == cf["timeline"] and cf["backup_lsn"] // SEG_SIZE <= segno < (cf["flush_lsn"] + SEG_SIZE - 1) // SEG_SIZE
 
 
 @pytest.mark.parametrize("failpoint", ["partial-after-intent", "partial-after-put", "partial-after-uploaded", "gc-after-delete", "full-after-put"])
-def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safekeeper: Safekeeper, workdir, failpoint):
-    from fixtures.remote import LocalRemote
+def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safekeeper: Safekeeper, workdir, failpoint, start_standby):
     remote = LocalRemote(os.path.join(workdir, "remote"))
     primary.sql("CREATE TABLE t (id serial, pad text)")
-    start(safekeeper, primary, remote, interval="200ms", env={"FAILPOINTS": f"{failpoint}=2*off->return"}, sync=False)
+    start_standby(safekeeper, primary, sync=False, remote=remote, partial_interval="200ms", env={"FAILPOINTS": f"{failpoint}=2*off->return"})
 
     stop = threading.Event()
 
@@ -245,13 +228,13 @@ def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safeke
     assert safekeeper.stop() == 0
 
 
-def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: Safekeeper, workdir):
+def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: Safekeeper, workdir, start_standby):
     """A hung S3 server (SIGSTOP) during sync load: commits go on, uploads catch up afterwards."""
     server = MotoServer(workdir)
     try:
         remote = new_bucket(server)
         primary.pgbench("-i", "-s", "1", "-q")
-        start(safekeeper, primary, remote)
+        start_standby(safekeeper, primary, remote=remote, partial_interval="500ms")
         os.kill(server.proc.pid, signal.SIGSTOP)
         try:
             out = primary.pgbench("-n", "-c", "2", "-T", "6", timeout=120)
@@ -260,11 +243,11 @@ def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: S
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         assert during > 100, f"only {during} commits while storage was down"
-        switched = [segment_name(1, (e - 1) // SEG) for e in ends]
+        switched = [segment_name(1, segno_of(e - 1)) for e in ends]
         wait_backed_up(remote, switched, timeout=180)
         primary.sql("SELECT 1")
         ack = primary.replication(safekeeper.application_name)["flush_lsn"]
-        wait_partial_at(remote, ack - SEG if ack % SEG == 0 else ack, timeout=120)
+        wait_partial_at(remote, ack - SEG_SIZE if ack % SEG_SIZE == 0 else ack, timeout=120)
         names = fulls(remote)
         segnos = [parse_segment_name(n)[1] for n in names]
         assert segnos == list(range(segnos[0], segnos[0] + len(segnos)))
@@ -276,14 +259,13 @@ def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: S
         server.stop()
 
 
-def test_local_wal_is_removed_only_after_upload(primary: PgCluster, safekeeper: Safekeeper, workdir):
-    from fixtures.remote import LocalRemote
+def test_local_wal_is_removed_only_after_upload(primary: PgCluster, safekeeper: Safekeeper, workdir, start_standby):
     remote = LocalRemote(os.path.join(workdir, "remote"))
-    start(safekeeper, primary, remote, extra=["--local-retention", "0"], sync=False)
+    start_standby(safekeeper, primary, sync=False, remote=remote, partial_interval="500ms", extra=["--local-retention", "0"])
     switched = []
     for _ in range(4):
         primary.sql("SELECT pg_logical_emit_message(false, 'x', repeat('z', 100000))")
-        switched.append(segment_name(1, (primary.switch_wal() - 1) // SEG))
+        switched.append(segment_name(1, segno_of(primary.switch_wal() - 1)))
     wait_backed_up(remote, switched)
     wait_until("old local segments removed", lambda: len(safekeeper.local_segments()) == 1, timeout=30)
     # The one kept is the newest completed segment, and every removed one is in the archive.

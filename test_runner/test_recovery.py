@@ -26,12 +26,15 @@ import time
 
 import pytest
 
-from fixtures.archive import MIB, ArchiveWriter, partial_name, synthetic_segment
+from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.pg import PgCluster
+from fixtures.restore import restore_from_backup, restore_wal_command
+from fixtures.s3 import s3_env
 from fixtures.safekeeper import safekeeper_bin
-from fixtures.utils import as_pg_user, chown_to_pg_user, format_lsn, parse_lsn, run, segment_name, wait_until
+from fixtures.utils import chown_to_pg_user, wait_until
+from fixtures.wal import (MIB, SEG_SIZE, format_lsn, is_segment_name, parse_lsn, parse_segment_name, partial_name,
+                          segment_name, segno_of)
 
-SEG = 16 * MIB
 SYSID = 7_300_000_000_000_000_001
 
 
@@ -52,11 +55,11 @@ class RealWal:
         self.system_identifier = 0
 
     def tail_segno(self) -> int:
-        return int(self.tail_name[8:16], 16) * 256 + int(self.tail_name[16:], 16)
+        return parse_segment_name(self.tail_name)[1]
 
     def partial(self, point: str, term: int, sk_id: int) -> tuple[str, bytes]:
         lsn = self.lsn[point]
-        start = self.tail_segno() * SEG
+        start = self.tail_segno() * SEG_SIZE
         return partial_name(1, self.tail_segno(), lsn, term, sk_id), self.tail[: lsn - start]
 
 
@@ -71,8 +74,7 @@ def real_wal() -> RealWal:
     try:
         wal.system_identifier = pg.system_identifier()
         pg.sql("CREATE TABLE t (id int PRIMARY KEY, batch int NOT NULL)")
-        run(as_pg_user([pg.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
-                        "-D", wal.backup, "-X", "stream", "-c", "fast"]), timeout=120)
+        pg.basebackup(wal.backup, timeout=120)
         committed: list[int] = []
 
         def batch(rows: int) -> int:
@@ -88,14 +90,14 @@ def real_wal() -> RealWal:
         for point in ("A", "B", "C"):
             wal.lsn[point] = batch(100)
             wal.ids[point] = list(committed)
-        tail_segno = wal.lsn["A"] // SEG
-        assert wal.lsn["C"] // SEG == tail_segno, "A, B and C must share a segment"
+        tail_segno = segno_of(wal.lsn["A"])
+        assert segno_of(wal.lsn["C"]) == tail_segno, "A, B and C must share a segment"
         pg.kill9()
         wal.tail_name = segment_name(1, tail_segno)
         with open(os.path.join(pg.pg_wal, wal.tail_name), "rb") as f:
-            wal.tail = f.read(wal.lsn["C"] - tail_segno * SEG)
+            wal.tail = f.read(wal.lsn["C"] - tail_segno * SEG_SIZE)
         for name in sorted(os.listdir(pg.pg_wal)):
-            if len(name) == 24 and name.startswith("00000001") and name < wal.tail_name:
+            if is_segment_name(name) and name.startswith("00000001") and name < wal.tail_name:
                 with open(os.path.join(pg.pg_wal, name), "rb") as f:
                     wal.segments[name] = f.read()
         assert len(wal.segments) >= 3
@@ -119,8 +121,8 @@ def fill_archive(w: ArchiveWriter, wal: RealWal, bogus: bool = True) -> dict:
         names[label] = name
     if bogus:
         first = min(wal.segments)
-        segno = int(first[16:], 16) + int(first[8:16], 16) * 256
-        names["bogus"] = partial_name(1, segno, segno * SEG + 8192, 99, 9)
+        segno = parse_segment_name(first)[1]
+        names["bogus"] = partial_name(1, segno, segno * SEG_SIZE + 8192, 99, 9)
         w.put(names["bogus"], b"\xee" * 8192)
     return names
 
@@ -147,29 +149,14 @@ def writer(request, workdir) -> ArchiveWriter:
 
 # --- real PostgreSQL recovery ---------------------------------------------------------------------
 
-def restore_base_backup(workdir: str, wal: RealWal, restore_command: str) -> PgCluster:
-    pg = PgCluster(workdir, "restored")
-    run(as_pg_user(["cp", "-a", wal.backup, pg.datadir]))
-    pg.write_conf(
-        f"port = {pg.port}\n"
-        f"unix_socket_directories = '{pg.sockdir}'\n"
-        f"restore_command = '{restore_command}'\n"
-        "recovery_target_timeline = 'latest'\n"
-    )
-    signal = os.path.join(pg.datadir, "recovery.signal")
-    open(signal, "w").close()
-    chown_to_pg_user(signal)
-    return pg
-
-
 def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, real_wal):
     """Two safekeepers' partials at A and B (term 2), a stale term-1 partial reaching C and a bogus
     partial beside a full segment: PostgreSQL replays to B exactly, then ends recovery and promotes."""
     names = fill_archive(writer, real_wal)
     # On S3 with prefetching, as one would run it against a remote region.
-    prefetch = "--prefetch 2 " if writer.bucket else ""
-    cmd = f"{writer.env_prefix()} {safekeeper_bin()} restore-wal {prefetch}{' '.join(writer.args())} %f %p".strip()
-    pg = restore_base_backup(workdir, real_wal, cmd)
+    prefetch = ["--prefetch", "2"] if writer.bucket else []
+    cmd = restore_wal_command(writer.args(), writer.env(), *prefetch)
+    pg = restore_from_backup(workdir, "restored", real_wal.backup, cmd)
     try:
         pg.start(timeout=120)
         wait_until("promoted", lambda: pg.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=60)
@@ -207,7 +194,7 @@ def test_restore_wal_picks_full_segment_then_best_partial(writer, workdir, real_
     _, best = real_wal.partial("B", 2, 2)
     with open(dest, "rb") as f:
         got = f.read()
-    assert len(got) == SEG and got[: len(best)] == best and got[len(best):].count(0) == SEG - len(best)
+    assert len(got) == SEG_SIZE and got[: len(best)] == best and got[len(best):].count(0) == SEG_SIZE - len(best)
     leftovers = [n for n in os.listdir(workdir) if "RECOVERYXLOG" in n and n != "RECOVERYXLOG"]
     assert not leftovers, f"temp files left behind: {leftovers}"
 
@@ -238,8 +225,7 @@ def test_restore_wal_exit_codes(workdir):
 
     # Nothing listens on one port; the other accepts connections and never answers (a hung
     # storage): either way retried for --retry-for, then fatal with a clear message.
-    s3_env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
-              "AWS_EC2_METADATA_DISABLED": "true"}
+    unreachable_env = s3_env(access_key="x", secret_key="x")
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     hung = socket.socket()
@@ -250,7 +236,7 @@ def test_restore_wal_exit_codes(workdir):
             port = sock.getsockname()[1]
             started = time.monotonic()
             cp = sk("restore-wal", "--remote", "s3://bucket/prefix", "--s3-endpoint", f"http://127.0.0.1:{port}",
-                    "--s3-force-path-style", "--retry-for", "3s", segment_name(1, 1, MIB), dest, env=s3_env)
+                    "--s3-force-path-style", "--retry-for", "3s", segment_name(1, 1, MIB), dest, env=unreachable_env)
             assert cp.returncode == 255, cp.stderr
             assert "kept failing" in cp.stderr and "stopping recovery" in cp.stderr, cp.stderr
             assert time.monotonic() - started < 30, "--retry-for bounds the wait"
@@ -331,11 +317,11 @@ def test_verify_names_every_kind_of_damage(writer, real_wal):
     other_system = bytearray(original)
     other_system[24:32] = (real_wal.system_identifier + 1).to_bytes(8, "little")
     flipped = bytearray(original)
-    flipped[SEG // 2] ^= 0x01
+    flipped[SEG_SIZE // 2] ^= 0x01
     damages = {
         "missing": lambda: writer.delete(middle),
         "flipped byte": lambda: writer.damage(middle, bytes(flipped)),
-        "truncated": lambda: writer.damage(middle, original[: SEG // 2]),
+        "truncated": lambda: writer.damage(middle, original[: SEG_SIZE // 2]),
         "other system": lambda: writer.put(middle, bytes(other_system)),
     }
     for what, damage in damages.items():
@@ -362,25 +348,24 @@ def test_recover_rebuilds_pg_wal_up_to_the_best_partial(workdir, real_wal):
             assert f.read() == data, name
     _, best = real_wal.partial("B", 2, 2)
     with open(os.path.join(target, real_wal.tail_name), "rb") as f:
-        assert f.read() == best + bytes(SEG - len(best))
+        assert f.read() == best + bytes(SEG_SIZE - len(best))
 
     # Refuses to overwrite; --until-lsn stops after the segment holding it.
     assert sk("recover", *w.args(), "--target-dir", target).returncode == 1
     until = os.path.join(workdir, "until")
     second = sorted(real_wal.segments)[1]
-    segno = int(second[16:], 16)
-    cp = sk("recover", *w.args(), "--target-dir", until, "--until-lsn", format_lsn(segno * SEG + 100))
+    segno = parse_segment_name(second)[1]
+    cp = sk("recover", *w.args(), "--target-dir", until, "--until-lsn", format_lsn(segno * SEG_SIZE + 100))
     assert cp.returncode == 0, cp.stderr
     assert sorted(os.listdir(until)) == sorted(real_wal.segments)[:2]
     assert re.search(r"up to \S+", cp.stdout)
 
 
-def test_archive_written_by_a_safekeeper_lists_verifies_and_restores(primary, safekeeper, workdir):
+def test_archive_written_by_a_safekeeper_lists_verifies_and_restores(primary, safekeeper, workdir, start_standby):
     """The reader and the offload agree on the layout: what `safekeeper run` uploads verifies clean,
     and restore-wal serves its newest partial."""
     remote = local_writer(workdir)
-    safekeeper.start(primary.connstr(), extra=["--remote", remote.url, "--partial-interval", "300ms"])
-    wait_until("streaming", lambda: (r := primary.replication(safekeeper.application_name)) and r["state"] == "streaming", timeout=60)
+    start_standby(safekeeper, primary, sync=False, extra=["--remote", remote.url, "--partial-interval", "300ms"])
     primary.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100000) g")
     primary.switch_wal()
     primary.sql("INSERT INTO t SELECT g FROM generate_series(100001, 100100) g")
@@ -395,16 +380,16 @@ def test_archive_written_by_a_safekeeper_lists_verifies_and_restores(primary, sa
     assert t1["gaps"] == [] and t1["full_segments"] >= 1
     best = [p for p in t1["partials"] if p["best"]]
     assert len(best) == 1 and best[0]["sk_id"] == safekeeper.id
-    assert best[0]["segment"] == segment_name(1, end // SEG)
+    assert best[0]["segment"] == segment_name(1, segno_of(end))
     cp = sk("remote", "verify", *remote.args())
     assert cp.returncode == 0, cp.stdout + cp.stderr
     dest = os.path.join(workdir, "RECOVERYXLOG")
     cp = sk("restore-wal", *remote.args(), best[0]["segment"], dest)
     assert cp.returncode == 0, cp.stderr
     with open(os.path.join(primary.pg_wal, best[0]["segment"]), "rb") as f:
-        want = f.read(end % SEG)
+        want = f.read(end % SEG_SIZE)
     with open(dest, "rb") as f:
-        assert f.read(end % SEG) == want
+        assert f.read(end % SEG_SIZE) == want
 
 
 # --- prefetch ---------------------------------------------------------------------------------------
