@@ -61,6 +61,12 @@ fi
 export PATH="$root/$venv/bin:$PATH"
 export MOTO_SERVER_BIN="$root/$venv/bin/moto_server"
 
+# --- Shape of the tree ----------------------------------------------------------------------
+# No import cycle among the top-level modules of any crate, no file over 600 lines, no function
+# over 100 lines (docs/architecture.md explains the layout).
+log "checking the shape of the source tree"
+python3 scripts/check_tree.py
+
 # --- Build once, then test ------------------------------------------------------------------
 # One feature set for both commands, so cargo test reuses the build: failpoints compiled in (armed
 # only through the FAILPOINTS environment variable by the crash tests).
@@ -71,6 +77,12 @@ export SAFEKEEPER_BIN="$root/target/debug/safekeeper"
 
 log "Rust tests"
 cargo test --workspace --locked --features "$features"
+
+# Every intra-doc link resolves (the crates deny broken ones) and the docs build without warnings,
+# private items included: in a service crate they are the documentation of its internals.
+log "documentation"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked \
+  --features "$features"
 
 log "end-to-end tests (test_runner/)"
 "$venv/bin/python" -m pytest test_runner "$@"
