@@ -182,7 +182,24 @@ impl Demo {
         }
     }
 
+    /// The seven steps, in order; each prints its heading and what it did.
     async fn steps(&mut self) -> Result<Outcome> {
+        self.introduce().await?;
+        self.start_primary().await?;
+        self.follow_synchronously().await?;
+        self.take_base_backup().await?;
+        let (committed, flush) = self.write_rows().await?;
+        self.show_archive(flush).await?;
+        self.destroy_primary().await?;
+        let recovered = self.recover_from_archive().await?;
+        Ok(Outcome {
+            committed,
+            recovered,
+        })
+    }
+
+    /// Creates the demo directory and says what is about to happen.
+    async fn introduce(&mut self) -> Result<()> {
         let version = self.pg.version().await?;
         self.restore_exe = workdir::create(
             &self.dir,
@@ -200,7 +217,11 @@ impl Demo {
             self.pg.bindir.display(),
             self.show(&self.dir)
         );
+        Ok(())
+    }
 
+    /// Step 1.
+    async fn start_primary(&mut self) -> Result<()> {
         step(1, "A throwaway primary");
         self.primary.port = free_port()?;
         workdir::server_dir(&self.pg, &self.dir.join("primary"))?;
@@ -211,7 +232,11 @@ impl Demo {
             self.primary.port,
             self.show(&self.primary.data)
         ));
+        Ok(())
+    }
 
+    /// Step 2.
+    async fn follow_synchronously(&mut self) -> Result<()> {
         step(2, "The safekeeper, the primary's synchronous standby");
         self.start_safekeeper().await?;
         self.make_synchronous().await?;
@@ -224,7 +249,11 @@ impl Demo {
             self.show(&self.dir.join("safekeeper/main/wal")),
             self.show(&self.dir.join("remote"))
         ));
+        Ok(())
+    }
 
+    /// Step 3.
+    async fn take_base_backup(&self) -> Result<()> {
         step(3, "A base backup, taken before any demo row exists");
         workdir::server_dir(&self.pg, &self.dir.join("new-primary"))?;
         let start_lsn = recovery::base_backup(&self.pg, &self.primary, &self.recovered).await?;
@@ -232,7 +261,11 @@ impl Demo {
             "pg_basebackup into {}, starting at {start_lsn}",
             self.show(&self.recovered.data)
         ));
+        Ok(())
+    }
 
+    /// Step 4: the acknowledged commit count and the primary's flush LSN after the load.
+    async fn write_rows(&self) -> Result<(u64, u64)> {
         step(4, "Writes: every COMMIT waits for the safekeeper's fsync");
         self.primary.sql(load::CREATE_TABLE).await?;
         let started = Instant::now();
@@ -247,7 +280,11 @@ impl Demo {
             format_lsn(flush),
             format_lsn(sk_flush)
         ));
+        Ok((committed, flush))
+    }
 
+    /// Step 5: waits until the archive covers `flush`.
+    async fn show_archive(&self, flush: u64) -> Result<()> {
         step(5, "The archive (a local directory standing in for S3)");
         let archive =
             archive_view::wait_until_covered(&self.remote_url, flush, Duration::from_secs(60))
@@ -260,7 +297,11 @@ impl Demo {
         for line in archive_view::render(&archive, flush) {
             detail(format!("  {line}"));
         }
+        Ok(())
+    }
 
+    /// Step 6.
+    async fn destroy_primary(&mut self) -> Result<()> {
         step(6, "Disaster: the primary is destroyed");
         let pid = self.primary.kill9().await?;
         std::fs::remove_dir_all(&self.primary.data)
@@ -274,7 +315,11 @@ impl Demo {
             "from here on only {} is used",
             self.show(&self.dir.join("remote"))
         ));
+        Ok(())
+    }
 
+    /// Step 7: the row count of the recovered primary.
+    async fn recover_from_archive(&mut self) -> Result<u64> {
         step(
             7,
             "A new primary from the base backup and the archive alone",
@@ -283,6 +328,16 @@ impl Demo {
         let command = recovery::restore_command(&self.restore_exe, &self.remote_url);
         detail(format!("restore_command = '{command}'"));
         recovery::recover(&self.pg, &self.recovered, &command).await?;
+        self.describe_recovery().await?;
+        self.recovered
+            .sql_one("SELECT count(*) FROM demo_commits")
+            .await?
+            .parse()
+            .context("count(*) is not a number")
+    }
+
+    /// What step 7's recovery restored and replayed, and the timeline it ended on.
+    async fn describe_recovery(&self) -> Result<()> {
         let restored = recovery::restored_files(&self.recovered.log);
         let replayed = self
             .recovered
@@ -304,16 +359,7 @@ impl Demo {
         detail(format!(
             "replayed up to {replayed}, then promoted: a primary on timeline {timeline}"
         ));
-        let recovered: u64 = self
-            .recovered
-            .sql_one("SELECT count(*) FROM demo_commits")
-            .await?
-            .parse()
-            .context("count(*) is not a number")?;
-        Ok(Outcome {
-            committed,
-            recovered,
-        })
+        Ok(())
     }
 
     async fn start_safekeeper(&mut self) -> Result<()> {

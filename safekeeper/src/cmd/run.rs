@@ -10,9 +10,11 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -54,15 +56,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The service, from the data-directory lock to the exit status.
 async fn serve(config: ServiceConfig) -> Result<ExitCode> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {} (check that this user may write there, or pass \
-             --data-dir)",
-            config.data_dir.display()
-        )
-    })?;
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = claim_data_dir(&config.data_dir)?;
     let auth = match &config.http_auth_token_file {
         Some(path) => Auth::from_file(path, &config.http_public_routes)?,
         None => Auth::off(),
@@ -80,6 +76,45 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         telemetry::spawn_upkeep(handle.clone(), cancel.clone());
     }
 
+    let set = start_clusters(&config, &cancel).await?;
+    let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
+    let (app, _) = http::app(state, auth);
+    let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
+    info!(
+        clusters = set.list().len(),
+        "following; admin API at http://{}", config.http_addr
+    );
+
+    // Until shutdown, or until every cluster stopped on a permanent error.
+    let mut changes = set.subscribe();
+    while !set.all_failed() {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = changes.changed() => if r.is_err() { break },
+        }
+    }
+    cancel.cancel();
+    shut_down(&set, server).await
+}
+
+/// Creates the data directory and takes its lock, held as long as the returned file is.
+fn claim_data_dir(data_dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (check that this user may write there, or pass \
+             --data-dir)",
+            data_dir.display()
+        )
+    })?;
+    lock_data_dir(data_dir)
+}
+
+/// Opens the remote storage and starts the configured clusters merged with
+/// `<data-dir>/clusters.toml`. On a failed start every cluster already started is stopped.
+async fn start_clusters(
+    config: &ServiceConfig,
+    cancel: &CancellationToken,
+) -> Result<Arc<ClusterSet>> {
     let local_remote = config.remote.strip_prefix("file://").map(PathBuf::from);
     if let Some(local) = &local_remote {
         std::fs::create_dir_all(local)
@@ -120,24 +155,12 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
     if set.list().is_empty() {
         warn!("no cluster to follow yet: add one with POST /v1/clusters or configure --primary");
     }
+    Ok(set)
+}
 
-    let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
-    let (app, _) = http::app(state, auth);
-    let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
-    info!(
-        clusters = set.list().len(),
-        "following; admin API at http://{}", config.http_addr
-    );
-
-    // Until shutdown, or until every cluster stopped on a permanent error.
-    let mut changes = set.subscribe();
-    while !set.all_failed() {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = changes.changed() => if r.is_err() { break },
-        }
-    }
-    cancel.cancel();
+/// After cancellation: waits for every cluster and the HTTP server, and picks the exit status
+/// (failure when every cluster stopped on a permanent error and there was at least one).
+async fn shut_down(set: &ClusterSet, server: JoinHandle<Result<()>>) -> Result<ExitCode> {
     let outcomes = set.wait_all().await;
     let mut failed = 0;
     for (name, outcome) in &outcomes {

@@ -162,11 +162,6 @@ impl From<ClusterState> for CfState {
             last_gc_at_unix_ms,
             partial_interval_ms,
         } = s;
-        let RemoteObjects {
-            full_segments,
-            partials,
-            history,
-        } = remote;
         CfState {
             sk_id,
             cluster_name,
@@ -176,79 +171,101 @@ impl From<ClusterState> for CfState {
             wal_page_magic,
             timeline,
             term,
-            term_history: term_history
-                .into_iter()
-                .map(
-                    |TermSwitch {
-                         term,
-                         timeline,
-                         start_lsn,
-                     }| CfTermSwitch {
-                        term,
-                        timeline,
-                        start_lsn: start_lsn.0,
-                    },
-                )
-                .collect(),
+            term_history: term_history.into_iter().map(CfTermSwitch::from).collect(),
             flush_lsn: flush_lsn.0,
             commit_lsn: commit_lsn.0,
             backup_lsn: backup_lsn.0,
-            remote: CfRemote {
-                full_segments: full_segments
-                    .into_iter()
-                    .map(
-                        |SegmentRange {
-                             timeline,
-                             start_segno,
-                             end_segno,
-                         }| CfSegmentRange {
-                            timeline,
-                            start_segno,
-                            end_segno,
-                        },
-                    )
-                    .collect(),
-                partials: partials
-                    .into_iter()
-                    .map(
-                        |PartialObject {
-                             name,
-                             status: st,
-                             size,
-                             crc32c,
-                         }| CfPartial {
-                            name: CfPartialName {
-                                timeline: name.timeline,
-                                segno: name.segno,
-                                commit_lsn: name.commit_lsn.0,
-                                term: name.term,
-                                sk_id: name.sk_id,
-                            },
-                            status: status(st),
-                            size,
-                            crc32c,
-                        },
-                    )
-                    .collect(),
-                history: history
-                    .into_iter()
-                    .map(
-                        |HistoryObject {
-                             timeline,
-                             status: st,
-                             size,
-                             crc32c,
-                         }| CfHistory {
-                            timeline,
-                            status: status(st),
-                            size,
-                            crc32c,
-                        },
-                    )
-                    .collect(),
-            },
+            remote: CfRemote::from(remote),
             last_gc_at_unix_ms,
             partial_interval_ms,
+        }
+    }
+}
+
+impl From<TermSwitch> for CfTermSwitch {
+    fn from(t: TermSwitch) -> CfTermSwitch {
+        let TermSwitch {
+            term,
+            timeline,
+            start_lsn,
+        } = t;
+        CfTermSwitch {
+            term,
+            timeline,
+            start_lsn: start_lsn.0,
+        }
+    }
+}
+
+impl From<RemoteObjects> for CfRemote {
+    fn from(r: RemoteObjects) -> CfRemote {
+        let RemoteObjects {
+            full_segments,
+            partials,
+            history,
+        } = r;
+        CfRemote {
+            full_segments: full_segments
+                .into_iter()
+                .map(CfSegmentRange::from)
+                .collect(),
+            partials: partials.into_iter().map(CfPartial::from).collect(),
+            history: history.into_iter().map(CfHistory::from).collect(),
+        }
+    }
+}
+
+impl From<SegmentRange> for CfSegmentRange {
+    fn from(r: SegmentRange) -> CfSegmentRange {
+        let SegmentRange {
+            timeline,
+            start_segno,
+            end_segno,
+        } = r;
+        CfSegmentRange {
+            timeline,
+            start_segno,
+            end_segno,
+        }
+    }
+}
+
+impl From<PartialObject> for CfPartial {
+    fn from(p: PartialObject) -> CfPartial {
+        let PartialObject {
+            name,
+            status: st,
+            size,
+            crc32c,
+        } = p;
+        CfPartial {
+            name: CfPartialName {
+                timeline: name.timeline,
+                segno: name.segno,
+                commit_lsn: name.commit_lsn.0,
+                term: name.term,
+                sk_id: name.sk_id,
+            },
+            status: status(st),
+            size,
+            crc32c,
+        }
+    }
+}
+
+impl From<HistoryObject> for CfHistory {
+    fn from(h: HistoryObject) -> CfHistory {
+        let HistoryObject {
+            timeline,
+            status: st,
+            size,
+            crc32c,
+        } = h;
+        CfHistory {
+            timeline,
+            status: status(st),
+            size,
+            crc32c,
         }
     }
 }

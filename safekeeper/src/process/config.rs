@@ -3,6 +3,13 @@
 //! Owns the precedence rule — flag, then environment variable, then config file, then built-in
 //! default — and the validation of the merged result (ids, names, addresses, one entry per
 //! cluster name), so the rest of the service only ever sees a complete, checked [`ServiceConfig`].
+//!
+//! Invariants: every service-wide setting is picked by the one rule of `Setting`
+//! (`config/setting.rs`; the S3 group by `S3Args::or`, the same rule), so
+//! [`ServiceConfig::resolve`] reads as a list; per-cluster keys follow their own rule, a
+//! `[[cluster]]` entry's key over the service-wide flag over the id-derived default; an unknown
+//! config-file key is an error, never a silent default; settings are checked in the order
+//! listed, and the first failed check is the error.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -15,6 +22,10 @@ use serde::Deserialize;
 
 use crate::cluster::config::{ClusterConfig, OffloadSettings, validate_cluster};
 use crate::remote::S3Args;
+
+mod setting;
+
+use setting::Setting;
 
 /// Flags of `safekeeper run`. Every one can also be given as an environment variable or in the
 /// `--config` file (same name with `_` instead of `-`).
@@ -124,6 +135,16 @@ struct FileConfig {
     cluster: Vec<FileCluster>,
 }
 
+impl FileConfig {
+    fn s3(&self) -> S3Args {
+        S3Args {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_force_path_style: self.s3_force_path_style,
+        }
+    }
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileCluster {
@@ -152,130 +173,51 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// Merges flags/env (already in `args`) over the config file over defaults, and validates.
+    /// Settings are resolved, and checked, in the order listed.
     pub fn resolve(args: &RunArgs) -> Result<ServiceConfig> {
         let file = match &args.config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
-        let id = args.id.or(file.id).unwrap_or(1);
+        let id = Setting::new(&args.id, &file.id).or(1);
         ensure!(id > 0, "--id must be a positive integer");
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./.safekeeper"));
+        let data_dir =
+            Setting::new(&args.data_dir, &file.data_dir).or_else(|| PathBuf::from("./.safekeeper"));
         let data_dir = absolute(&data_dir)?;
-        let remote = args
-            .remote
-            .clone()
-            .or(file.remote)
-            .unwrap_or_else(|| format!("file://{}", data_dir.join("remote").display()));
+        let remote = Setting::new(&args.remote, &file.remote)
+            .or_else(|| format!("file://{}", data_dir.join("remote").display()));
         ensure!(
             remote.starts_with("file:///") || remote.starts_with("s3://"),
             "--remote must be file:///absolute/path or s3://bucket/prefix, got {remote:?}"
         );
-        let http_addr_text = args
-            .http_addr
-            .clone()
-            .or(file.http_addr)
-            .unwrap_or_else(|| "127.0.0.1:7676".to_string());
-        let http_addr: SocketAddr = http_addr_text.parse().with_context(|| {
-            format!("--http-addr {http_addr_text:?} is not an address like 127.0.0.1:7676")
-        })?;
-        let http_auth_token_file = args
-            .http_auth_token_file
-            .clone()
-            .or(file.http_auth_token_file)
-            .map(|p| absolute(&p))
-            .transpose()?;
-        let http_public_routes = parse_public_routes(
-            args.http_auth_public_routes
-                .as_deref()
-                .or(file.http_auth_public_routes.as_deref())
-                .unwrap_or("metrics,status"),
+        let http_addr = parse_http_addr(
+            &Setting::new(&args.http_addr, &file.http_addr).or_else(|| "127.0.0.1:7676".into()),
         )?;
-        let status_interval = args
-            .status_interval
-            .or(file.status_interval)
-            .unwrap_or(Duration::from_secs(10));
+        let http_auth_token_file =
+            Setting::new(&args.http_auth_token_file, &file.http_auth_token_file)
+                .optional()
+                .map(|p| absolute(&p))
+                .transpose()?;
+        let http_public_routes = parse_public_routes(
+            &Setting::new(&args.http_auth_public_routes, &file.http_auth_public_routes)
+                .or_else(|| "metrics,status".into()),
+        )?;
+        let status_interval =
+            Setting::new(&args.status_interval, &file.status_interval).or(Duration::from_secs(10));
         ensure!(
             status_interval >= Duration::from_millis(100),
             "--status-interval must be at least 100ms"
         );
-
-        let receive_timeout = args
-            .receive_timeout
-            .or(file.receive_timeout)
-            .unwrap_or(Duration::from_secs(60));
+        let receive_timeout =
+            Setting::new(&args.receive_timeout, &file.receive_timeout).or(Duration::from_secs(60));
         ensure!(
             receive_timeout > status_interval,
             "--receive-timeout must be longer than --status-interval"
         );
-        let upload_parallelism = args
-            .upload_parallelism
-            .or(file.upload_parallelism)
-            .unwrap_or(4);
-        ensure!(
-            (1..=64).contains(&upload_parallelism),
-            "--upload-parallelism must be between 1 and 64"
-        );
-        let partial_interval = args
-            .partial_interval
-            .or(file.partial_interval)
-            .unwrap_or(Duration::from_secs(10));
-        ensure!(
-            partial_interval >= Duration::from_millis(100),
-            "--partial-interval must be at least 100ms"
-        );
-        let local_retention = args
-            .local_retention
-            .or(file.local_retention)
-            .unwrap_or(1 << 30);
-        let s3 = args.s3.or(&S3Args {
-            s3_endpoint: file.s3_endpoint,
-            s3_region: file.s3_region,
-            s3_force_path_style: file.s3_force_path_style,
-        });
-
-        let default_slot = format!("safekeeper_{id}");
-        let default_app = format!("safekeeper{id}");
-        let mut clusters = Vec::new();
-        if let Some(primary) = &args.primary {
-            clusters.push(ClusterConfig {
-                name: args.cluster.clone().unwrap_or_else(|| "main".to_string()),
-                primary: primary.clone(),
-                slot: args.slot.clone().unwrap_or_else(|| default_slot.clone()),
-                application_name: args
-                    .application_name
-                    .clone()
-                    .unwrap_or_else(|| default_app.clone()),
-            });
-        } else if args.cluster.is_some() || args.slot.is_some() || args.application_name.is_some() {
-            bail!("--cluster, --slot and --application-name need --primary");
-        }
-        for c in file.cluster {
-            clusters.push(ClusterConfig {
-                slot: c
-                    .slot
-                    .or_else(|| args.slot.clone())
-                    .unwrap_or_else(|| default_slot.clone()),
-                application_name: c
-                    .application_name
-                    .or_else(|| args.application_name.clone())
-                    .unwrap_or_else(|| default_app.clone()),
-                name: c.name,
-                primary: c.primary,
-            });
-        }
-        let mut seen = BTreeSet::new();
-        for c in &clusters {
-            validate_cluster(c)?;
-            ensure!(
-                seen.insert(c.name.clone()),
-                "cluster {:?} is configured twice",
-                c.name
-            );
-        }
+        let offload = resolve_offload(args, &file)?;
+        // The S3 group merges the same way, flag (or env) over file, in `S3Args::or`.
+        let s3 = args.s3.or(&file.s3());
+        let clusters = resolve_clusters(args, file.cluster, id)?;
         Ok(ServiceConfig {
             id,
             data_dir,
@@ -286,14 +228,82 @@ impl ServiceConfig {
             status_interval,
             receive_timeout,
             s3,
-            offload: OffloadSettings {
-                upload_parallelism,
-                partial_interval,
-                local_retention,
-            },
+            offload,
             clusters,
         })
     }
+}
+
+/// The offload settings, checked.
+fn resolve_offload(args: &RunArgs, file: &FileConfig) -> Result<OffloadSettings> {
+    let upload_parallelism = Setting::new(&args.upload_parallelism, &file.upload_parallelism).or(4);
+    ensure!(
+        (1..=64).contains(&upload_parallelism),
+        "--upload-parallelism must be between 1 and 64"
+    );
+    let partial_interval =
+        Setting::new(&args.partial_interval, &file.partial_interval).or(Duration::from_secs(10));
+    ensure!(
+        partial_interval >= Duration::from_millis(100),
+        "--partial-interval must be at least 100ms"
+    );
+    let local_retention = Setting::new(&args.local_retention, &file.local_retention).or(1 << 30);
+    Ok(OffloadSettings {
+        upload_parallelism,
+        partial_interval,
+        local_retention,
+    })
+}
+
+/// The cluster of `--primary` first, then the file's `[[cluster]]` entries, each validated and
+/// each name once.
+///
+/// Per-cluster keys follow their own rule: a `[[cluster]]` entry's own `slot` or
+/// `application_name` beats the service-wide `--slot`/`--application-name` (flag or env), which
+/// beats the default derived from the id.
+fn resolve_clusters(args: &RunArgs, file: Vec<FileCluster>, id: u64) -> Result<Vec<ClusterConfig>> {
+    let slot = |own: Option<String>| {
+        own.or_else(|| args.slot.clone())
+            .unwrap_or_else(|| format!("safekeeper_{id}"))
+    };
+    let application_name = |own: Option<String>| {
+        own.or_else(|| args.application_name.clone())
+            .unwrap_or_else(|| format!("safekeeper{id}"))
+    };
+    let mut clusters = Vec::new();
+    if let Some(primary) = &args.primary {
+        clusters.push(ClusterConfig {
+            name: args.cluster.clone().unwrap_or_else(|| "main".to_string()),
+            primary: primary.clone(),
+            slot: slot(None),
+            application_name: application_name(None),
+        });
+    } else if args.cluster.is_some() || args.slot.is_some() || args.application_name.is_some() {
+        bail!("--cluster, --slot and --application-name need --primary");
+    }
+    for c in file {
+        clusters.push(ClusterConfig {
+            slot: slot(c.slot),
+            application_name: application_name(c.application_name),
+            name: c.name,
+            primary: c.primary,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for c in &clusters {
+        validate_cluster(c)?;
+        ensure!(
+            seen.insert(c.name.clone()),
+            "cluster {:?} is configured twice",
+            c.name
+        );
+    }
+    Ok(clusters)
+}
+
+fn parse_http_addr(text: &str) -> Result<SocketAddr> {
+    text.parse()
+        .with_context(|| format!("--http-addr {text:?} is not an address like 127.0.0.1:7676"))
 }
 
 /// Route names `--http-auth-public-routes` accepts.
