@@ -12,11 +12,27 @@
 //! Seconds are the age of the oldest byte of a stage: how long ago the byte at the downstream
 //! position was first seen upstream. A [`LagTracker`] keeps `(lsn, first seen)` samples of the
 //! upstream position, taken and coarsened at [`GRANULARITY`] (ages are within that much of the
-//! truth) and bounded to [`MAX_SAMPLES`]; bytes already upstream when this process started count from the
-//! first observation. Owned by one task per cluster ([`track`]), read by snapshot.
+//! truth) and bounded to [`MAX_SAMPLES`]; bytes already upstream when this process started count
+//! from the first observation.
+//!
+//! One writer: the per-cluster task [`track`] owns the cluster's [`ClusterLag`], observes the
+//! follower's and the manager's status channels (at most once per [`GRANULARITY`], on change),
+//! and publishes a [`LagSnapshot`] — the lags as of that observation and the positions they were
+//! computed for — on a `watch` channel after each observation. Readers (the cluster set, the
+//! admin API, `/metrics`) never touch the trackers: [`LagSnapshot::read`] turns the latest
+//! snapshot and the positions the reader shows into the lags as of the read, so what is reported
+//! stays what a read-time computation gives:
+//! - bytes are computed from the reader's own positions, so they always agree with the LSNs
+//!   reported beside them;
+//! - a stage with no waiting byte reports zero seconds, and so does one whose bytes waiting at
+//!   the snapshot have all left (the ones waiting now were first seen after it);
+//! - otherwise the snapshot's age plus the time since the snapshot: exact while the downstream
+//!   position has not moved since, an upper bound when it moved forward, and any change of
+//!   position is re-sampled within [`GRANULARITY`]. Ages keep growing at read time without the
+//!   tracker waking: it republishes on change only (no periodic republication is needed), and
+//!   after it stopped (the follower ended) the last snapshot still ages correctly.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use control_file::Lsn;
@@ -94,7 +110,38 @@ pub(crate) struct Lags {
     pub backup: StageLag,
 }
 
-/// The trackers of one cluster.
+/// The positions a cluster's lags are computed from.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Positions {
+    received: Lsn,
+    flush: Lsn,
+    commit: Lsn,
+    remote: Lsn,
+    backup: Lsn,
+}
+
+impl Positions {
+    fn of(status: &ClusterStatus, offload: &OffloadStatus) -> Positions {
+        Positions {
+            received: status.received_lsn,
+            flush: status.flush_lsn,
+            commit: status.commit_lsn,
+            remote: offload.remote_lsn,
+            backup: offload.backup_lsn,
+        }
+    }
+
+    /// `(upstream, downstream)` of the flush, upload and backup stages.
+    fn stages(&self) -> [(Lsn, Lsn); 3] {
+        [
+            (self.received, self.flush),
+            (self.commit, self.remote),
+            (self.commit, self.backup),
+        ]
+    }
+}
+
+/// The trackers of one cluster, owned by its [`track`] task.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterLag {
     flush: LagTracker,
@@ -136,35 +183,82 @@ impl ClusterLag {
     }
 }
 
-/// Shared trackers of one cluster, updated by [`track`] and read by the API and `/metrics`.
-pub(crate) type SharedLag = Arc<Mutex<ClusterLag>>;
+/// What [`track`] publishes: the lags as of `at`, for the positions they were computed from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LagSnapshot {
+    lags: Lags,
+    positions: Positions,
+    at: Instant,
+}
 
-/// Lags for these positions as of now (also records them).
-pub(crate) fn current(lag: &SharedLag, status: &ClusterStatus, offload: &OffloadStatus) -> Lags {
-    let now = Instant::now();
-    match lag.lock() {
-        Ok(mut l) => {
-            l.observe(status, offload, now);
-            l.lags(status, offload, now)
+impl LagSnapshot {
+    /// Before the first observation: nothing waits.
+    pub(crate) fn empty(at: Instant) -> LagSnapshot {
+        LagSnapshot {
+            lags: Lags::default(),
+            positions: Positions::default(),
+            at,
         }
-        // A panic elsewhere while holding the lock: report bytes, not ages.
-        Err(_) => ClusterLag::default().lags(status, offload, now),
+    }
+
+    /// The lags of these positions as of `now` (see the module doc for the rules). Read the
+    /// snapshot before the positions, so they are at least as new as it.
+    pub(crate) fn read(
+        &self,
+        status: &ClusterStatus,
+        offload: &OffloadStatus,
+        now: Instant,
+    ) -> Lags {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        let (current, then) = (
+            Positions::of(status, offload).stages(),
+            self.positions.stages(),
+        );
+        let published = [self.lags.flush, self.lags.upload, self.lags.backup];
+        let [flush, upload, backup] = std::array::from_fn(|i| {
+            let (up, down) = current[i];
+            let bytes = up.0.saturating_sub(down.0);
+            // The byte at `down` waited at the snapshot: it is at most as old as the oldest then.
+            let waited_then = published[i].bytes > 0 && down < then[i].0;
+            let seconds = if bytes > 0 && waited_then {
+                published[i].seconds + since
+            } else {
+                0.0
+            };
+            StageLag { bytes, seconds }
+        });
+        Lags {
+            flush,
+            upload,
+            backup,
+        }
     }
 }
 
-/// Follows a cluster's channels until `cancel` fires or they close, recording every change.
+/// A new channel for [`track`] to publish on.
+pub(crate) fn channel() -> (watch::Sender<LagSnapshot>, watch::Receiver<LagSnapshot>) {
+    watch::channel(LagSnapshot::empty(Instant::now()))
+}
+
+/// The one writer of a cluster's lags: follows its channels until `cancel` fires or they close,
+/// recording every change and publishing the resulting snapshot on `lags`.
 pub(crate) async fn track(
-    lag: SharedLag,
+    lags: watch::Sender<LagSnapshot>,
     mut status: watch::Receiver<ClusterStatus>,
     mut offload: watch::Receiver<OffloadStatus>,
     cancel: CancellationToken,
 ) {
+    let mut lag = ClusterLag::default();
     loop {
         {
             let (s, o) = (status.borrow_and_update(), offload.borrow_and_update());
-            if let Ok(mut l) = lag.lock() {
-                l.observe(&s, &o, Instant::now());
-            }
+            let now = Instant::now();
+            lag.observe(&s, &o, now);
+            lags.send_replace(LagSnapshot {
+                lags: lag.lags(&s, &o, now),
+                positions: Positions::of(&s, &o),
+                at: now,
+            });
         }
         // At most one observation per GRANULARITY: a busy cluster changes its status on every
         // group commit, and finer samples would be merged anyway.
@@ -251,5 +345,102 @@ mod tests {
         assert_eq!(lags.upload.bytes, 100);
         assert_eq!(lags.backup.bytes, 700);
         assert!((lags.upload.seconds - 0.002).abs() < 1e-9);
+    }
+
+    fn positions(
+        received: u64,
+        flush: u64,
+        commit: u64,
+        remote: u64,
+    ) -> (ClusterStatus, OffloadStatus) {
+        let mut s = ClusterStatus::new("c");
+        (s.received_lsn, s.flush_lsn, s.commit_lsn) = (Lsn(received), Lsn(flush), Lsn(commit));
+        let o = OffloadStatus {
+            backup_lsn: Lsn(0),
+            remote_lsn: Lsn(remote),
+            ..OffloadStatus::default()
+        };
+        (s, o)
+    }
+
+    /// A snapshot as `track` publishes it.
+    fn published(
+        l: &mut ClusterLag,
+        s: &ClusterStatus,
+        o: &OffloadStatus,
+        at: Instant,
+    ) -> LagSnapshot {
+        l.observe(s, o, at);
+        LagSnapshot {
+            lags: l.lags(s, o, at),
+            positions: Positions::of(s, o),
+            at,
+        }
+    }
+
+    #[test]
+    fn a_read_matches_a_computation_at_read_time() {
+        let t0 = Instant::now();
+        let mut l = ClusterLag::default();
+        let (s, o) = positions(1000, 1000, 800, 100);
+        l.observe(&s, &o, t0);
+        let snap = published(&mut l, &s, &o, t0 + 30 * MS);
+        // Unchanged positions: the published age, aged to the read.
+        let read = snap.read(&s, &o, t0 + 100 * MS);
+        let computed = l.lags(&s, &o, t0 + 100 * MS);
+        for (r, c) in [
+            (read.flush, computed.flush),
+            (read.upload, computed.upload),
+            (read.backup, computed.backup),
+        ] {
+            assert_eq!(r.bytes, c.bytes);
+            assert!((r.seconds - c.seconds).abs() < 1e-9, "{r:?} {c:?}");
+        }
+        assert_eq!(read.upload.bytes, 700);
+        assert!((read.upload.seconds - 0.1).abs() < 1e-9);
+        assert_eq!(read.flush, StageLag::default());
+        // Newer positions than the snapshot: bytes follow them; bytes that arrived after the
+        // snapshot with nothing waiting before count from zero.
+        let (s2, o2) = positions(1500, 1200, 900, 100);
+        let read = snap.read(&s2, &o2, t0 + 100 * MS);
+        assert_eq!((read.flush.bytes, read.flush.seconds), (300, 0.0));
+        assert_eq!(read.upload.bytes, 800);
+        assert!((read.upload.seconds - 0.1).abs() < 1e-9);
+        // Everything waiting at the snapshot left: the bytes waiting now are newer than it.
+        let (s3, o3) = positions(1500, 1500, 1000, 850);
+        let read = snap.read(&s3, &o3, t0 + 100 * MS);
+        assert_eq!((read.upload.bytes, read.upload.seconds), (150, 0.0));
+        // Caught up: zero bytes, zero seconds.
+        let (s4, o4) = positions(1500, 1500, 1000, 1000);
+        assert_eq!(
+            snap.read(&s4, &o4, t0 + 100 * MS).upload,
+            StageLag::default()
+        );
+        // Nothing published yet: bytes, no ages.
+        let read = LagSnapshot::empty(t0).read(&s, &o, t0 + 100 * MS);
+        assert_eq!((read.upload.bytes, read.upload.seconds), (700, 0.0));
+    }
+
+    #[tokio::test]
+    async fn the_tracker_publishes_every_change() {
+        let (status_tx, status_rx) = watch::channel(ClusterStatus::new("c"));
+        let (_offload_tx, offload_rx) = watch::channel(OffloadStatus::default());
+        let (lags_tx, mut lags_rx) = channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(track(lags_tx, status_rx, offload_rx, cancel.clone()));
+        status_tx.send_modify(|s| {
+            s.received_lsn = Lsn(500);
+            s.commit_lsn = Lsn(400);
+        });
+        let snap = *lags_rx
+            .wait_for(|l| l.positions.received == Lsn(500))
+            .await
+            .unwrap();
+        assert_eq!((snap.lags.flush.bytes, snap.lags.upload.bytes), (500, 400));
+        let (s, o) = (status_tx.borrow().clone(), OffloadStatus::default());
+        let later = snap.at + 50 * MS;
+        assert!(snap.read(&s, &o, later).upload.seconds >= 0.05);
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

@@ -2,8 +2,9 @@
 //! lookup by name, adding and removing at run time, and the process's exit rule.
 //!
 //! Owns: the map of running clusters (behind a lock held only for lookups), one supervisor task
-//! per cluster that turns its end into an [`Outcome`], one lag-tracker task per cluster, and the
-//! writes of `<data-dir>/clusters.toml` (see `clusters_toml` for the persistence design).
+//! per cluster that turns its end into an [`Outcome`], one lag-tracker task per cluster (the only
+//! writer of its lags, read here through a `watch` channel: see `cluster::lag`), and the writes of
+//! `<data-dir>/clusters.toml` (see `clusters_toml` for the persistence design).
 //!
 //! Invariants:
 //! - Membership changes (add, remove) are serialized by one async lock, and each is persisted
@@ -16,7 +17,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use control_file::ClusterState;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::config::{ClusterConfig, validate_cluster};
-use crate::cluster::lag::{self, Lags, SharedLag};
+use crate::cluster::lag::{self, LagSnapshot, Lags};
 use crate::cluster::manager::ManagerCommand;
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 use crate::cluster::{ServiceContext, start_cluster};
@@ -60,7 +62,8 @@ pub(crate) struct ClusterEntry {
     pub offload: watch::Receiver<OffloadStatus>,
     pub state: watch::Receiver<Option<ClusterState>>,
     pub commands: mpsc::Sender<ManagerCommand>,
-    lag: SharedLag,
+    /// Published by the cluster's lag tracker (see `cluster::lag`), the only writer.
+    lag: watch::Receiver<LagSnapshot>,
     cancel: CancellationToken,
     outcome: watch::Receiver<Outcome>,
 }
@@ -76,9 +79,11 @@ impl ClusterEntry {
 
     /// One consistent view: the follower's and the manager's status and the lags they imply.
     pub(crate) fn snapshot(&self) -> (ClusterStatus, OffloadStatus, Lags) {
+        // The lags first: the positions read after them are at least as new.
+        let published = *self.lag.borrow();
         let status = self.status.borrow().clone();
         let offload = self.offload.borrow().clone();
-        let lags = lag::current(&self.lag, &status, &offload);
+        let lags = published.read(&status, &offload, Instant::now());
         (status, offload, lags)
     }
 
@@ -273,7 +278,7 @@ impl ClusterSet {
 
     fn start(&self, config: ClusterConfig, origin: Origin) -> anyhow::Result<Arc<ClusterEntry>> {
         let handle = start_cluster(&self.ctx, config.clone(), &self.parent)?;
-        let shared_lag = SharedLag::new(Mutex::new(lag::ClusterLag::default()));
+        let (lag_tx, lag_rx) = lag::channel();
         let (outcome_tx, outcome_rx) = watch::channel(Outcome::Running);
         let entry = Arc::new(ClusterEntry {
             config,
@@ -282,12 +287,12 @@ impl ClusterSet {
             offload: handle.offload.clone(),
             state: handle.state.clone(),
             commands: handle.commands.clone(),
-            lag: shared_lag.clone(),
+            lag: lag_rx,
             cancel: handle.cancel.clone(),
             outcome: outcome_rx,
         });
         tokio::spawn(lag::track(
-            shared_lag,
+            lag_tx,
             handle.status.clone(),
             handle.offload.clone(),
             handle.cancel.clone(),

@@ -1,44 +1,72 @@
 //! The per-cluster manager task: owns the control file and all background work of one cluster —
-//! full-segment uploads, partial uploads, GC of superseded objects, local WAL removal — and
-//! answers the follower's and the admin API's requests.
+//! full-segment uploads, partial uploads, history uploads, GC of superseded objects, local WAL
+//! removal — and answers the follower's and the admin API's requests.
 //!
 //! It runs on the main runtime, apart from the follower's thread, so receiving WAL never waits
 //! for an upload: the follower only publishes its LSNs on a `watch` channel.
 //!
-//! Invariants (DESIGN.md, "Partial upload protocol" and "Control file"):
+//! This file keeps the task loop, the requests, the published state and the shutdown sequence;
+//! each kind of work lives in its own file with its state and its start and finish:
+//! [`full`] (full segments, `backup_lsn`), [`partial`] (the partial protocol), [`history`]
+//! (timeline history files), [`gc`] (deleting superseded objects), [`local`] (local WAL removal).
+//! Background work runs as tasks of one `JoinSet`; [`Manager::on_task_done`] only dispatches each
+//! completion to its kind's `finish_*`.
+//!
+//! Invariants, and the file that keeps each:
 //! - The control file lists every remote object this safekeeper may have created. Partial and
-//!   history objects are persisted `InProgress` *before* their PUT. A full segment's object is a
-//!   function of the WAL; before one is uploaded the recorded `flush_lsn` is advanced past it, so
-//!   every full segment that may exist remotely is in the recorded ranges or in
-//!   `[backup_lsn, flush_lsn)` of the current timeline.
+//!   history objects are persisted `InProgress` *before* their PUT (`partial.rs`,
+//!   `history.rs`). A full segment's object is a function of the WAL; before one is uploaded the
+//!   recorded `flush_lsn` is advanced past it, so every full segment that may exist remotely is in
+//!   the recorded ranges or in `[backup_lsn, flush_lsn)` of the current timeline (`full.rs`).
 //! - `backup_lsn` only advances over segments whose upload finished, in order (or that lie in a
-//!   reported gap below the current term's start and exist nowhere).
+//!   reported gap below the current term's start and exist nowhere) (`full.rs`).
 //! - A partial becomes `Deleting` only when superseded by a newer version of the same segment and
-//!   timeline, or by that segment's full object. The final partial of an ended timeline and the
-//!   last partial before a gap are the only copies of their WAL and are never superseded.
-//! - A timeline's WAL is uploaded only after its history file.
+//!   timeline (`partial.rs`), or by that segment's full object (`full.rs`). The final partial of
+//!   an ended timeline and the last partial before a gap are the only copies of their WAL and are
+//!   never superseded.
+//! - A timeline's WAL is uploaded only after its history file (`history.rs`, checked by
+//!   `full.rs` and `partial.rs`).
 //! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
 //!   an object whose name equals an `Uploaded` partial. Entries leave the control file only after
-//!   the delete succeeded, so a crash anywhere leaves a superset of what exists remotely.
+//!   the delete succeeded, so a crash anywhere leaves a superset of what exists remotely
+//!   (`gc.rs`).
 //! - A local segment is removed only when it is below `backup_lsn` and outside the newest
-//!   `local_retention` bytes, and never the newest completed segment.
+//!   `local_retention` bytes, and never the newest completed segment (`local.rs`).
+//! - The LSNs the manager works from never go back within a timeline; they restart only when the
+//!   timeline changes (a newer one in the follower's status, or a switch recorded in the control
+//!   file), and uploads counted for the old timeline are then forgotten (this file: `Progress`,
+//!   `on_progress`, `on_state_changed`).
 
-use std::collections::BTreeSet;
+pub(crate) mod control_store;
+mod full;
+mod gc;
+mod history;
+mod local;
+mod offloader;
+mod partial;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use control_file::names::{PartialName, TimelineId};
-use control_file::{ClusterState, Lsn, ObjectStatus, PartialObject};
+use control_file::{ClusterState, Lsn};
+use remote_storage::RemoteStorage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tokio::time::{MissedTickBehavior, interval, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::config::OffloadSettings;
 use crate::cluster::control::ControlRequest;
 use crate::cluster::manager::control_store::ControlStore;
+use crate::cluster::manager::full::FullUploads;
+use crate::cluster::manager::gc::Gc;
+use crate::cluster::manager::history::HistoryUploads;
 use crate::cluster::manager::offloader::{Offloader, Uploaded};
+use crate::cluster::manager::partial::PartialUploads;
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// How often the follower's published LSNs are read (uploads start at most this late).
@@ -69,6 +97,7 @@ pub(crate) struct ManagerIo {
     pub offload_tx: watch::Sender<OffloadStatus>,
 }
 
+/// The result of one background task, handed to its kind's `finish_*`.
 enum TaskDone {
     Full {
         timeline: TimelineId,
@@ -89,49 +118,74 @@ enum TaskDone {
     },
 }
 
-pub(crate) struct Manager {
+/// What the manager was started with; never changes.
+struct Wiring {
+    /// Upload parallelism, partial interval, local retention (from the command line).
     settings: OffloadSettings,
-    offloader: Option<Offloader>,
-    storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
+    /// The process's storage, shared by every cluster.
+    storage: Arc<dyn RemoteStorage>,
+    /// The cluster's name: the prefix of its objects.
     cluster: String,
+    /// This safekeeper's id, in the names of its partial objects.
     sk_id: u64,
-    wal_dir: std::path::PathBuf,
-    control: Option<ControlStore>,
-    io: ManagerIo,
+    /// The cluster's local WAL directory; the control file is its sibling.
+    wal_dir: PathBuf,
+}
+
+/// The follower's LSNs as the manager works from them (see [`Manager::on_progress`]).
+struct Progress {
+    /// Local WAL end: raised from the follower's status, reset at a timeline switch.
     flush_lsn: Lsn,
+    /// Acknowledged end: raised from the follower's status, reset at a timeline switch.
     commit_lsn: Lsn,
+    /// Timeline of the two LSNs; set from the follower's status or a recorded timeline switch.
+    timeline: Option<TimelineId>,
+}
+
+/// Back-off after a failure; no work is scheduled before `at`.
+struct Retry {
+    /// When scheduling may resume (None: now); set by `note_failure`, cleared by the task loop.
+    at: Option<Instant>,
+    /// The next back-off: doubled by `note_failure` up to `RETRY_MAX`, reset by `note_success`.
+    delay: Duration,
+}
+
+/// One cluster's manager: the wiring, the control file, and one state struct per kind of work,
+/// each defined in its kind's file (its field docs say what changes each field).
+pub(crate) struct Manager {
+    /// What it was started with (never changes).
+    wiring: Wiring,
+    /// Its channels: requests in, state and offload status out.
+    io: ManagerIo,
+    /// The cluster's control file: None until the follower first connects and creates it.
+    control: Option<ControlStore>,
+    /// How uploads reach the storage: rebuilt when the control file's segment size changes.
+    offloader: Option<Offloader>,
+    /// Every running upload and delete; each completion goes through [`Manager::on_task_done`].
     tasks: JoinSet<TaskDone>,
-    full_in_flight: BTreeSet<u64>,
-    full_done: BTreeSet<u64>,
-    /// Segments below the current term's start that exist nowhere (a gap the upstream could not
-    /// fill): `backup_lsn` passes them without recording an object.
-    full_missing: BTreeSet<u64>,
-    retry_at: Option<Instant>,
-    retry_delay: Duration,
-    partial_in_flight: Option<PartialName>,
-    partial_waiters: Vec<oneshot::Sender<Result<Option<String>>>>,
-    history_in_flight: BTreeSet<TimelineId>,
-    gc_in_flight: Option<Vec<String>>,
-    gc_waiters: Vec<oneshot::Sender<Result<Vec<String>>>>,
-    gc_wanted: bool,
-    /// A partial upload was requested (answered through `partial_waiters`).
-    kick_partial: bool,
-    /// Look for local history files to upload: at start, after a timeline change and after a
-    /// failed history upload (they only appear at a timeline switch).
-    history_scan: bool,
-    /// Timeline of the LSNs in `flush_lsn`/`commit_lsn`; they restart when it changes.
-    progress_timeline: Option<TimelineId>,
     /// Cancels storage requests at the very end of shutdown.
     storage_cancel: CancellationToken,
+    /// The follower's LSNs as last taken in (this file).
+    progress: Progress,
+    /// Back-off after a failure of any kind of work (this file).
+    retry: Retry,
+    /// Full-segment uploads (`full.rs`).
+    full: FullUploads,
+    /// The partial upload and its waiters (`partial.rs`).
+    partial: PartialUploads,
+    /// History file uploads (`history.rs`).
+    history: HistoryUploads,
+    /// The GC pass (`gc.rs`).
+    gc: Gc,
 }
 
 impl Manager {
     pub(crate) fn new(
         settings: OffloadSettings,
-        storage: std::sync::Arc<dyn remote_storage::RemoteStorage>,
+        storage: Arc<dyn RemoteStorage>,
         cluster: &str,
         sk_id: u64,
-        wal_dir: std::path::PathBuf,
+        wal_dir: PathBuf,
         control: Option<ControlStore>,
         io: ManagerIo,
     ) -> Manager {
@@ -139,34 +193,40 @@ impl Manager {
             .as_ref()
             .map(|c| (c.state().flush_lsn, c.state().commit_lsn))
             .unwrap_or_default();
-        let progress_timeline = control.as_ref().map(|c| c.state().timeline);
+        let timeline = control.as_ref().map(|c| c.state().timeline);
         let mut m = Manager {
-            settings,
-            offloader: None,
-            storage,
-            cluster: cluster.to_string(),
-            sk_id,
-            wal_dir,
-            control,
+            wiring: Wiring {
+                settings,
+                storage,
+                cluster: cluster.to_string(),
+                sk_id,
+                wal_dir,
+            },
             io,
-            flush_lsn,
-            commit_lsn,
+            control,
+            offloader: None,
             tasks: JoinSet::new(),
-            full_in_flight: BTreeSet::new(),
-            full_done: BTreeSet::new(),
-            full_missing: BTreeSet::new(),
-            retry_at: None,
-            retry_delay: RETRY_MIN,
-            partial_in_flight: None,
-            partial_waiters: Vec::new(),
-            history_in_flight: BTreeSet::new(),
-            gc_in_flight: None,
-            gc_waiters: Vec::new(),
-            gc_wanted: true,
-            kick_partial: false,
-            history_scan: true,
-            progress_timeline,
             storage_cancel: CancellationToken::new(),
+            progress: Progress {
+                flush_lsn,
+                commit_lsn,
+                timeline,
+            },
+            retry: Retry {
+                at: None,
+                delay: RETRY_MIN,
+            },
+            full: FullUploads::default(),
+            partial: PartialUploads::default(),
+            history: HistoryUploads {
+                in_flight: Default::default(),
+                scan: true,
+            },
+            gc: Gc {
+                in_flight: None,
+                waiters: Vec::new(),
+                wanted: true,
+            },
         };
         m.on_state_changed();
         m
@@ -178,12 +238,12 @@ impl Manager {
         persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut progress_tick = interval(PROGRESS_SAMPLE);
         progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut partial_tick = interval(self.settings.partial_interval);
+        let mut partial_tick = interval(self.wiring.settings.partial_interval);
         partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut follower_running = true;
         self.schedule();
         while follower_running {
-            let retry_at = self.retry_at.unwrap_or_else(|| Instant::now() + RETRY_MAX);
+            let retry_at = self.retry.at.unwrap_or_else(|| Instant::now() + RETRY_MAX);
             tokio::select! {
                 req = self.io.requests.recv() => match req {
                     Some(req) => self.handle_request(req),
@@ -203,11 +263,11 @@ impl Manager {
                 Some(done) = self.tasks.join_next() => self.on_task_done(done),
                 _ = persist.tick() => self.persist_lsns(),
                 _ = partial_tick.tick(), if !cancel.is_cancelled() => self.start_partial().await,
-                _ = sleep_until(retry_at.into()), if self.retry_at.is_some() => {
-                    self.retry_at = None;
+                _ = sleep_until(retry_at.into()), if self.retry.at.is_some() => {
+                    self.retry.at = None;
                 }
             }
-            if std::mem::take(&mut self.kick_partial) {
+            if std::mem::take(&mut self.partial.kick) {
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
@@ -220,56 +280,71 @@ impl Manager {
 
     /// Starts whatever work is due: full uploads, history uploads, GC.
     fn schedule(&mut self) {
-        if self.retry_at.is_some_and(|t| t > Instant::now()) {
+        if self.retry.at.is_some_and(|t| t > Instant::now()) {
             return;
         }
-        if std::mem::take(&mut self.history_scan) {
+        if std::mem::take(&mut self.history.scan) {
             self.schedule_history_uploads();
         }
         self.schedule_full_uploads();
-        if self.gc_wanted {
+        if self.gc.wanted {
             self.start_gc();
         }
     }
 
-    /// Waiters for a partial upload when none is running: nothing needed uploading, so the answer
-    /// is the newest existing one.
-    fn answer_idle_partial_waiters(&mut self) {
-        if self.partial_in_flight.is_none() && !self.partial_waiters.is_empty() {
-            let newest = self.newest_uploaded_partial();
-            for w in self.partial_waiters.drain(..) {
-                let _ = w.send(Ok(newest.clone()));
+    /// Hands a finished task to its kind, then republishes the offload status.
+    fn on_task_done(&mut self, done: Result<TaskDone, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "a background task panicked");
+                return;
             }
+        };
+        match done {
+            TaskDone::Full {
+                timeline,
+                segno,
+                result,
+            } => self.finish_full(timeline, segno, result),
+            TaskDone::Partial { name, result } => self.finish_partial(name, result),
+            TaskDone::History { timeline, result } => self.finish_history(timeline, result),
+            TaskDone::Gc { names, result } => self.finish_gc(names, result),
         }
+        self.publish(self.control.as_ref().map(|c| c.state()));
     }
 
+    /// Takes in the follower's newest LSNs: they only rise within a timeline, and a newer
+    /// timeline's are taken as they are.
     fn on_progress(&mut self) {
         let p = self.io.progress.borrow_and_update();
-        if p.timeline.is_some() && p.timeline != self.progress_timeline {
+        let progress = &mut self.progress;
+        if p.timeline.is_some() && p.timeline != progress.timeline {
             // A new timeline may start below the old end (a fork): take its LSNs as they are.
-            if p.timeline > self.progress_timeline {
-                self.progress_timeline = p.timeline;
-                self.flush_lsn = p.flush_lsn;
-                self.commit_lsn = p.commit_lsn;
+            if p.timeline > progress.timeline {
+                progress.timeline = p.timeline;
+                progress.flush_lsn = p.flush_lsn;
+                progress.commit_lsn = p.commit_lsn;
             }
             return;
         }
-        self.flush_lsn = self.flush_lsn.max(p.flush_lsn);
-        self.commit_lsn = self.commit_lsn.max(p.commit_lsn);
+        progress.flush_lsn = progress.flush_lsn.max(p.flush_lsn);
+        progress.commit_lsn = progress.commit_lsn.max(p.commit_lsn);
     }
 
     fn handle_request(&mut self, req: ControlRequest) {
         match req {
             ControlRequest::Create { state, reply } => {
                 let path = self
+                    .wiring
                     .wal_dir
                     .with_file_name(crate::cluster::follower::CONTROL_FILE_NAME);
                 let result = if self.control.is_some() {
                     Err(anyhow!("internal error: control file created twice"))
                 } else {
                     ControlStore::create(&path, *state).map(|c| {
-                        self.flush_lsn = c.state().flush_lsn;
-                        self.commit_lsn = c.state().commit_lsn;
+                        self.progress.flush_lsn = c.state().flush_lsn;
+                        self.progress.commit_lsn = c.state().commit_lsn;
                         self.control = Some(c);
                     })
                 };
@@ -282,8 +357,8 @@ impl Manager {
             }
             ControlRequest::UploadPartial { reply } => {
                 self.on_progress();
-                self.partial_waiters.push(reply);
-                self.kick_partial = true;
+                self.partial.waiters.push(reply);
+                self.partial.kick = true;
             }
         }
     }
@@ -292,16 +367,16 @@ impl Manager {
         match cmd {
             ManagerCommand::UploadPartialNow(reply) => {
                 self.on_progress();
-                self.partial_waiters.push(reply);
+                self.partial.waiters.push(reply);
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
             ManagerCommand::GcNow(reply) => {
-                self.gc_waiters.push(reply);
+                self.gc.waiters.push(reply);
                 self.start_gc();
             }
             ManagerCommand::TermBump(reply) => {
-                let flush = self.flush_lsn;
+                let flush = self.progress.flush_lsn;
                 let result = self
                     .update(Box::new(move |s| {
                         let timeline = s.timeline;
@@ -337,14 +412,14 @@ impl Manager {
     fn on_state_changed(&mut self) {
         let snapshot = self.control.as_ref().map(|c| c.state().clone());
         if let Some(st) = &snapshot {
-            if self.progress_timeline != Some(st.timeline) {
+            if self.progress.timeline != Some(st.timeline) {
                 // A timeline switch was recorded: LSNs restart from the switch point, and uploads
                 // counted for the old timeline's numbering no longer apply.
-                self.progress_timeline = Some(st.timeline);
-                self.flush_lsn = st.flush_lsn;
-                self.commit_lsn = st.commit_lsn;
-                self.full_done.clear();
-                self.history_scan = true;
+                self.progress.timeline = Some(st.timeline);
+                self.progress.flush_lsn = st.flush_lsn;
+                self.progress.commit_lsn = st.commit_lsn;
+                self.full.done.clear();
+                self.history.scan = true;
             }
         }
         if let Some(st) = &snapshot {
@@ -354,9 +429,9 @@ impl Manager {
                 .is_none_or(|o| o.seg_size != st.wal_segment_size)
             {
                 self.offloader = Some(Offloader {
-                    storage: self.storage.clone(),
-                    cluster: self.cluster.clone(),
-                    wal_dir: self.wal_dir.clone(),
+                    storage: self.wiring.storage.clone(),
+                    cluster: self.wiring.cluster.clone(),
+                    wal_dir: self.wiring.wal_dir.clone(),
                     seg_size: st.wal_segment_size,
                 });
             }
@@ -375,33 +450,15 @@ impl Manager {
             o.newest_partial =
                 st.and_then(|s| newest.map(|p| p.name.to_file_name(s.wal_segment_size)));
             o.uploads_in_flight =
-                self.full_in_flight.len() + usize::from(self.partial_in_flight.is_some());
+                self.full.in_flight.len() + usize::from(self.partial.in_flight.is_some());
             o.listed_objects = st
                 .map(|s| s.remote.partials.len() + s.remote.history.len())
                 .unwrap_or(0);
         });
     }
 
-    /// The newest uploaded partial of the history being followed (highest term, then LSN).
-    fn newest_uploaded_partial_entry(&self) -> Option<&PartialObject> {
-        self.control.as_ref().and_then(|c| {
-            c.state()
-                .remote
-                .partials
-                .iter()
-                .filter(|p| p.status == ObjectStatus::Uploaded)
-                .max_by_key(|p| (p.name.term, p.name.commit_lsn))
-        })
-    }
-
-    fn newest_uploaded_partial(&self) -> Option<String> {
-        let seg = self.state().ok()?.wal_segment_size;
-        self.newest_uploaded_partial_entry()
-            .map(|p| p.name.to_file_name(seg))
-    }
-
     fn persist_lsns(&mut self) {
-        let (flush, commit) = (self.flush_lsn, self.commit_lsn);
+        let (flush, commit) = (self.progress.flush_lsn, self.progress.commit_lsn);
         if let Some(c) = self.control.as_mut() {
             if let Err(e) = c.record_lsns(flush, commit) {
                 warn!(error = %format!("{e:#}"), "cannot record LSNs in the control file");
@@ -410,9 +467,9 @@ impl Manager {
     }
 
     fn note_failure(&mut self, what: &str, e: &anyhow::Error) {
-        warn!(error = %format!("{e:#}"), retry_in_ms = self.retry_delay.as_millis() as u64, "{what} failed");
-        self.retry_at = Some(Instant::now() + self.retry_delay);
-        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
+        warn!(error = %format!("{e:#}"), retry_in_ms = self.retry.delay.as_millis() as u64, "{what} failed");
+        self.retry.at = Some(Instant::now() + self.retry.delay);
+        self.retry.delay = (self.retry.delay * 2).min(RETRY_MAX);
         let msg = format!("{what}: {e:#}");
         self.io.offload_tx.send_modify(|o| {
             o.last_error = Some(msg);
@@ -421,10 +478,40 @@ impl Manager {
     }
 
     fn note_success(&mut self) {
-        self.retry_delay = RETRY_MIN;
+        self.retry.delay = RETRY_MIN;
+    }
+
+    /// After the follower stopped: record its final LSNs, upload the final partial (bounded),
+    /// stop everything else.
+    async fn shutdown(mut self) -> Result<()> {
+        self.on_progress();
+        self.persist_lsns();
+        let final_upload = async {
+            // Let an upload already running finish, then make sure the newest one is up.
+            while let Some(done) = self.tasks.join_next().await {
+                self.on_task_done(done);
+            }
+            self.start_partial().await;
+            while let Some(done) = self.tasks.join_next().await {
+                self.on_task_done(done);
+            }
+            // Leave no superseded version behind on a clean stop.
+            if self.gc.wanted {
+                self.start_gc();
+                while let Some(done) = self.tasks.join_next().await {
+                    self.on_task_done(done);
+                }
+            }
+        };
+        if timeout(FINAL_UPLOAD_TIMEOUT, final_upload).await.is_err() {
+            warn!("final uploads did not finish in time; the next start resumes them");
+        }
+        self.storage_cancel.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            self.on_task_done(done);
+        }
+        self.persist_lsns();
+        info!(newest_partial = ?self.newest_uploaded_partial(), "manager stopped");
+        Ok(())
     }
 }
-
-pub(crate) mod control_store;
-mod offloader;
-mod work;

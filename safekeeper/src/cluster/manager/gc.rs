@@ -1,0 +1,134 @@
+//! GC of remote objects (step 4 of the partial protocol, see `partial.rs`): deleting superseded
+//! partials and abandoned uploads, then dropping their entries from the control file.
+//!
+//! Invariants kept here:
+//! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
+//!   an object whose name equals an `Uploaded` partial.
+//! - Entries leave the control file only after the delete succeeded, so a crash anywhere leaves
+//!   a superset of what exists remotely.
+//! - At most one delete runs at a time; every GC request is answered (with the deleted names,
+//!   nothing, or the error).
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use control_file::ObjectStatus;
+use control_file::names::{PartialName, history_file_name};
+use tokio::sync::oneshot;
+
+use super::{Manager, TaskDone};
+
+/// The GC pass: whether one runs, who waits for it, and whether another is due.
+pub(super) struct Gc {
+    /// Names being deleted now: set by `start_gc`, cleared by `finish_gc`.
+    pub(super) in_flight: Option<Vec<String>>,
+    /// Admin requests (`GcNow`) answered by the pass that finishes next: pushed by
+    /// `handle_command`, drained by `start_gc` (nothing to delete) or `finish_gc`.
+    pub(super) waiters: Vec<oneshot::Sender<Result<Vec<String>>>>,
+    /// A pass is due: set at start and whenever something became deletable (a partial uploaded
+    /// or failed, `backup_lsn` advanced, a delete failed); cleared by `start_gc`.
+    pub(super) wanted: bool,
+}
+
+impl Manager {
+    /// GC (step 4): deletes `Deleting` entries and `InProgress` ones with no upload in flight.
+    pub(super) fn start_gc(&mut self) {
+        self.gc.wanted = false;
+        if self.gc.in_flight.is_some() {
+            return;
+        }
+        let Ok(st) = self.state() else {
+            for w in self.gc.waiters.drain(..) {
+                let _ = w.send(Ok(Vec::new()));
+            }
+            return;
+        };
+        let seg = st.wal_segment_size;
+        let uploaded: Vec<&PartialName> = st
+            .remote
+            .partials
+            .iter()
+            .filter(|p| p.status == ObjectStatus::Uploaded)
+            .map(|p| &p.name)
+            .collect();
+        let mut names: Vec<String> = st
+            .remote
+            .partials
+            .iter()
+            .filter(|p| match p.status {
+                ObjectStatus::Deleting => true,
+                ObjectStatus::InProgress => self.partial.in_flight.as_ref() != Some(&p.name),
+                ObjectStatus::Uploaded => false,
+            })
+            .filter(|p| !uploaded.contains(&&p.name))
+            .map(|p| p.name.to_file_name(seg))
+            .collect();
+        names.extend(
+            st.remote
+                .history
+                .iter()
+                .filter(|h| {
+                    h.status == ObjectStatus::Deleting
+                        || (h.status == ObjectStatus::InProgress
+                            && !self.history.in_flight.contains(&h.timeline))
+                })
+                .map(|h| history_file_name(h.timeline)),
+        );
+        if names.is_empty() {
+            for w in self.gc.waiters.drain(..) {
+                let _ = w.send(Ok(Vec::new()));
+            }
+            return;
+        }
+        let Some(o) = self.offloader.clone() else {
+            return;
+        };
+        self.gc.in_flight = Some(names.clone());
+        let cancel = self.storage_cancel.clone();
+        self.tasks.spawn(async move {
+            let result = o.delete(&names, &cancel).await;
+            TaskDone::Gc { names, result }
+        });
+    }
+
+    /// A delete ended: drop the deleted entries from the control file and answer the waiters;
+    /// on failure keep every entry and try again after the back-off.
+    pub(super) fn finish_gc(&mut self, names: Vec<String>, result: Result<()>) {
+        self.gc.in_flight = None;
+        match result {
+            Ok(()) => {
+                fail::fail_point!("gc-after-delete", |_| crate::failpoint::crash(
+                    "gc-after-delete"
+                ));
+                let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
+                let gone: BTreeSet<String> = names.iter().cloned().collect();
+                let r = self.update(Box::new(move |s| {
+                    s.remote
+                        .partials
+                        .retain(|p| !gone.contains(&p.name.to_file_name(seg)));
+                    s.remote
+                        .history
+                        .retain(|h| !gone.contains(&history_file_name(h.timeline)));
+                }));
+                match r {
+                    Ok(()) => {
+                        let n = names.len() as u64;
+                        self.io.offload_tx.send_modify(|o| o.gc_deleted += n);
+                        for w in self.gc.waiters.drain(..) {
+                            let _ = w.send(Ok(names.clone()));
+                        }
+                    }
+                    Err(e) => self.note_failure("recording GC", &e),
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.note_failure("GC", &e);
+                for w in self.gc.waiters.drain(..) {
+                    let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+                }
+                self.gc.wanted = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The partial upload protocol: the segment being written goes to object storage as a *partial*
+//! object at least every `--partial-interval` while commits arrive, on an explicit request (admin
+//! API, the follower before a timeline switch or a gap), and once more at shutdown.
+//!
+//! A partial object holds exactly the WAL `[segment start, commit_lsn)` of one segment of one
+//! timeline; its name `SEGMENT_COMMITLSN_TERM_skID.partial` says which (`PartialName`), so its
+//! content is a function of its name and a retried PUT rewrites identical bytes. The control file
+//! lists every partial this safekeeper may have created, each `InProgress`, `Uploaded` or
+//! `Deleting`, and the control file is always written *before* the storage is touched, so it
+//! describes a superset of what exists remotely whatever the crash point.
+//!
+//! The protocol, for one new version `N` of the segment holding `commit_lsn`:
+//! 1. Choose `N` (`start_partial`): the current timeline, segment and term of `commit_lsn`
+//!    (clamped to the flush LSN), this safekeeper's id. Nothing is done at a segment boundary,
+//!    when the segment's full object is already listed, when the timeline's history file is not
+//!    up yet, or when `N` is already `Uploaded`.
+//! 2. Persist the intent: `N` is listed `InProgress` (with its size and crc32c) in the control
+//!    file, then the PUT starts. At most one partial upload runs at a time (`in_flight`).
+//! 3. On success (`finish_partial`), in one control file update: `N` becomes `Uploaded`, and
+//!    every other `Uploaded` version of the same timeline and segment becomes `Deleting`. Then
+//!    the waiters get `N`'s object name and GC is requested. On failure `N` stays `InProgress`
+//!    (the object may or may not exist), the waiters get the error and GC is requested.
+//! 4. GC (`gc.rs`) deletes `Deleting` entries and `InProgress` entries with no upload in flight,
+//!    and drops them from the control file only once the delete succeeded.
+//! 5. When the segment's full object is recorded and `backup_lsn` passes it (`full.rs`,
+//!    `advance_backup`), every partial of that timeline and segment becomes `Deleting`.
+//!
+//! Invariants:
+//! - Every partial that may exist remotely is listed in the control file (step 2 before the PUT,
+//!   step 4 removes the entry only after the delete).
+//! - An `Uploaded` partial is never deleted, nor any object of the same name: a version leaves
+//!   only through `Deleting`, i.e. once something newer covering the same WAL is `Uploaded`.
+//! - Only a newer version of the same segment and timeline (step 3) or that segment's full
+//!   object (step 5) supersedes a partial. A partial of another segment, the final partial of an
+//!   ended timeline and the last partial before a gap are the only copies of their WAL and stay.
+//! - A timeline's partial goes up only after its history file (`history.rs`).
+//! - Every request for an upload is answered exactly once: with the new object's name, with the
+//!   newest existing one when nothing needed uploading, or with the error.
+//! - The newest `Uploaded` partial (highest term, then commit LSN) is what `remote_lsn` and
+//!   `newest_partial` report.
+
+use anyhow::Result;
+use control_file::names::PartialName;
+use control_file::{Lsn, ObjectStatus, PartialObject};
+use tokio::sync::oneshot;
+
+use super::history::history_uploaded;
+use super::{Manager, TaskDone};
+
+/// The partial upload and who waits for it.
+#[derive(Default)]
+pub(super) struct PartialUploads {
+    /// The version being uploaded (steps 2-3): set by `start_partial`, cleared by
+    /// `finish_partial`; GC leaves its `InProgress` entry alone.
+    pub(super) in_flight: Option<PartialName>,
+    /// Requests for an upload (follower and admin API): pushed by the request handlers, answered
+    /// by `finish_partial`, or by `answer_idle_partial_waiters` when nothing was started.
+    pub(super) waiters: Vec<oneshot::Sender<Result<Option<String>>>>,
+    /// The follower asked for an upload: set by `handle_request`, taken by the task loop, which
+    /// then starts one.
+    pub(super) kick: bool,
+}
+
+impl Manager {
+    /// Steps 1-2 of the partial protocol: choose the name, persist the intent, start the PUT.
+    pub(super) async fn start_partial(&mut self) {
+        if self.partial.in_flight.is_some() {
+            return;
+        }
+        let Ok(st) = self.state() else { return };
+        let seg_size = st.wal_segment_size;
+        let commit = self.progress.commit_lsn.min(self.progress.flush_lsn);
+        // At a segment boundary there is nothing partial: the full segment covers it.
+        if commit == Lsn::INVALID || commit.is_segment_start(seg_size) {
+            return;
+        }
+        let segno = commit.segment_number(seg_size);
+        if st.remote.contains_full_segment(st.timeline, segno) || !history_uploaded(st, st.timeline)
+        {
+            return;
+        }
+        let name = PartialName {
+            timeline: st.timeline,
+            segno,
+            commit_lsn: commit,
+            term: st.term_at(Lsn(commit.0 - 1)),
+            sk_id: self.wiring.sk_id,
+        };
+        let already = st
+            .remote
+            .partials
+            .iter()
+            .any(|p| p.name == name && p.status == ObjectStatus::Uploaded);
+        if already {
+            return;
+        }
+        let Some(o) = self.offloader.clone() else {
+            return;
+        };
+        let (data, crc) = match o.read_partial(&name).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.note_failure("reading the partial segment", &e);
+                return;
+            }
+        };
+        let entry = PartialObject {
+            name: name.clone(),
+            status: ObjectStatus::InProgress,
+            size: data.len() as u64,
+            crc32c: crc,
+        };
+        let intent = self.update(Box::new(move |s| {
+            s.remote.partials.retain(|p| p.name != entry.name);
+            s.remote.partials.push(entry);
+        }));
+        if let Err(e) = intent {
+            self.note_failure("recording a partial upload", &e);
+            return;
+        }
+        fail::fail_point!("partial-after-intent", |_| crate::failpoint::crash(
+            "partial-after-intent"
+        ));
+        self.partial.in_flight = Some(name.clone());
+        let cancel = self.storage_cancel.clone();
+        self.tasks.spawn(async move {
+            let result = o.upload_partial(&name, data, crc, &cancel).await;
+            TaskDone::Partial { name, result }
+        });
+    }
+
+    /// Step 3 of the partial protocol: the new version is Uploaded, every older one Deleting.
+    pub(super) fn finish_partial(&mut self, name: PartialName, result: Result<()>) {
+        self.partial.in_flight = None;
+        let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
+        match result {
+            Ok(()) => {
+                fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
+                    "partial-after-put"
+                ));
+                self.note_success();
+                let done = name.clone();
+                // Only older versions of the same segment are superseded: a partial of another
+                // segment stays until that segment's full object is up (step 5), and the final
+                // partial of an ended timeline is the only copy of its tail, kept for good.
+                let r = self.update(Box::new(move |s| {
+                    for p in s.remote.partials.iter_mut() {
+                        if p.name == done {
+                            p.status = ObjectStatus::Uploaded;
+                        } else if p.status == ObjectStatus::Uploaded
+                            && p.name.timeline == done.timeline
+                            && p.name.segno == done.segno
+                        {
+                            p.status = ObjectStatus::Deleting;
+                        }
+                    }
+                }));
+                let file_name = name.to_file_name(seg);
+                match r {
+                    Ok(()) => {
+                        fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
+                            "partial-after-uploaded"
+                        ));
+                        self.io.offload_tx.send_modify(|o| o.partial_uploaded += 1);
+                        for w in self.partial.waiters.drain(..) {
+                            let _ = w.send(Ok(Some(file_name.clone())));
+                        }
+                        self.gc.wanted = true;
+                    }
+                    Err(e) => {
+                        self.note_failure("recording a partial upload", &e);
+                        for w in self.partial.waiters.drain(..) {
+                            let _ = w.send(Err(anyhow::anyhow!("{e:#}")));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.note_failure("partial upload", &e);
+                for w in self.partial.waiters.drain(..) {
+                    let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+                }
+                // The InProgress entry stays listed; GC removes the object if it was created.
+                self.gc.wanted = true;
+            }
+        }
+    }
+
+    /// Waiters for a partial upload when none is running: nothing needed uploading, so the answer
+    /// is the newest existing one.
+    pub(super) fn answer_idle_partial_waiters(&mut self) {
+        if self.partial.in_flight.is_none() && !self.partial.waiters.is_empty() {
+            let newest = self.newest_uploaded_partial();
+            for w in self.partial.waiters.drain(..) {
+                let _ = w.send(Ok(newest.clone()));
+            }
+        }
+    }
+
+    /// The newest uploaded partial of the history being followed (highest term, then LSN).
+    pub(super) fn newest_uploaded_partial_entry(&self) -> Option<&PartialObject> {
+        self.control.as_ref().and_then(|c| {
+            c.state()
+                .remote
+                .partials
+                .iter()
+                .filter(|p| p.status == ObjectStatus::Uploaded)
+                .max_by_key(|p| (p.name.term, p.name.commit_lsn))
+        })
+    }
+
+    /// The object name of [`Manager::newest_uploaded_partial_entry`].
+    pub(super) fn newest_uploaded_partial(&self) -> Option<String> {
+        let seg = self.state().ok()?.wal_segment_size;
+        self.newest_uploaded_partial_entry()
+            .map(|p| p.name.to_file_name(seg))
+    }
+}
