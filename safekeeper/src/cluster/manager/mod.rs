@@ -317,6 +317,10 @@ impl Manager {
     /// Takes in the follower's newest LSNs: they only rise within a timeline, and a newer
     /// timeline's are taken as they are.
     fn on_progress(&mut self) {
+        let magic = self.io.progress.borrow().wal_page_magic;
+        if let Some(magic) = magic {
+            self.record_page_magic(magic);
+        }
         let p = self.io.progress.borrow_and_update();
         let progress = &mut self.progress;
         if p.timeline.is_some() && p.timeline != progress.timeline {
@@ -455,6 +459,24 @@ impl Manager {
                 .map(|s| s.remote.partials.len() + s.remote.history.len())
                 .unwrap_or(0);
         });
+    }
+
+    /// Records the WAL page magic the follower verified on the stream, once: a control file that
+    /// has none yet (a new cluster, or one upgraded from format v2) learns it here, and from then
+    /// on local WAL is held to it (see `wal::stream_check`). A failure is retried on the next
+    /// progress sample; until it succeeds, local WAL is checked by learning from its first page.
+    fn record_page_magic(&mut self, magic: u16) {
+        let recorded = self.control.as_ref().map(|c| c.state().wal_page_magic);
+        if recorded != Some(0) {
+            return;
+        }
+        match self.update(Box::new(move |s| s.wal_page_magic = magic)) {
+            Ok(()) => info!(
+                magic = %crate::wal::format::describe_magic(magic),
+                "recorded the WAL page magic of this cluster"
+            ),
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot record the WAL page magic"),
+        }
     }
 
     fn persist_lsns(&mut self) {
