@@ -110,7 +110,7 @@ fn verify_rejects_newer_format() {
     let path = dir.path().join("safekeeper.control");
     fs::write(&path, control_file::format::frame(99, b"whatever")).expect("write");
     let out = safekeeper(&["control-file", "verify", path.to_str().expect("utf-8")]);
-    assert_one_line_failure(&out, "written by a newer safekeeper (format 99 > 2)");
+    assert_one_line_failure(&out, "written by a newer safekeeper (format 99 > 3)");
 }
 
 #[test]
