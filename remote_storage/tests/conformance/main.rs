@@ -102,7 +102,7 @@ pub(crate) async fn assert_absent(fx: &Fixture, key: &str, what: &str) {
 /// evaluates to `Option<Fixture>` (`None` skips the test, e.g. without moto).
 ///
 /// Case-major naming also keeps the suite fast: libtest starts tests in name order, so the slow
-/// bulk case starts on every stack at once instead of one stack after another.
+/// bulk case starts first on every stack, and the disk-bound local run overlaps the S3 one.
 macro_rules! conformance_suite {
     (stacks $stacks:tt cases { $($module:ident :: $case:ident),* $(,)? }) => {
         $( conformance_case!($module, $case, $stacks); )*
