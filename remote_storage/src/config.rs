@@ -1,25 +1,32 @@
-//! Configuration knobs and their defaults.
+//! Configuration knobs and their defaults, and the standard layering of a backend.
 //!
-//! Owns [`RemoteConfig`] (what `from_url` needs), [`RetryConfig`], [`LimitConfig`], [`S3Options`]
-//! and [`StaticCredentials`].
+//! Owns [`RemoteConfig`] (what `from_url` needs) and its [`layer`](RemoteConfig::layer) order,
+//! [`S3Options`] and [`StaticCredentials`]. The settings of each wrapper live with the wrapper
+//! ([`RetryConfig`] in [`retry`](crate::retry), [`LimitConfig`] in [`limit`](crate::limit)) and are
+//! re-exported here; this module depends on those two, never the other way round.
 //!
 //! Invariants: every knob has a default that is safe for production; `Debug` output of any config
-//! never shows a secret (the secret key and session token are redacted).
+//! never shows a secret (the secret key and session token are redacted); `layer` always puts the
+//! limits below the retries.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::RemoteStorage;
+pub use crate::limit::LimitConfig;
 use crate::limit::LimitedStorage;
+pub use crate::retry::RetryConfig;
 use crate::retry::RetryingStorage;
+use crate::storage::RemoteStorage;
 
 /// Everything needed to open a storage by URL.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteConfig {
     /// S3 connection options (ignored for `file://`).
     pub s3: S3Options,
+    /// How the retry layer retries.
     pub retry: RetryConfig,
+    /// How the limit layer bounds requests.
     pub limits: LimitConfig,
 }
 
@@ -30,48 +37,6 @@ impl RemoteConfig {
     pub fn layer(&self, backend: Arc<dyn RemoteStorage>) -> Arc<dyn RemoteStorage> {
         let limited = Arc::new(LimitedStorage::new(backend, self.limits.clone()));
         Arc::new(RetryingStorage::new(limited, self.retry.clone()))
-    }
-}
-
-/// How [`RetryingStorage`] retries retryable errors (transient, timeout).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Attempts in total, including the first (1 = no retries).
-    pub max_attempts: u32,
-    /// Backoff before the second attempt; doubles for each further one.
-    pub initial_backoff: Duration,
-    /// Backoff ceiling.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            max_attempts: 6,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-        }
-    }
-}
-
-/// How [`LimitedStorage`] bounds requests.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitConfig {
-    /// Requests in flight at once, across all callers of this storage.
-    pub max_concurrent_requests: usize,
-    /// Bound on one request (one attempt). For `get` it bounds the wait for the response and then
-    /// each wait for the next body chunk; for `list`, each page.
-    pub request_timeout: Duration,
-}
-
-impl Default for LimitConfig {
-    fn default() -> Self {
-        LimitConfig {
-            max_concurrent_requests: 32,
-            // Long enough for a 16 MiB segment over a slow link, short enough that a hung
-            // connection is abandoned well within a partial-upload interval's patience.
-            request_timeout: Duration::from_secs(60),
-        }
     }
 }
 
@@ -108,12 +73,16 @@ impl Default for S3Options {
 /// An access key pair, for tests and S3-compatible servers. Its `Debug` redacts the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StaticCredentials {
+    /// The access key ID (not a secret; shown by `Debug`).
     pub access_key_id: String,
+    /// The secret access key (redacted by `Debug`).
     pub secret_access_key: String,
+    /// A session token for temporary credentials (redacted by `Debug`).
     pub session_token: Option<String>,
 }
 
 impl StaticCredentials {
+    /// A key pair without a session token.
     pub fn new(access_key_id: impl Into<String>, secret_access_key: impl Into<String>) -> Self {
         StaticCredentials {
             access_key_id: access_key_id.into(),

@@ -64,12 +64,19 @@ impl fmt::Display for ErrorKind {
 /// The storage operation an error (or an injected fault) belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// `put`.
     Put,
+    /// `get`, including reading the body.
     Get,
+    /// `head`.
     Head,
+    /// `get_tags`.
     GetTags,
+    /// `list`, one page or the whole listing.
     List,
+    /// `delete_many` (and the `delete` convenience).
     Delete,
+    /// `copy`.
     Copy,
     /// Building a backend from a URL and options.
     Open,
@@ -91,7 +98,7 @@ impl fmt::Display for Op {
     }
 }
 
-/// An error from a [`RemoteStorage`](crate::RemoteStorage) operation.
+/// An error from a `RemoteStorage` operation.
 ///
 /// It is `Clone` and carries its cause as text (rendered with the full source chain where it was
 /// created), so wrappers can keep, copy and re-raise errors freely.
@@ -106,6 +113,7 @@ pub struct StorageError {
 }
 
 impl StorageError {
+    /// An error of `kind` while doing `op` on `key` of `backend` (the storage's `name()`).
     pub fn new(
         kind: ErrorKind,
         op: Op,
@@ -133,10 +141,12 @@ impl StorageError {
         )
     }
 
+    /// What went wrong, as callers branch on it.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// The operation that failed.
     pub fn op(&self) -> Op {
         self.op
     }
@@ -151,10 +161,12 @@ impl StorageError {
         &self.key
     }
 
+    /// The details, without the kind, operation, backend and key (see `Display` for all of it).
     pub fn message(&self) -> &str {
         &self.message
     }
 
+    /// Whether the kind is [`ErrorKind::NotFound`].
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }

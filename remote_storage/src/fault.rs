@@ -13,7 +13,7 @@
 //! - truncation only shortens a `get` body; metadata still describes the full object, exactly
 //!   like a connection that delivered a short body.
 //!
-//! [`RetryingStorage`]: crate::RetryingStorage
+//! [`RetryingStorage`]: crate::retry::RetryingStorage
 
 use std::future::Future;
 use std::ops::Range;
@@ -28,9 +28,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::RemoteStorage;
 use crate::error::{ErrorKind, Op, Result, StorageError};
 use crate::object::{GetResult, ListOptions, ObjectMeta, PutOptions, PutPayload};
+use crate::storage::RemoteStorage;
 
 /// When an injected failure happens relative to the real call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +144,7 @@ pub struct FaultyStorage {
 }
 
 impl FaultyStorage {
+    /// Inject the faults `config` describes into calls to `inner`.
     pub fn new(inner: Arc<dyn RemoteStorage>, config: FaultConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
         FaultyStorage {

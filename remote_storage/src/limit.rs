@@ -1,7 +1,7 @@
 //! Bounding how many requests run and for how long.
 //!
 //! Owns [`LimitedStorage`], a wrapper that gives every request (one attempt of one operation) a
-//! permit from a shared semaphore and a deadline.
+//! permit from a shared semaphore and a deadline, and its settings ([`LimitConfig`]).
 //!
 //! Invariants:
 //! - at most `max_concurrent_requests` requests are in flight in the wrapped storage at any time;
@@ -16,19 +16,37 @@ use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::RemoteStorage;
-use crate::config::LimitConfig;
 use crate::error::{ErrorKind, Op, Result, StorageError};
 use crate::object::{GetResult, ListOptions, ObjectMeta, PutOptions, PutPayload};
+use crate::storage::{DELETE_BATCH, RemoteStorage};
 
-/// Keys per DeleteObjects request (the S3 maximum).
-pub const DELETE_BATCH: usize = 1000;
+/// How [`LimitedStorage`] bounds requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitConfig {
+    /// Requests in flight at once, across all callers of this storage.
+    pub max_concurrent_requests: usize,
+    /// Bound on one request (one attempt). For `get` it bounds the wait for the response and then
+    /// each wait for the next body chunk; for `list`, each page.
+    pub request_timeout: Duration,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        LimitConfig {
+            max_concurrent_requests: 32,
+            // Long enough for a 16 MiB segment over a slow link, short enough that a hung
+            // connection is abandoned well within a partial-upload interval's patience.
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// A concurrency cap and per-request timeout around another storage.
 #[derive(Debug)]
@@ -39,6 +57,7 @@ pub struct LimitedStorage {
 }
 
 impl LimitedStorage {
+    /// Bound the requests to `inner` as `config` says (at least one request may always run).
     pub fn new(inner: Arc<dyn RemoteStorage>, config: LimitConfig) -> Self {
         let permits = config
             .max_concurrent_requests

@@ -1,15 +1,23 @@
-//! Parsing a storage URL into a [`RemoteLocation`].
+//! Parsing a storage URL into a [`RemoteLocation`], and opening the bare backend it names.
 //!
-//! Owns the URL syntax: `file:///absolute/path` and `s3://bucket[/prefix]`.
+//! Owns the URL syntax (`file:///absolute/path` and `s3://bucket[/prefix]`) and the choice of
+//! backend for each scheme ([`RemoteLocation::open`]).
 //!
 //! Invariants: a local root is absolute; an S3 prefix has no leading or trailing `/` and is a
-//! valid key prefix, so `prefix + "/" + key` is the object's full name.
+//! valid key prefix, so `prefix + "/" + key` is the object's full name; `open` returns the bare
+//! backend, never a wrapper (layering is [`RemoteConfig::layer`](crate::config::RemoteConfig::layer)'s
+//! job).
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::config::S3Options;
 use crate::error::{ErrorKind, Op, Result, StorageError};
 use crate::key::validate_key;
+use crate::local::LocalFs;
+use crate::s3::S3Storage;
+use crate::storage::RemoteStorage;
 
 /// Where a storage lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +25,12 @@ pub enum RemoteLocation {
     /// A directory on a local (or mounted) filesystem.
     Local(PathBuf),
     /// A bucket and a key prefix in it (`""` for the bucket root).
-    S3 { bucket: String, prefix: String },
+    S3 {
+        /// The bucket name.
+        bucket: String,
+        /// The key prefix, without leading or trailing `/`.
+        prefix: String,
+    },
 }
 
 impl RemoteLocation {
@@ -57,6 +70,19 @@ impl RemoteLocation {
         Err(invalid(
             "expected file:///abs/path or s3://bucket/prefix".to_string(),
         ))
+    }
+}
+
+impl RemoteLocation {
+    /// Open the bare backend for this location, without limit or retry layers. `s3` is ignored
+    /// for a local location.
+    pub async fn open(&self, s3: &S3Options) -> Result<Arc<dyn RemoteStorage>> {
+        Ok(match self {
+            RemoteLocation::Local(path) => Arc::new(LocalFs::new(path)?),
+            RemoteLocation::S3 { bucket, prefix } => {
+                Arc::new(S3Storage::new(bucket, prefix, s3).await?)
+            }
+        })
     }
 }
 

@@ -1,12 +1,12 @@
-//! The values that cross the [`RemoteStorage`](crate::RemoteStorage) interface, and checksum
+//! The values that cross the `RemoteStorage` interface, and checksum
 //! verification of the bytes that flow through it.
 //!
 //! Owns [`PutPayload`], [`PutOptions`], [`ObjectMeta`], [`ListOptions`], [`GetResult`] and the
-//! [`Verifier`] used on both upload and download.
+//! `Verifier` used on both upload and download.
 //!
 //! Invariants:
 //! - a payload stream that turns out shorter, longer or with another crc32c than declared is
-//!   failed *before* its last byte is handed on ([`VerifiedStream`] holds back the final chunk),
+//!   failed *before* its last byte is handed on (`VerifiedStream` holds back the final chunk),
 //!   so a backend never completes a write of wrong bytes;
 //! - [`GetResult::bytes`] only returns bytes whose length matches the requested range and, for a
 //!   whole-object read with a recorded crc32c, whose crc32c matches.
@@ -35,8 +35,15 @@ pub type StreamSource = Arc<dyn Fn() -> ByteStream + Send + Sync>;
 /// The bytes of a `put`: in memory, or a stream of known length that can be reopened.
 #[derive(Clone)]
 pub enum PutPayload {
+    /// Bytes in memory.
     Bytes(Bytes),
-    Stream { len: u64, source: StreamSource },
+    /// A stream that can be opened again for every attempt.
+    Stream {
+        /// The declared length; a stream of another length fails the put.
+        len: u64,
+        /// Opens the stream; every call must yield the same bytes.
+        source: StreamSource,
+    },
 }
 
 impl PutPayload {
@@ -56,6 +63,7 @@ impl PutPayload {
         }
     }
 
+    /// Whether the declared length is zero.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -224,7 +232,7 @@ impl GetResult {
 
 /// A body stream that ends with `on_cancel` (as an `io::Error`) as soon as `cancel` fires, so a
 /// reader blocked on a hung connection is released.
-pub fn cancellable_body(
+pub(crate) fn cancellable_body(
     body: ByteStream,
     cancel: CancellationToken,
     on_cancel: StorageError,
@@ -243,7 +251,7 @@ pub fn cancellable_body(
 /// Turn an error read from a body stream back into a [`StorageError`]: a [`StorageError`] that
 /// travelled through `io::Error` comes out unchanged, a [`VerifiedStream`] mismatch becomes a
 /// checksum or length error, and anything else is a transient transport failure.
-pub fn body_error(e: io::Error, op: Op, backend: &str, key: &str) -> StorageError {
+pub(crate) fn body_error(e: io::Error, op: Op, backend: &str, key: &str) -> StorageError {
     if let Some(se) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<StorageError>())
@@ -264,14 +272,14 @@ pub fn body_error(e: io::Error, op: Op, backend: &str, key: &str) -> StorageErro
 
 /// A mismatch found by a [`Verifier`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mismatch {
+pub(crate) enum Mismatch {
     TooLong { expected: u64 },
     TooShort { expected: u64, actual: u64 },
     Crc { expected: u32, actual: u32 },
 }
 
 impl Mismatch {
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             Mismatch::Crc { .. } => ErrorKind::ChecksumMismatch,
             _ => ErrorKind::LengthMismatch,
@@ -298,7 +306,7 @@ impl std::fmt::Display for Mismatch {
 
 /// Running length and crc32c of a byte sequence, checked against expectations.
 #[derive(Debug, Clone)]
-pub struct Verifier {
+pub(crate) struct Verifier {
     expected_len: u64,
     expected_crc: Option<u32>,
     seen: u64,
@@ -306,7 +314,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(expected_len: u64, expected_crc: Option<u32>) -> Self {
+    pub(crate) fn new(expected_len: u64, expected_crc: Option<u32>) -> Self {
         Verifier {
             expected_len,
             expected_crc,
@@ -316,7 +324,7 @@ impl Verifier {
     }
 
     /// Feed the next bytes; fails as soon as there are more than expected.
-    pub fn update(&mut self, data: &[u8]) -> Result<(), Mismatch> {
+    pub(crate) fn update(&mut self, data: &[u8]) -> Result<(), Mismatch> {
         self.seen += data.len() as u64;
         if self.seen > self.expected_len {
             return Err(Mismatch::TooLong {
@@ -328,7 +336,7 @@ impl Verifier {
     }
 
     /// Check the totals; returns the crc32c of everything fed.
-    pub fn finish(&self) -> Result<u32, Mismatch> {
+    pub(crate) fn finish(&self) -> Result<u32, Mismatch> {
         if self.seen != self.expected_len {
             return Err(Mismatch::TooShort {
                 expected: self.expected_len,
@@ -349,7 +357,7 @@ impl Verifier {
 /// inner stream has ended and everything matched. A mismatch becomes an `io::Error` wrapping a
 /// [`Mismatch`] (see [`VerifiedStream::mismatch`]), so a consumer that writes chunk by chunk never
 /// receives the complete (wrong) content.
-pub struct VerifiedStream {
+pub(crate) struct VerifiedStream {
     inner: ByteStream,
     verifier: Verifier,
     held: Option<Bytes>,
@@ -357,7 +365,7 @@ pub struct VerifiedStream {
 }
 
 impl VerifiedStream {
-    pub fn new(inner: ByteStream, verifier: Verifier) -> Self {
+    pub(crate) fn new(inner: ByteStream, verifier: Verifier) -> Self {
         VerifiedStream {
             inner,
             verifier,
@@ -367,7 +375,7 @@ impl VerifiedStream {
     }
 
     /// The [`Mismatch`] inside an error produced by this stream, if it is one.
-    pub fn mismatch(e: &io::Error) -> Option<&Mismatch> {
+    pub(crate) fn mismatch(e: &io::Error) -> Option<&Mismatch> {
         e.get_ref()
             .and_then(|inner| inner.downcast_ref::<MismatchError>())
             .map(|m| &m.0)

@@ -1,9 +1,9 @@
 //! Retrying retryable failures with exponential backoff and jitter.
 //!
-//! Owns [`RetryingStorage`] and the backoff schedule ([`backoff`]).
+//! Owns [`RetryingStorage`], its settings ([`RetryConfig`]) and the backoff schedule (`backoff`).
 //!
 //! Invariants:
-//! - only [`ErrorKind::is_retryable`](crate::ErrorKind::is_retryable) errors (transient, timeout) are retried, at most
+//! - only [`ErrorKind::is_retryable`](crate::error::ErrorKind::is_retryable) errors (transient, timeout) are retried, at most
 //!   `max_attempts` attempts in total; anything else is returned at once;
 //! - the final error keeps its kind, operation, backend and key, and says how many attempts were
 //!   made;
@@ -25,15 +25,35 @@ use futures::stream::{BoxStream, StreamExt};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::RemoteStorage;
-use crate::config::RetryConfig;
 use crate::error::{Op, Result, StorageError};
 use crate::object::{GetResult, ListOptions, ObjectMeta, PutOptions, PutPayload};
+use crate::storage::RemoteStorage;
+
+/// How [`RetryingStorage`] retries retryable errors (transient, timeout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts in total, including the first (1 = no retries).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles for each further one.
+    pub initial_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
 
 /// The sleep before attempt `attempt + 1` (`attempt` ≥ 1): `initial * 2^(attempt-1)` capped at
 /// `max`, then "equal jitter": uniformly random in `[d/2, d]`, so concurrent retries spread out
 /// but never retry immediately.
-pub fn backoff(config: &RetryConfig, attempt: u32) -> Duration {
+pub(crate) fn backoff(config: &RetryConfig, attempt: u32) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
     let d = config
         .initial_backoff
@@ -53,6 +73,7 @@ pub struct RetryingStorage {
 }
 
 impl RetryingStorage {
+    /// Retry the retryable failures of `inner` as `config` says.
     pub fn new(inner: Arc<dyn RemoteStorage>, config: RetryConfig) -> Self {
         RetryingStorage { inner, config }
     }

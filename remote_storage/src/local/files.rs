@@ -24,11 +24,11 @@ use serde::{Deserialize, Serialize};
 use crate::key::{RESERVED_PREFIX, crc_from_hex, crc_to_hex};
 
 /// Version of the sidecar format written by this code.
-pub const SIDECAR_FORMAT: u32 = 1;
+pub(super) const SIDECAR_FORMAT: u32 = 1;
 
 /// Everything about an object except its bytes, stored next to it as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sidecar {
+pub(super) struct Sidecar {
     pub format: u32,
     /// Size of the data file as written; a data file of another size is corrupt.
     pub size: u64,
@@ -39,7 +39,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub fn new(
+    pub(super) fn new(
         size: u64,
         crc: u32,
         tags: Vec<(String, String)>,
@@ -54,14 +54,14 @@ impl Sidecar {
         }
     }
 
-    pub fn crc(&self) -> Option<u32> {
+    pub(super) fn crc(&self) -> Option<u32> {
         crc_from_hex(&self.crc32c)
     }
 }
 
 /// Paths of one object.
 #[derive(Debug, Clone)]
-pub struct ObjectPaths {
+pub(super) struct ObjectPaths {
     pub dir: PathBuf,
     pub data: PathBuf,
     pub sidecar: PathBuf,
@@ -70,7 +70,7 @@ pub struct ObjectPaths {
 
 impl ObjectPaths {
     /// `key` must already be validated (relative, no `..`).
-    pub fn new(root: &Path, key: &str) -> Self {
+    pub(super) fn new(root: &Path, key: &str) -> Self {
         let data = root.join(key);
         let (dir_part, name) = key.rsplit_once('/').unwrap_or(("", key));
         let dir = if dir_part.is_empty() {
@@ -88,7 +88,7 @@ impl ObjectPaths {
     }
 
     /// A fresh, unique temp path in the object's directory.
-    pub fn temp(&self, what: &str) -> TempPath {
+    pub(super) fn temp(&self, what: &str) -> TempPath {
         let nonce: u64 = rand::random();
         TempPath::new(self.dir.join(format!(
             "{RESERVED_PREFIX}tmp.{}.{what}.{nonce:016x}",
@@ -99,7 +99,7 @@ impl ObjectPaths {
 
 /// A temp file path that is removed on drop unless [`TempPath::disarm`]ed.
 #[derive(Debug)]
-pub struct TempPath {
+pub(super) struct TempPath {
     path: PathBuf,
     armed: bool,
 }
@@ -109,12 +109,12 @@ impl TempPath {
         TempPath { path, armed: true }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file was renamed away: nothing to remove any more.
-    pub fn disarm(&mut self) {
+    pub(super) fn disarm(&mut self) {
         self.armed = false;
     }
 }
@@ -129,13 +129,13 @@ impl Drop for TempPath {
 }
 
 /// fsync a directory so that entries created, renamed or removed in it are durable.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Create `dir` and its missing ancestors below `root`, fsyncing each parent after creating a
 /// child so the new directories survive a crash.
-pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
+pub(super) fn create_dirs_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -162,7 +162,7 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
 }
 
 /// Write a small file durably to a temp path (write, fsync).
-pub fn write_temp(temp: &TempPath, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_temp(temp: &TempPath, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(temp.path())?;
     f.write_all(bytes)?;
     f.sync_all()
@@ -174,7 +174,7 @@ pub fn write_temp(temp: &TempPath, bytes: &[u8]) -> io::Result<()> {
 /// falls between the two renames while *overwriting* an object, the old data is left with the
 /// new sidecar; `get` then reports a checksum or length mismatch instead of returning bytes as
 /// verified, and putting the object again repairs it.
-pub fn commit(
+pub(super) fn commit(
     paths: &ObjectPaths,
     data_tmp: &mut TempPath,
     sidecar_tmp: &mut TempPath,
@@ -187,7 +187,7 @@ pub fn commit(
 }
 
 /// Read a sidecar; `Ok(None)` if there is none (an object written by another tool).
-pub fn read_sidecar(path: &Path) -> io::Result<Option<Sidecar>> {
+pub(super) fn read_sidecar(path: &Path) -> io::Result<Option<Sidecar>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             io::Error::new(
@@ -201,7 +201,7 @@ pub fn read_sidecar(path: &Path) -> io::Result<Option<Sidecar>> {
 }
 
 /// Remove a file; a missing file (or a directory in its place) counts as removed.
-pub fn remove_if_exists(path: &Path) -> io::Result<()> {
+pub(super) fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e)
@@ -218,7 +218,11 @@ pub fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// Every key under `root` that starts with `prefix` and sorts after `start_after`, in ascending
 /// order. Skips internal files and entries that are not valid keys.
-pub fn walk_keys(root: &Path, prefix: &str, start_after: Option<&str>) -> io::Result<Vec<String>> {
+pub(super) fn walk_keys(
+    root: &Path,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> io::Result<Vec<String>> {
     // Start at the deepest directory the prefix fully names.
     let dir_key = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     let start_dir = if dir_key.is_empty() {

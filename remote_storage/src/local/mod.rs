@@ -1,14 +1,14 @@
 //! The local filesystem backend, `file:///abs/path`: the embedded default.
 //!
 //! Owns the mapping of the [`RemoteStorage`] contract onto a directory tree: reads, listing and
-//! deletes here, `put` in `write`, layout and durable file operations in [`files`].
+//! deletes here, `put` in `write`, layout and durable file operations in `files`.
 //!
 //! Invariants:
 //! - **a visible object is always complete**: `put` streams into a hidden temp file, fsyncs it,
 //!   writes and fsyncs the sidecar, renames the sidecar and then the data into place and fsyncs
 //!   the directory; a put that fails, is cancelled or is killed leaves only hidden temp files;
 //! - a visible data file always has the sidecar of the put that wrote it (modulo a crash inside
-//!   the overwrite window documented on [`files::commit`], which `get` detects); concurrent puts
+//!   the overwrite window documented on `files::commit`, which `get` detects); concurrent puts
 //!   and deletes of one key in this process are serialized at commit by striped key locks;
 //! - a key cannot be both an object and a "directory" (`a` and `a/b`): unlike S3, such a put
 //!   fails with a permanent error;
@@ -17,7 +17,7 @@
 //! - blocking filesystem work runs on tokio's blocking pool; callers are released as soon as their
 //!   token is cancelled (the blocking work then finishes or cleans up on its own).
 
-pub mod files;
+mod files;
 mod write;
 
 use std::ops::Range;
@@ -29,10 +29,10 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::RemoteStorage;
 use crate::error::{ErrorKind, Op, Result, StorageError, io_kind};
 use crate::key::{validate_key, validate_prefix};
 use crate::object::{GetResult, ListOptions, ObjectMeta, PutOptions, PutPayload};
+use crate::storage::{DELETE_BATCH, RemoteStorage};
 use files::{ObjectPaths, Sidecar};
 use write::KeyLocks;
 
@@ -220,7 +220,7 @@ impl LocalFs {
         for key in keys {
             validate_key(key).map_err(|m| self.err(ErrorKind::InvalidInput, Op::Delete, key, m))?;
         }
-        for batch in keys.chunks(crate::limit::DELETE_BATCH) {
+        for batch in keys.chunks(DELETE_BATCH) {
             let (root, name, batch, locks) = (
                 self.root.clone(),
                 self.name.clone(),

@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - the SDK never retries on its own ([`RetryConfig::disabled`]): retries belong to
-//!   [`RetryingStorage`](crate::RetryingStorage), which can be tested with injected faults;
+//!   [`RetryingStorage`](crate::retry::RetryingStorage), which can be tested with injected faults;
 //! - the SDK neither adds nor validates checksums by itself: this crate sends the crc32c header it
 //!   computed and verifies downloads itself, so checksum failures surface as typed errors;
 //! - with static credentials the SDK's default chain is not built at all, so nothing probes

@@ -2,12 +2,12 @@
 //!
 //! Owns the mapping of the [`RemoteStorage`] contract onto S3 requests: reads and listing here,
 //! writes (put, delete, copy) in `write`, the client setup in [`client`], body conversion in
-//! [`body`], error classification in `errors`.
+//! `body`, error classification in `errors`.
 //!
 //! Invariants:
 //! - **a visible object is always complete**: one PutObject per object, with `Content-Length`;
 //!   S3 makes an object visible only once its whole body arrived, and a payload that fails or
-//!   mismatches is aborted before its last byte (see [`body`]);
+//!   mismatches is aborted before its last byte (see `body`);
 //! - every object carries its crc32c twice: as `x-amz-checksum-crc32c` (checked by the server on
 //!   upload) and as user metadata `crc32c` (8 hex digits), which `head`/`get` return and `get`
 //!   verifies — so bytes replaced behind our back are detected;
@@ -15,9 +15,9 @@
 //! - each call is exactly one request (a page for `list`, 1000 keys for `delete_many`) and
 //!   returns `Cancelled` as soon as its token fires.
 
-pub mod body;
+mod body;
 pub mod client;
-pub(crate) mod errors;
+mod errors;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,11 +29,11 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::RemoteStorage;
 use crate::config::S3Options;
 use crate::error::{ErrorKind, Op, Result, StorageError};
 use crate::key::{CRC32C_META_KEY, crc_from_hex, validate_key, validate_prefix};
 use crate::object::{GetResult, ListOptions, ObjectMeta, PutOptions, PutPayload, cancellable_body};
+use crate::storage::RemoteStorage;
 use errors::map_sdk_error;
 
 /// How many HEAD requests `list` with metadata runs at once.
@@ -92,6 +92,7 @@ impl S3Storage {
         &self.client
     }
 
+    /// The bucket this storage uses.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

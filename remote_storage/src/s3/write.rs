@@ -20,6 +20,7 @@ use crate::key::{
     validate_tags,
 };
 use crate::object::{ObjectMeta, PutOptions, PutPayload, Verifier, body_error};
+use crate::storage::DELETE_BATCH;
 
 impl S3Storage {
     pub(super) async fn put_impl(
@@ -129,7 +130,7 @@ impl S3Storage {
         for key in keys {
             validate_key(key).map_err(|m| self.err(ErrorKind::InvalidInput, Op::Delete, key, m))?;
         }
-        for batch in keys.chunks(crate::limit::DELETE_BATCH) {
+        for batch in keys.chunks(DELETE_BATCH) {
             let first = batch.first().map(String::as_str).unwrap_or_default();
             let objects = batch
                 .iter()

@@ -1,9 +1,11 @@
 //! Test harness shared by the integration tests.
 //!
-//! Owns [`Fixture`]: one storage per test, built through `from_url` exactly as the service builds
-//! it, in its own namespace (a temp directory, or a fresh bucket on the shared moto server), plus
-//! the backend-specific back doors the conformance suite needs (corrupting an object behind the
-//! storage's back, reading tags without going through the trait, finding leftover temp files).
+//! Owns [`Fixture`]: one storage per test, a backend opened from its URL exactly as the service
+//! opens it and wrapped by the stack under test ([`Wrap`]), in its own namespace (a temp
+//! directory, or a fresh bucket on the shared moto server), plus the backend-specific back doors
+//! the conformance suite needs (corrupting an object behind the storage's back, reading tags
+//! without going through the trait, finding leftover temp files). The back doors work whatever
+//! the stack, because they go around it.
 
 #![allow(dead_code)]
 
@@ -17,7 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use remote_storage::{
-    LimitConfig, RemoteConfig, RemoteStorage, RetryConfig, S3Options, StaticCredentials, from_url,
+    LimitConfig, RemoteConfig, RemoteLocation, RemoteStorage, RetryConfig, S3Options,
+    StaticCredentials,
 };
 
 /// Which backend a fixture runs on, with its back doors.
@@ -31,6 +34,19 @@ pub enum Backend {
         bucket: String,
         prefix: String,
     },
+}
+
+/// How a test stack wraps a bare backend, given the fixture's [`test_config`]: for instance
+/// `RemoteConfig::layer` (what `from_url` does), or nothing at all.
+pub type Wrap = fn(Arc<dyn RemoteStorage>, &RemoteConfig) -> Arc<dyn RemoteStorage>;
+
+/// The bare backend a URL names, opened the way `from_url` opens it.
+pub async fn open_bare(url: &str, config: &RemoteConfig) -> Arc<dyn RemoteStorage> {
+    RemoteLocation::parse(url)
+        .expect("parse storage URL")
+        .open(&config.s3)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
 /// A storage under test.
@@ -88,35 +104,51 @@ pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
 }
 
 impl Fixture {
-    /// A local backend in a fresh temp directory.
-    pub async fn local() -> Fixture {
+    /// A local backend in a fresh temp directory on the default (disk-backed) temp filesystem,
+    /// opened from its URL and wrapped by `wrap`. Always `Some` (the `Option` matches
+    /// [`Fixture::s3`]).
+    pub async fn local(wrap: Wrap) -> Option<Fixture> {
         let dir = tempfile::tempdir().expect("temp dir");
+        Some(Self::local_in(dir, wrap).await)
+    }
+
+    /// Like [`Fixture::local`], but in RAM (`/dev/shm`) when the system has it, where an fsync
+    /// costs nothing. For stacks that test wrappers: the backend on a real disk is covered by
+    /// [`Fixture::local`], and the fsync-bound bulk case would otherwise dominate the suite's time
+    /// once per stack.
+    pub async fn local_in_ram(wrap: Wrap) -> Option<Fixture> {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        };
+        Some(Self::local_in(dir.expect("temp dir"), wrap).await)
+    }
+
+    async fn local_in(dir: tempfile::TempDir, wrap: Wrap) -> Fixture {
         let root = dir.path().join("remote");
         let config = test_config(None);
-        let storage = from_url(&format!("file://{}", root.display()), &config)
-            .await
-            .expect("open local storage");
+        let backend = open_bare(&format!("file://{}", root.display()), &config).await;
         Fixture {
-            storage,
+            storage: wrap(backend, &config),
             backend: Backend::Local { root, _dir: dir },
             config,
         }
     }
 
-    /// An S3 backend on a fresh bucket of the shared moto server, under a two-level prefix.
-    /// `None` when moto is unavailable outside CI (the test is then skipped).
-    pub async fn s3() -> Option<Fixture> {
+    /// An S3 backend on a fresh bucket of the shared moto server, under a two-level prefix,
+    /// wrapped by `wrap`. `None` when moto is unavailable outside CI (the test is then skipped).
+    pub async fn s3(wrap: Wrap) -> Option<Fixture> {
         let endpoint = moto::shared_endpoint()?;
         let client = raw_client(&endpoint).await;
         let bucket = unique_bucket();
         create_bucket(&client, &bucket).await;
         let prefix = "tenant/sk".to_string();
         let config = test_config(Some(endpoint));
-        let storage = from_url(&format!("s3://{bucket}/{prefix}"), &config)
-            .await
-            .expect("open s3 storage");
+        let backend = open_bare(&format!("s3://{bucket}/{prefix}"), &config).await;
         Some(Fixture {
-            storage,
+            storage: wrap(backend, &config),
             backend: Backend::S3 {
                 client,
                 bucket,

@@ -8,12 +8,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::Fixture;
 
-pub(crate) async fn bulk_list_paginates_and_delete_many(fx: &Fixture) {
-    let c = CancellationToken::new();
+/// Put 1100 keys `bulk/NNNN` (16 at a time, key `i` with `i % 7` bytes) and three keys that
+/// share a string prefix with `bulk` but are not under `bulk/`; returns the 1100 keys.
+async fn put_bulk_keys(fx: &Fixture, c: &CancellationToken) -> Vec<String> {
     let keys: Vec<String> = (0..1100).map(|i| format!("bulk/{i:04}")).collect();
     let results: Vec<_> = futures::stream::iter(keys.iter().enumerate())
         .map(|(i, k)| {
-            let (s, c) = (&fx.storage, &c);
+            let s = &fx.storage;
             async move {
                 s.put(
                     k,
@@ -38,11 +39,17 @@ pub(crate) async fn bulk_list_paginates_and_delete_many(fx: &Fixture) {
                 other,
                 Bytes::from_static(b"o").into(),
                 &PutOptions::default(),
-                &c,
+                c,
             )
             .await
             .expect("put other");
     }
+    keys
+}
+
+pub(crate) async fn bulk_list_paginates_and_delete_many(fx: &Fixture) {
+    let c = CancellationToken::new();
+    let keys = put_bulk_keys(fx, &c).await;
 
     let listed = fx
         .storage

@@ -1,15 +1,17 @@
 //! The conformance suite: the contract of `RemoteStorage`, run unchanged against every backend
-//! (`local::*` on a temp directory, `s3::*` on a moto server), each through `from_url` with the
-//! production layers (limits and retries) on top.
+//! and through every wrapper, the way object_store runs its integration tests against every
+//! store.
 //!
-//! Every case is an `async fn(&Fixture)` in [`objects`], [`listing`] or [`failures`]; the macro at
-//! the end instantiates each of them once per backend.
+//! Every case is an `async fn(&Fixture)` in [`objects`], [`listing`] or [`failures`]; every stack
+//! is a backend plus a [`stacks`] function wrapping it. The invocation at the end instantiates
+//! each case once per stack, as `<case>::<stack>`; adding a stack is one line there.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod failures;
 mod listing;
 mod objects;
+mod stacks;
 
 use std::io;
 
@@ -94,44 +96,59 @@ pub(crate) async fn assert_absent(fx: &Fixture, key: &str, what: &str) {
     );
 }
 
+/// `conformance_suite! { stacks { name => fixture, ... } cases { module::case, ... } }`: one
+/// module per case, one test per stack in each, named `<case>::<stack>` (so `cargo test ::s3` runs
+/// every case on S3, `cargo test range_get` one case on every stack). A fixture expression
+/// evaluates to `Option<Fixture>` (`None` skips the test, e.g. without moto).
+///
+/// Case-major naming also keeps the suite fast: libtest starts tests in name order, so the slow
+/// bulk case starts first on every stack, and the disk-bound local run overlaps the S3 one.
 macro_rules! conformance_suite {
-    ($($module:ident :: $case:ident),* $(,)?) => {
-        mod local {
+    (stacks $stacks:tt cases { $($module:ident :: $case:ident),* $(,)? }) => {
+        $( conformance_case!($module, $case, $stacks); )*
+    };
+}
+
+/// One case on every stack (a separate macro because the stacks and the cases repeat
+/// independently).
+macro_rules! conformance_case {
+    ($module:ident, $case:ident, { $($stack:ident => $fixture:expr),+ $(,)? }) => {
+        mod $case {
+            use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let fx = crate::common::Fixture::local().await;
+                async fn $stack() {
+                    let Some(fx) = $fixture.await else { return };
                     crate::$module::$case(&fx).await;
                 }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(fx) = crate::common::Fixture::s3().await else { return };
-                    crate::$module::$case(&fx).await;
-                }
-            )*
+            )+
         }
     };
 }
 
-conformance_suite!(
-    objects::put_get_head_roundtrip,
-    objects::put_stream_roundtrip,
-    objects::empty_object,
-    objects::missing_objects_are_not_found,
-    objects::range_get,
-    objects::tags_roundtrip,
-    objects::overwrite_replaces_object,
-    objects::copy_preserves_bytes_metadata_and_tags,
-    objects::unusual_key_characters,
-    failures::failed_stream_put_leaves_nothing,
-    failures::wrong_length_or_crc_put_leaves_nothing,
-    failures::corrupted_object_fails_get,
-    failures::invalid_input_is_rejected,
-    failures::cancelled_token_returns_cancelled,
-    listing::bulk_list_paginates_and_delete_many,
-    listing::list_prefix_semantics,
-);
+conformance_suite! {
+    stacks {
+        local => Fixture::local(stacks::bare),
+        local_service => Fixture::local_in_ram(stacks::service),
+        local_faulty => Fixture::local_in_ram(stacks::faulty_retry),
+        s3 => Fixture::s3(stacks::from_url),
+    }
+    cases {
+        objects::put_get_head_roundtrip,
+        objects::put_stream_roundtrip,
+        objects::empty_object,
+        objects::missing_objects_are_not_found,
+        objects::range_get,
+        objects::tags_roundtrip,
+        objects::overwrite_replaces_object,
+        objects::copy_preserves_bytes_metadata_and_tags,
+        objects::unusual_key_characters,
+        failures::failed_stream_put_leaves_nothing,
+        failures::wrong_length_or_crc_put_leaves_nothing,
+        failures::corrupted_object_fails_get,
+        failures::invalid_input_is_rejected,
+        failures::cancelled_token_returns_cancelled,
+        listing::bulk_list_paginates_and_delete_many,
+        listing::list_prefix_semantics,
+    }
+}
