@@ -120,7 +120,7 @@ async fn start_clusters(
         std::fs::create_dir_all(local)
             .with_context(|| format!("cannot create the remote directory {}", local.display()))?;
     }
-    let storage = crate::process::storage::open_observed(&config.remote, &config.s3).await?;
+    let storage = crate::process::storage::open_shared(&config.remote, &config.s3).await?;
     crate::remote::check_remote(storage.as_ref()).await?;
     let ctx = ServiceContext {
         sk_id: config.id,

@@ -4,10 +4,11 @@
 //! - **Events** (latencies, counts) are recorded where they happen through the `metrics` facade
 //!   and kept by a `metrics-exporter-prometheus` recorder installed once per process
 //!   ([`install`]): the WAL fsync latency and batch size (`ingest`), object-storage uploads,
-//!   failures and retries by kind (the [`crate::process::storage`] wrapper, so the offload code is untouched).
+//!   failures and retries by kind (`remote_storage::metrics`, layered into the storage stack by
+//!   [`crate::process::storage`], so the offload code is untouched).
 //! - **State** (LSNs, lag, connection state, reconnects, GC deletions) is read from the clusters'
-//!   `watch` channels at scrape time ([`crate::http::metrics`]): nothing is instrumented for it, it can never
-//!   drift from what the admin API reports, and a cluster removed at run time disappears from it.
+//!   `watch` channels at scrape time ([`crate::http::metrics`]): nothing is instrumented for it,
+//!   it can never drift from what the admin API reports, and a cluster removed at run time disappears from it.
 //!
 //! Invariants: the two sources never define the same metric family; every family name starts with
 //! `safekeeper_`; histograms are true Prometheus histograms (fixed buckets), never summaries.
@@ -17,7 +18,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -25,17 +26,6 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const WAL_FSYNC_SECONDS: &str = "safekeeper_wal_fsync_seconds";
 /// Histogram: bytes written per fdatasync (group-commit batch size; label `cluster`).
 pub(crate) const WAL_FLUSH_BATCH_BYTES: &str = "safekeeper_wal_flush_batch_bytes";
-/// Counter: objects stored (labels `cluster`, `kind` = full|partial|history).
-pub(crate) const UPLOADS_TOTAL: &str = "safekeeper_uploads_total";
-/// Counter: uploads that failed after the storage layer's retries (labels `cluster`, `kind`).
-pub(crate) const UPLOAD_FAILURES_TOTAL: &str = "safekeeper_upload_failures_total";
-/// Counter: upload attempts that repeated a failed attempt of the same object (`cluster`, `kind`).
-pub(crate) const UPLOAD_RETRIES_TOTAL: &str = "safekeeper_upload_retries_total";
-/// Counter: bytes stored by successful uploads (labels `cluster`, `kind`).
-pub(crate) const UPLOAD_BYTES_TOTAL: &str = "safekeeper_upload_bytes_total";
-/// Histogram: seconds per upload, retries and queueing included (labels `cluster`, `kind`).
-pub(crate) const UPLOAD_SECONDS: &str = "safekeeper_upload_seconds";
-
 /// Upper bounds of the latency histograms, in seconds: 100 µs to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -97,23 +87,6 @@ fn describe() {
         Unit::Bytes,
         "WAL bytes written per fdatasync (group-commit batch size)."
     );
-    describe_counter!(UPLOADS_TOTAL, "Objects stored in remote storage, by kind.");
-    describe_counter!(
-        UPLOAD_FAILURES_TOTAL,
-        "Uploads that failed after the storage layer's retries, by kind."
-    );
-    describe_counter!(
-        UPLOAD_RETRIES_TOTAL,
-        "Upload attempts that repeated a failed attempt of the same object, by kind."
-    );
-    describe_counter!(
-        UPLOAD_BYTES_TOTAL,
-        Unit::Bytes,
-        "Bytes stored by successful uploads, by kind."
-    );
-    describe_histogram!(
-        UPLOAD_SECONDS,
-        Unit::Seconds,
-        "Time per upload including queueing and retries, by kind."
-    );
+    // Upload counts, bytes, failures, retries and latency: the storage stack records them.
+    remote_storage::metrics::describe();
 }
