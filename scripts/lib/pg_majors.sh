@@ -94,7 +94,7 @@ install_pg_majors() {
   chmod a+rx "$PG_MAJORS_CACHE"
   for n in 18 17 16; do
     pin=$(_pgm_pin "$n")
-    dir="$(pwd)/$PG_MAJORS_CACHE/$n"
+    dir="$(cd "$PG_MAJORS_CACHE" && pwd)/$n"
     bindir=$(_pgm_bindir "$n" "$dir")
     stamp="$dir/.installed"
     if [ "$(cat "$stamp" 2>/dev/null)" = "$pin" ] && _pgm_check "$n" "$bindir" 2>/dev/null; then
