@@ -11,9 +11,9 @@
 //!
 //! Above the retry layer every `put` is one upload as the caller sees it: its latency (queueing
 //! and retries included), success or final failure. Below it every `put` is one attempt: an
-//! attempt at a key whose previous attempt failed is a retry. The labels `cluster` and `kind`
-//! (`full`/`partial`/`history`) come from the key, which must look like `<cluster>/wal/<file>`
-//! (the safekeeper's layout); puts of other keys are not recorded.
+//! attempt at a key whose previous attempt failed is a retry. The labels `cluster` and `kind` come
+//! from the key through the caller's [`KeyLabels`] (this crate knows no key layout); puts of keys
+//! it does not label are not recorded.
 //!
 //! Invariants: the wrapper never changes a request or its result, and every operation other than
 //! `put` passes straight through; a cancelled upload is not a failure (shutdown cancels on
@@ -84,58 +84,63 @@ pub enum Position {
     Attempts,
 }
 
+/// The labels `(cluster, kind)` of a key, or `None` for a key whose puts are not recorded. The
+/// caller owns its key layout; the safekeeper labels `<cluster>/wal/<file>` by file kind.
+pub type KeyLabels = fn(&str) -> Option<(&str, &'static str)>;
+
 /// The recording wrapper.
 #[derive(Debug)]
 pub struct MetricsStorage {
     inner: Arc<dyn RemoteStorage>,
     position: Position,
+    labels: KeyLabels,
     failed: Mutex<HashSet<String>>,
 }
 
 /// `config`'s standard layering ([`RemoteConfig::layer`]) with a recording wrapper on each side of
 /// it: `Metrics(Uploads) -> Retrying -> Limited -> Metrics(Attempts) -> backend`.
-pub fn layer(config: &RemoteConfig, backend: Arc<dyn RemoteStorage>) -> Arc<dyn RemoteStorage> {
-    let attempts = MetricsStorage::wrap(backend, Position::Attempts);
-    MetricsStorage::wrap(config.layer(attempts), Position::Uploads)
+pub fn layer(
+    config: &RemoteConfig,
+    backend: Arc<dyn RemoteStorage>,
+    labels: KeyLabels,
+) -> Arc<dyn RemoteStorage> {
+    let attempts = MetricsStorage::wrap(backend, Position::Attempts, labels);
+    MetricsStorage::wrap(config.layer(attempts), Position::Uploads, labels)
 }
 
 /// Opens the storage at `url` like the crate's `from_url`, with the two recording layers of
 /// [`layer`].
-pub async fn open_observed(url: &str, config: &RemoteConfig) -> Result<Arc<dyn RemoteStorage>> {
+pub async fn open_observed(
+    url: &str,
+    config: &RemoteConfig,
+    labels: KeyLabels,
+) -> Result<Arc<dyn RemoteStorage>> {
     let backend = RemoteLocation::parse(url)?.open(&config.s3).await?;
-    Ok(layer(config, backend))
-}
-
-/// `(cluster, kind)` of a key `<cluster>/wal/<file>`; `None` for anything else.
-fn classify(key: &str) -> Option<(&str, &'static str)> {
-    let (cluster, file) = key.split_once("/wal/")?;
-    let kind = if file.ends_with(".partial") {
-        "partial"
-    } else if file.ends_with(".history") {
-        "history"
-    } else {
-        "full"
-    };
-    Some((cluster, kind))
+    Ok(layer(config, backend, labels))
 }
 
 impl MetricsStorage {
-    /// Record the puts going through `inner` as `position` says.
-    pub fn new(inner: Arc<dyn RemoteStorage>, position: Position) -> Self {
+    /// Record the puts going through `inner` as `position` says, labelled by `labels`.
+    pub fn new(inner: Arc<dyn RemoteStorage>, position: Position, labels: KeyLabels) -> Self {
         MetricsStorage {
             inner,
             position,
+            labels,
             failed: Mutex::new(HashSet::new()),
         }
     }
 
     /// [`new`](Self::new), as a shared trait object.
-    pub fn wrap(inner: Arc<dyn RemoteStorage>, position: Position) -> Arc<dyn RemoteStorage> {
-        Arc::new(Self::new(inner, position))
+    pub fn wrap(
+        inner: Arc<dyn RemoteStorage>,
+        position: Position,
+        labels: KeyLabels,
+    ) -> Arc<dyn RemoteStorage> {
+        Arc::new(Self::new(inner, position, labels))
     }
 
     fn record(&self, key: &str, started: Instant, result: &Result<ObjectMeta>) {
-        let Some((cluster, kind)) = classify(key) else {
+        let Some((cluster, kind)) = (self.labels)(key) else {
             return;
         };
         let labels = [("cluster", cluster.to_string()), ("kind", kind.to_string())];

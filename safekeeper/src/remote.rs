@@ -86,6 +86,20 @@ pub(crate) async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
     }
 }
 
+/// The metric labels `(cluster, kind)` of a key of this layout (`kind`: the tag value
+/// `full`/`partial`/`history`); `None` for keys outside it, whose puts are not recorded.
+pub(crate) fn key_labels(key: &str) -> Option<(&str, &'static str)> {
+    let (cluster, file) = key.split_once("/wal/")?;
+    let kind = if file.ends_with(".partial") {
+        "partial"
+    } else if file.ends_with(".history") {
+        "history"
+    } else {
+        "full"
+    };
+    Some((cluster, kind))
+}
+
 /// Key prefix of one cluster's WAL objects (ends with `/`).
 pub(crate) fn wal_prefix(cluster: &str) -> String {
     format!("{cluster}/wal/")
@@ -119,6 +133,20 @@ pub(crate) fn history_key(cluster: &str, timeline: TimelineId) -> String {
 mod tests {
     use super::*;
     use control_file::Lsn;
+
+    #[test]
+    fn keys_are_labelled_by_cluster_and_kind() {
+        const SEGMENT: &str = "main/wal/000000010000000000000003";
+        const PARTIAL: &str =
+            "db-1/wal/000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1.partial";
+        assert_eq!(key_labels(SEGMENT), Some(("main", "full")));
+        assert_eq!(key_labels(PARTIAL), Some(("db-1", "partial")));
+        assert_eq!(
+            key_labels("main/wal/00000002.history"),
+            Some(("main", "history"))
+        );
+        assert_eq!(key_labels("elsewhere"), None);
+    }
 
     #[test]
     fn keys_follow_the_design_layout() {

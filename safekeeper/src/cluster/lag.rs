@@ -110,6 +110,22 @@ pub(crate) struct Lags {
     pub backup: StageLag,
 }
 
+impl Lags {
+    /// From the stages in the order of [`Positions::stages`].
+    fn from_stages([flush, upload, backup]: [StageLag; 3]) -> Lags {
+        Lags {
+            flush,
+            upload,
+            backup,
+        }
+    }
+
+    /// The stages in the order of [`Positions::stages`].
+    fn stages(&self) -> [StageLag; 3] {
+        [self.flush, self.upload, self.backup]
+    }
+}
+
 /// The positions a cluster's lags are computed from.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Positions {
@@ -141,12 +157,11 @@ impl Positions {
     }
 }
 
-/// The trackers of one cluster, owned by its [`track`] task.
+/// The trackers of one cluster (one per stage, in the order of [`Positions::stages`]), owned by
+/// its [`track`] task.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterLag {
-    flush: LagTracker,
-    upload: LagTracker,
-    backup: LagTracker,
+    stages: [LagTracker; 3],
 }
 
 impl ClusterLag {
@@ -156,12 +171,10 @@ impl ClusterLag {
         offload: &OffloadStatus,
         now: Instant,
     ) {
-        self.flush
-            .observe(status.received_lsn, status.flush_lsn, now);
-        self.upload
-            .observe(status.commit_lsn, offload.remote_lsn, now);
-        self.backup
-            .observe(status.commit_lsn, offload.backup_lsn, now);
+        let positions = Positions::of(status, offload).stages();
+        for (tracker, (up, down)) in self.stages.iter_mut().zip(positions) {
+            tracker.observe(up, down, now);
+        }
     }
 
     /// Lags as of `now` for these positions (call [`ClusterLag::observe`] with them first).
@@ -171,15 +184,14 @@ impl ClusterLag {
         offload: &OffloadStatus,
         now: Instant,
     ) -> Lags {
-        let stage = |t: &LagTracker, up: Lsn, down: Lsn| StageLag {
-            bytes: up.0.saturating_sub(down.0),
-            seconds: t.age(down, now).as_secs_f64(),
-        };
-        Lags {
-            flush: stage(&self.flush, status.received_lsn, status.flush_lsn),
-            upload: stage(&self.upload, status.commit_lsn, offload.remote_lsn),
-            backup: stage(&self.backup, status.commit_lsn, offload.backup_lsn),
-        }
+        let positions = Positions::of(status, offload).stages();
+        Lags::from_stages(std::array::from_fn(|i| {
+            let (up, down) = positions[i];
+            StageLag {
+                bytes: up.0.saturating_sub(down.0),
+                seconds: self.stages[i].age(down, now).as_secs_f64(),
+            }
+        }))
     }
 }
 
@@ -214,8 +226,8 @@ impl LagSnapshot {
             Positions::of(status, offload).stages(),
             self.positions.stages(),
         );
-        let published = [self.lags.flush, self.lags.upload, self.lags.backup];
-        let [flush, upload, backup] = std::array::from_fn(|i| {
+        let published = self.lags.stages();
+        Lags::from_stages(std::array::from_fn(|i| {
             let (up, down) = current[i];
             let bytes = up.0.saturating_sub(down.0);
             // The byte at `down` waited at the snapshot: it is at most as old as the oldest then.
@@ -226,12 +238,7 @@ impl LagSnapshot {
                 0.0
             };
             StageLag { bytes, seconds }
-        });
-        Lags {
-            flush,
-            upload,
-            backup,
-        }
+        }))
     }
 }
 

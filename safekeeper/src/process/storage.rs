@@ -19,7 +19,7 @@ use crate::remote::S3Args;
 
 /// Opens the storage at `url` (`file:///path` or `s3://bucket/prefix`) with the whole stack.
 pub(crate) async fn open_shared(url: &str, s3: &S3Args) -> Result<Arc<dyn RemoteStorage>> {
-    remote_storage::metrics::open_observed(url, &s3.remote_config())
+    remote_storage::metrics::open_observed(url, &s3.remote_config(), crate::remote::key_labels)
         .await
         .with_context(|| format!("cannot open remote storage {url}"))
 }

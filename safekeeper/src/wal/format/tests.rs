@@ -144,7 +144,10 @@ fn postgres_18_wal_is_valid_wal() {
     let b = builder_with(&[100, 9000, 20000, 64]);
     let end = *b.record_ends.last().unwrap();
     let r = scan(&with_magic(b.buf.clone(), 0xD118));
-    assert_eq!((r.valid_end, r.records, r.stop), (end, 4, ScanStop::EndOfData));
+    assert_eq!(
+        (r.valid_end, r.records, r.stop),
+        (end, 4, ScanStop::EndOfData)
+    );
     assert_eq!((r.magic, r.pg_version), (Some(0xD118), Some(18)));
 }
 
