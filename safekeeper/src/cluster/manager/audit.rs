@@ -147,6 +147,14 @@ impl Manager {
         let listed = match result {
             Ok(listed) => listed,
             Err(e) => {
+                if self.audit.gate == Some(segment) {
+                    // Uploads wait for this listing: who asked for one learns why now.
+                    for w in self.partial.waiters.drain(..) {
+                        let _ = w.send(Err(anyhow::anyhow!(
+                            "the archive's end is not known yet: {e:#}"
+                        )));
+                    }
+                }
                 self.note_failure("listing the archive", &e);
                 self.audit.due.insert(segment, Instant::now());
                 return;

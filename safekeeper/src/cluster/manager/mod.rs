@@ -302,7 +302,11 @@ impl Manager {
                     self.retry.at = None;
                 }
             }
-            if std::mem::take(&mut self.partial.kick) {
+            // The follower asked, or waiters were held back until uploads could start.
+            let held = !self.partial.waiters.is_empty()
+                && self.partial.in_flight.is_none()
+                && self.partial_uploads_ready();
+            if std::mem::take(&mut self.partial.kick) || held {
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
