@@ -74,6 +74,7 @@ install_pg_majors "$venv/bin/python"
 # over 100 lines (docs/architecture.md explains the layout).
 log "checking the shape of the source tree"
 python3 scripts/check_tree.py
+cargo fmt --all -- --check || { echo "cargo fmt: the tree is not formatted (run: cargo fmt --all)" >&2; exit 1; }
 
 # --- Build once, then test ------------------------------------------------------------------
 # One feature set for both commands, so cargo test reuses the build: failpoints compiled in (armed
