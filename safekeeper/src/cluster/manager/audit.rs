@@ -177,6 +177,8 @@ impl Manager {
             }
         }
         if !adopted.is_empty() {
+            let n = adopted.len() as u64;
+            self.io.offload_tx.send_modify(|o| o.objects_adopted += n);
             let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
             let names: Vec<String> = adopted.iter().map(|n| n.to_file_name(seg)).collect();
             warn!(count = names.len(), objects = ?names, "found objects of this safekeeper the control file did not list; listed them again");
