@@ -13,6 +13,7 @@ What a user fears, and what each test shows does not happen:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -24,13 +25,14 @@ import time
 import psycopg
 import pytest
 
+from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.bookkeeping import archive_end, listed_partial_names, unexplained
 from fixtures.pg import PgCluster
 from fixtures.restore import recover, restore_wal_command, take_base_backup
 from fixtures.s3_faults import FaultProxy, ProxiedBucket
 from fixtures.safekeeper import Safekeeper, safekeeper_bin
 from fixtures.utils import run
-from fixtures.wal import MIB, SEG_SIZE, format_lsn, is_segment_name, parse_partial_name
+from fixtures.wal import MIB, SEG_SIZE, format_lsn, is_segment_name, parse_partial_name, partial_name, segment_name
 
 WAL = "main/wal/"
 SEED = int(os.environ.get("SK_TEST_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
@@ -82,6 +84,15 @@ def assert_no_orphans(bucket, sk: Safekeeper, seg_size: int) -> dict:
     return cf
 
 
+def switch_segments(pg: PgCluster, stop: threading.Event, every_s: float) -> None:
+    """Completes a segment every `every_s` seconds (pgbench alone writes too little WAL to fill
+    one in two minutes here), so full uploads and the GC of their partials race the faults."""
+    with psycopg.connect(pg.connstr(), autocommit=True, connect_timeout=5) as conn:
+        while not stop.wait(every_s):
+            conn.execute("SELECT pg_logical_emit_message(false, 'sk-test', repeat('w', 1000000))")
+            conn.execute("SELECT pg_switch_wal()")
+
+
 @pytest.mark.slow
 def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
         primary: PgCluster, safekeeper: Safekeeper, s3_bucket, fault_proxy, start_standby):
@@ -93,7 +104,14 @@ def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
 
     before = pgbench_tps(primary, 10)
     proxy.enabled = True
-    faulted = statistics.median(pgbench_tps(primary, 120))
+    stop = threading.Event()
+    switcher = threading.Thread(target=switch_segments, args=(primary, stop, 6.0))
+    switcher.start()
+    try:
+        faulted = statistics.median(pgbench_tps(primary, 120))
+    finally:
+        stop.set()
+        switcher.join(timeout=30)
     proxy.enabled = False
     free = before + pgbench_tps(primary, 10)
     baseline = statistics.median(free)
@@ -236,3 +254,57 @@ def test_kill9_rounds_never_move_the_archive_back_nor_lose_commits(
     assert not missing, f"{len(missing)} acknowledged commits lost, e.g. {missing[:10]}"
     assert not sampler.backward, f"the archive's end went back {len(sampler.backward)} times, worst {sampler.worst()}"
     assert not orphans, f"{len(orphans)} objects no control file lists: {orphans}"
+
+
+def test_prune_deletes_exactly_the_superseded_partials(workdir):
+    """Leftovers of a crash and of a retired safekeeper: verify warns (exit 0, 3 with --strict),
+    prune's dry run deletes nothing, --delete deletes exactly the superseded partials and the bytes
+    it printed, and what restore serves is untouched."""
+    seg, sysid = MIB, 7_300_000_000_000_000_013
+    root = os.path.join(workdir, "remote")
+    w = ArchiveWriter(root_dir=root)
+    images = {s: synthetic_segment(s, seg, sysid) for s in (3, 4, 5)}
+    for s in (3, 4):
+        w.put(segment_name(1, s, seg), images[s])
+
+    def put_partial(segno: int, off: int, term: int, sk: int) -> str:
+        name = partial_name(1, segno, segno * seg + off, term, sk, seg)
+        w.put(name, images[segno][:off])
+        return name
+
+    superseded = {
+        put_partial(4, 30000, 1, 1): 30000,    # its full segment exists (a crash before GC)
+        put_partial(5, 10000, 1, 1): 10000,    # sk1's older versions of the segment being written
+        put_partial(5, 20000, 1, 1): 20000,
+        put_partial(5, 5000, 1, 3): 5000,      # a retired sk3's older version
+    }
+    served = put_partial(5, 40000, 1, 1)       # what restore serves for segment 5
+    kept = {put_partial(5, 25000, 1, 2), put_partial(5, 8000, 1, 3)}  # newest of sk2, sk3: not superseded
+    w.put("README.txt", b"not WAL")
+    args = ["--remote", w.url, "--cluster", "main"]
+
+    cp = sk_cmd("remote", "verify", *args, env={})
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    warned = {line.split()[1].rstrip(":").rsplit("/", 1)[-1] for line in cp.stdout.splitlines() if "superseded" in line}
+    assert warned == set(superseded), cp.stdout
+    for name, size in superseded.items():
+        assert f"{size} bytes" in next(line for line in cp.stdout.splitlines() if name in line)
+    assert sk_cmd("remote", "verify", "--strict", *args, env={}).returncode == 3
+
+    before = sorted(os.listdir(os.path.join(root, "main", "wal")))
+    dry = sk_cmd("remote", "prune", *args, env={})
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert sorted(os.listdir(os.path.join(root, "main", "wal"))) == before, "a dry run deleted something"
+    assert f"{sum(superseded.values())} bytes" in dry.stdout, dry.stdout
+    print(dry.stdout)
+    for name in kept | {"README.txt"}:
+        assert f"keep main/wal/{name}" in dry.stdout, dry.stdout
+    assert f"delete main/wal/{served}" not in dry.stdout and f"keep main/wal/{served}" not in dry.stdout
+
+    done = sk_cmd("remote", "prune", "--delete", *args, env={})
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = {n for n in os.listdir(os.path.join(root, "main", "wal")) if not n.startswith(".~")}
+    assert left == {segment_name(1, 3, seg), segment_name(1, 4, seg), "README.txt", served} | kept, sorted(left)
+    assert sk_cmd("remote", "verify", "--strict", *args, env={}).returncode == 3, "README.txt is still a warning"
+    again = sk_cmd("remote", "prune", "--json", *args, env={})
+    assert json.loads(again.stdout)["superseded"] == [], again.stdout

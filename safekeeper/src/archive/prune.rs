@@ -153,7 +153,11 @@ fn newest_covering<'a>(
         .max_by_key(|q| (q.name.term, q.name.commit_lsn))
 }
 
-fn kept_reason(p: &PartialObject, versions: &[PartialObject], served: Option<&PartialObject>) -> String {
+fn kept_reason(
+    p: &PartialObject,
+    versions: &[PartialObject],
+    served: Option<&PartialObject>,
+) -> String {
     let disagreeing = versions.iter().find(|q| {
         q.name.sk_id == p.name.sk_id
             && q.name != p.name
@@ -189,7 +193,11 @@ pub(crate) async fn confirm(
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) if unreadable(&e) => {
                 let reason = format!("superseded, but cannot be read ({e}): left for inspection");
-                classes.kept.push(Kept { key: s.key, size: s.size, reason });
+                classes.kept.push(Kept {
+                    key: s.key,
+                    size: s.size,
+                    reason,
+                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -202,7 +210,11 @@ pub(crate) async fn confirm(
                     "{}, which cannot be read ({e}): left alone",
                     s.by.describe()
                 );
-                classes.kept.push(Kept { key: s.key, size: s.size, reason });
+                classes.kept.push(Kept {
+                    key: s.key,
+                    size: s.size,
+                    reason,
+                });
                 continue;
             }
             Err(e) => return Err(e),
@@ -213,7 +225,11 @@ pub(crate) async fn confirm(
                  inspection (see remote verify)",
                 s.by.describe()
             );
-            classes.kept.push(Kept { key: s.key, size: s.size, reason });
+            classes.kept.push(Kept {
+                key: s.key,
+                size: s.size,
+                reason,
+            });
             continue;
         }
         confirmed.push(s);

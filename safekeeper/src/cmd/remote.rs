@@ -394,7 +394,12 @@ async fn prune(args: &PruneArgs, cancel: &CancellationToken) -> Result<()> {
     let keys: Vec<String> = plan.superseded.iter().map(|s| s.key.clone()).collect();
     let bytes = plan.superseded_bytes();
     if !args.json {
-        emit(&prune_text(&args.archive.remote, &archive, &plan, args.delete));
+        emit(&prune_text(
+            &args.archive.remote,
+            &archive,
+            &plan,
+            args.delete,
+        ));
     }
     if args.delete && !keys.is_empty() {
         storage

@@ -100,7 +100,10 @@ fn another_safekeepers_version_is_kept_and_reported_never_superseded() {
     );
     assert_eq!(kept_keys(&c), vec![key(&sk2)]);
     assert!(c.kept[0].reason.contains("not superseded"), "{:?}", c.kept);
-    assert!(c.kept[0].reason.contains(&key(&sk1)), "names what restore serves");
+    assert!(
+        c.kept[0].reason.contains(&key(&sk1)),
+        "names what restore serves"
+    );
 }
 
 #[test]
@@ -226,6 +229,10 @@ async fn only_a_prefix_of_its_superseder_is_confirmed_for_deletion() {
         vec![(key(&same), SupersededBy::FullSegment(full_key(5)))]
     );
     assert_eq!(kept_keys(&plan), vec![key(&diverged)]);
-    assert!(plan.kept[0].reason.contains("differs from it at byte 150"), "{:?}", plan.kept);
+    assert!(
+        plan.kept[0].reason.contains("differs from it at byte 150"),
+        "{:?}",
+        plan.kept
+    );
     assert!(storage.get_bytes(&key(&diverged), &cancel).await.is_ok());
 }
