@@ -69,19 +69,10 @@ def sk_cmd(*args: str, env: dict) -> subprocess.CompletedProcess:
     return run([safekeeper_bin(), *args], check=False, timeout=300, env={**os.environ, "NO_COLOR": "1", **env})
 
 
-def verify_strict(bucket) -> str:
-    """`remote verify --strict` through moto directly; returns its output, fails unless clean."""
+def verify_strict(bucket) -> tuple[int, str]:
+    """`remote verify --strict` through moto directly: exit status and output."""
     cp = sk_cmd("remote", "verify", "--strict", *bucket.direct_args(), "--cluster", "main", env=bucket.env())
-    assert cp.returncode == 0, f"remote verify --strict exited {cp.returncode}:\n{cp.stdout}{cp.stderr}"
-    return cp.stdout
-
-
-def assert_no_orphans(bucket, sk: Safekeeper, seg_size: int) -> dict:
-    cf = sk.control_file_json()["state"]
-    orphans = unexplained(names(bucket), cf, seg_size)
-    print(f"orphans (objects no control file lists): {len(orphans)} {orphans}")
-    assert not orphans, f"{len(orphans)} objects in the bucket that the control file does not list: {orphans}"
-    return cf
+    return cp.returncode, cp.stdout + cp.stderr
 
 
 def switch_segments(pg: PgCluster, stop: threading.Event, every_s: float) -> None:
@@ -102,43 +93,50 @@ def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
     primary.pgbench("-i", "-s", "1", "-q")
     start_standby(safekeeper, primary, remote=bucket, partial_interval="500ms")
 
-    before = pgbench_tps(primary, 10)
-    proxy.enabled = True
+    # The same load throughout (pgbench plus a completed segment every 8 s); only the faults differ.
     stop = threading.Event()
-    switcher = threading.Thread(target=switch_segments, args=(primary, stop, 6.0))
+    switcher = threading.Thread(target=switch_segments, args=(primary, stop, 8.0))
     switcher.start()
     try:
+        before = pgbench_tps(primary, 10)
+        proxy.enabled = True
         faulted = statistics.median(pgbench_tps(primary, 120))
+        proxy.enabled = False
+        free = before + pgbench_tps(primary, 10)
     finally:
         stop.set()
         switcher.join(timeout=30)
-    proxy.enabled = False
-    free = before + pgbench_tps(primary, 10)
     baseline = statistics.median(free)
     print(f"sync TPS (median of 5 s intervals): fault-free {baseline:.0f} {free}; with 10% faults {faulted:.0f} "
           f"({faulted / baseline:.2f}x)")
     print(proxy.summary())
     assert all(proxy.injected().values()), f"not every kind of fault was injected: {proxy.summary()}"
 
-    # Clean stop: the final partial goes up, GC runs.
+    # Clean stop: the final partial goes up, GC runs. Every figure is printed before any check.
     assert safekeeper.stop() == 0
-    cf = assert_no_orphans(bucket, safekeeper, SEG_SIZE)
+    cf = safekeeper.control_file_json()["state"]
     listed = names(bucket)
+    orphans = unexplained(listed, cf, SEG_SIZE)
     fulls = [n for n in listed if is_segment_name(n)]
+    partials = [n for n in listed if parse_partial_name(n)]
+    verify_rc, verify_out = verify_strict(bucket)
+    print(f"objects {len(listed)}: full {len(fulls)}, partials {partials}; orphans {len(orphans)} {orphans}")
+    print(f"remote verify --strict: exit {verify_rc}\n{verify_out}")
+
+    assert not orphans, f"{len(orphans)} objects in the bucket that the control file does not list: {orphans}"
     assert fulls, listed
     for n in fulls:
         local = [p for p in (os.path.join(primary.pg_wal, n), os.path.join(safekeeper.wal_dir(), n)) if os.path.exists(p)]
         assert local, f"{n}: neither the primary nor the safekeeper has it to compare with"
         with open(local[0], "rb") as f:
             assert bucket.get(WAL + n) == f.read(), f"full segment {n} differs from {local[0]}"
-    partials = [n for n in listed if parse_partial_name(n)]
-    assert partials == [n for n, s in listed_partial_names(cf).items() if s == "Uploaded"], (partials, cf["remote"])
     assert len(partials) == 1, f"{len(partials)} partials left: {partials}"
+    assert partials == [n for n, s in listed_partial_names(cf).items() if s == "Uploaded"], (partials, cf["remote"])
     p = parse_partial_name(partials[0])
     assert p.commit_lsn == cf["commit_lsn"], (format_lsn(p.commit_lsn), format_lsn(cf["commit_lsn"]))
     with open(os.path.join(primary.pg_wal, p.segment), "rb") as f:
         assert bucket.get(WAL + partials[0]) == f.read(p.commit_lsn % SEG_SIZE)
-    print(verify_strict(bucket))
+    assert verify_rc == 0, f"remote verify --strict exited {verify_rc}"
     assert faulted >= 0.9 * baseline, f"sync TPS fell to {faulted:.0f} with faults, fault-free {baseline:.0f}"
 
 
