@@ -39,6 +39,10 @@ pub(crate) struct ClusterStatus {
     /// the control file when it has none yet (see `wal::stream_check`).
     #[serde(skip)]
     pub wal_page_magic: Option<u16>,
+    /// The LSNs above come from local WAL checked in this process, not from the control file's
+    /// recorded (lagging) values: the manager uploads partials only from then on.
+    #[serde(skip)]
+    pub local_end_checked: bool,
 }
 
 impl ClusterStatus {
@@ -56,6 +60,7 @@ impl ClusterStatus {
             last_gap: None,
             gaps: 0,
             wal_page_magic: None,
+            local_end_checked: false,
         }
     }
 }

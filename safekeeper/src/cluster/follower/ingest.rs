@@ -78,6 +78,7 @@ pub(crate) async fn receive_wal(
             s.flush_lsn = wal.flushed_lsn();
             s.commit_lsn = session.acknowledged;
             s.wal_page_magic = session.check.verified_magic();
+            s.local_end_checked = true;
         });
         if let Some(end) = round.end_of_timeline {
             info!(?end, "upstream timeline ended");

@@ -161,7 +161,8 @@ async fn follow(
             s.received_lsn = st.flush_lsn;
         });
         // Check the local WAL now, so damage is reported even while the primary is down.
-        follower.open_wal()?;
+        let local_end = follower.open_wal()?.flushed_lsn();
+        publish_checked_local_end(status, local_end);
     }
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -465,4 +466,16 @@ fn recorded_magic(st: &ClusterState) -> Option<u16> {
 fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(rand::thread_rng().r#gen::<f64>())
+}
+
+/// The previous process may have acknowledged every byte it fsynced, and the recorded LSNs lag
+/// what it did: publish the local end checked on disk, so the manager uploads from there and
+/// never from the recorded (older) position (see `cluster::manager`).
+fn publish_checked_local_end(status: &watch::Sender<ClusterStatus>, local_end: Lsn) {
+    status.send_modify(|s| {
+        s.flush_lsn = s.flush_lsn.max(local_end);
+        s.commit_lsn = s.commit_lsn.max(local_end);
+        s.received_lsn = s.received_lsn.max(local_end);
+        s.local_end_checked = true;
+    });
 }

@@ -16,9 +16,10 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use control_file::names::TimelineId;
-use control_file::{ClusterState, Lsn, ObjectStatus};
+use control_file::{ClusterState, Lsn};
 use tracing::{debug, warn};
 
+use super::bookkeeping::record_full_segments;
 use super::history::history_uploaded;
 use super::offloader::Uploaded;
 use super::{Manager, TaskDone};
@@ -171,20 +172,7 @@ impl Manager {
             s.backup_lsn = s.backup_lsn.max(Lsn::from_segment(next, seg_size));
             // Step 5: a partial is superseded only by the full segment of its own timeline and
             // number (not by a gap, after which its partial is the only copy of that WAL).
-            let superseded: Vec<bool> = s
-                .remote
-                .partials
-                .iter()
-                .map(|p| {
-                    s.remote
-                        .contains_full_segment(p.name.timeline, p.name.segno)
-                })
-                .collect();
-            for (p, gone) in s.remote.partials.iter_mut().zip(superseded) {
-                if gone {
-                    p.status = ObjectStatus::Deleting;
-                }
-            }
+            record_full_segments(s);
         }));
         match r {
             Ok(()) => {

@@ -2,20 +2,24 @@
 //! partials and abandoned uploads, then dropping their entries from the control file.
 //!
 //! Invariants kept here:
-//! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
-//!   an object whose name equals an `Uploaded` partial.
+//! - GC deletes only superseded partial versions (`bookkeeping::deletable`) and `Deleting`
+//!   history entries, and never a key a request may still write: one running now, or one that
+//!   ended without a clear answer less than the grace ago, or (for a previous process's
+//!   requests) less than the grace after start (`bookkeeping::RequestLedger`).
 //! - Entries leave the control file only after the delete succeeded, so a crash anywhere leaves
-//!   a superset of what exists remotely.
+//!   a superset of what exists remotely; the segments are audited again after the grace.
 //! - At most one delete runs at a time; every GC request is answered (with the deleted names,
 //!   nothing, or the error).
 
 use std::collections::BTreeSet;
+use std::time::Instant;
 
 use anyhow::Result;
 use control_file::ObjectStatus;
 use control_file::names::{PartialName, history_file_name};
 use tokio::sync::oneshot;
 
+use super::bookkeeping::{deletable, record_deleted};
 use super::{Manager, TaskDone};
 
 /// The GC pass: whether one runs, who waits for it, and whether another is due.
@@ -37,6 +41,8 @@ impl Manager {
         if self.gc.in_flight.is_some() {
             return;
         }
+        let now = Instant::now();
+        self.ledger.prune(now);
         let Ok(st) = self.state() else {
             for w in self.gc.waiters.drain(..) {
                 let _ = w.send(Ok(Vec::new()));
@@ -44,33 +50,19 @@ impl Manager {
             return;
         };
         let seg = st.wal_segment_size;
-        let uploaded: Vec<&PartialName> = st
-            .remote
-            .partials
+        let mut names: Vec<String> = deletable(st, &self.ledger, now)
             .iter()
-            .filter(|p| p.status == ObjectStatus::Uploaded)
-            .map(|p| &p.name)
+            .map(|n| n.to_file_name(seg))
             .collect();
-        let mut names: Vec<String> = st
-            .remote
-            .partials
-            .iter()
-            .filter(|p| match p.status {
-                ObjectStatus::Deleting => true,
-                ObjectStatus::InProgress => self.partial.in_flight.as_ref() != Some(&p.name),
-                ObjectStatus::Uploaded => false,
-            })
-            .filter(|p| !uploaded.contains(&&p.name))
-            .map(|p| p.name.to_file_name(seg))
-            .collect();
+        // A history file's content is a function of its timeline: a failed upload is retried,
+        // never deleted (a delete racing the retry could remove the uploaded file).
         names.extend(
             st.remote
                 .history
                 .iter()
                 .filter(|h| {
                     h.status == ObjectStatus::Deleting
-                        || (h.status == ObjectStatus::InProgress
-                            && !self.history.in_flight.contains(&h.timeline))
+                        && !self.history.in_flight.contains(&h.timeline)
                 })
                 .map(|h| history_file_name(h.timeline)),
         );
@@ -102,10 +94,21 @@ impl Manager {
                 ));
                 let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
                 let gone: BTreeSet<String> = names.iter().cloned().collect();
+                let deleted: Vec<PartialName> = self
+                    .state()
+                    .map(|s| {
+                        s.remote
+                            .partials
+                            .iter()
+                            .filter(|p| gone.contains(&p.name.to_file_name(seg)))
+                            .map(|p| p.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // A request that outlived every bound could bring a version back: look again.
+                self.audit.after_grace(deleted.iter(), Instant::now());
                 let r = self.update(Box::new(move |s| {
-                    s.remote
-                        .partials
-                        .retain(|p| !gone.contains(&p.name.to_file_name(seg)));
+                    record_deleted(s, &deleted);
                     s.remote
                         .history
                         .retain(|h| !gone.contains(&history_file_name(h.timeline)));

@@ -8,28 +8,35 @@
 //! This file keeps the task loop, the requests, the published state and the shutdown sequence;
 //! each kind of work lives in its own file with its state and its start and finish:
 //! [`full`] (full segments, `backup_lsn`), [`partial`] (the partial protocol), [`history`]
-//! (timeline history files), [`gc`] (deleting superseded objects), [`local`] (local WAL removal).
+//! (timeline history files), [`gc`] (deleting superseded objects), [`audit`] (listings that
+//! find what the control file misses), [`local`] (local WAL removal). The decisions about
+//! partial versions are pure functions in [`bookkeeping`].
 //! Background work runs as tasks of one `JoinSet`; [`Manager::on_task_done`] only dispatches each
 //! completion to its kind's `finish_*`.
 //!
 //! Invariants, and the file that keeps each:
-//! - The control file lists every remote object this safekeeper may have created. Partial and
-//!   history objects are persisted `InProgress` *before* their PUT (`partial.rs`,
-//!   `history.rs`). A full segment's object is a function of the WAL; before one is uploaded the
-//!   recorded `flush_lsn` is advanced past it, so every full segment that may exist remotely is in
-//!   the recorded ranges or in `[backup_lsn, flush_lsn)` of the current timeline (`full.rs`).
+//! - The control file lists every remote object this safekeeper may have created, also while
+//!   a PUT, a retry or an abandoned request may still land. Partial and history objects are
+//!   persisted `InProgress` *before* their PUT (`partial.rs`, `history.rs`). A full segment's
+//!   object is a function of the WAL; before one is uploaded the recorded `flush_lsn` is
+//!   advanced past it, so every full segment that may exist remotely is in the recorded ranges
+//!   or in `[backup_lsn, flush_lsn)` of the current timeline (`full.rs`). Objects that show up
+//!   anyway are found by audits and listed again (`audit.rs`).
+//! - The archive's end never moves back, across restarts and term changes, and no partial is
+//!   uploaded below what the archive holds: the rules are the pure functions of
+//!   `bookkeeping.rs` (checked in every interleaving by its model test); partial uploads wait
+//!   for the follower's checked local WAL end and for the first audit (`partial.rs`).
 //! - `backup_lsn` only advances over segments whose upload finished, in order (or that lie in a
 //!   reported gap below the current term's start and exist nowhere) (`full.rs`).
-//! - A partial becomes `Deleting` only when superseded by a newer version of the same segment and
-//!   timeline (`partial.rs`), or by that segment's full object (`full.rs`). The final partial of
-//!   an ended timeline and the last partial before a gap are the only copies of their WAL and are
-//!   never superseded.
+//! - A partial becomes deletable only when superseded by a higher version of the same segment
+//!   and timeline that is `Uploaded`, or by that segment's full object. The final partial of an
+//!   ended timeline and the last partial before a gap are the only copies of their WAL and are
+//!   never superseded (`bookkeeping.rs`).
 //! - A timeline's WAL is uploaded only after its history file (`history.rs`, checked by
 //!   `full.rs` and `partial.rs`).
-//! - GC deletes `Deleting` entries and `InProgress` entries with no upload in flight, and never
-//!   an object whose name equals an `Uploaded` partial. Entries leave the control file only after
-//!   the delete succeeded, so a crash anywhere leaves a superset of what exists remotely
-//!   (`gc.rs`).
+//! - GC never deletes a key a request may still write (`RequestLedger`), and entries leave the
+//!   control file only after the delete succeeded, so a crash anywhere leaves a superset of what
+//!   exists remotely (`gc.rs`).
 //! - A local segment is removed only when it is below `backup_lsn` and outside the newest
 //!   `local_retention` bytes, and never the newest completed segment (`local.rs`).
 //! - The LSNs the manager works from never go back within a timeline; they restart only when the
@@ -37,6 +44,8 @@
 //!   file), and uploads counted for the old timeline are then forgotten (this file: `Progress`,
 //!   `on_progress`, `on_state_changed`).
 
+mod audit;
+mod bookkeeping;
 pub(crate) mod control_store;
 mod full;
 mod gc;
@@ -61,6 +70,8 @@ use tracing::{info, warn};
 
 use crate::cluster::config::OffloadSettings;
 use crate::cluster::control::ControlRequest;
+use crate::cluster::manager::audit::{Audits, LATE_REQUEST_GRACE, SegmentId};
+use crate::cluster::manager::bookkeeping::RequestLedger;
 use crate::cluster::manager::control_store::ControlStore;
 use crate::cluster::manager::full::FullUploads;
 use crate::cluster::manager::gc::Gc;
@@ -116,6 +127,10 @@ enum TaskDone {
         names: Vec<String>,
         result: Result<()>,
     },
+    Audit {
+        segment: SegmentId,
+        result: Result<Vec<(PartialName, u64)>>,
+    },
 }
 
 /// What the manager was started with; never changes.
@@ -140,6 +155,9 @@ struct Progress {
     commit_lsn: Lsn,
     /// Timeline of the two LSNs; set from the follower's status or a recorded timeline switch.
     timeline: Option<TimelineId>,
+    /// The follower published the local WAL end it checked in this process: until then the LSNs
+    /// are the control file's recorded ones, which lag, and no partial is uploaded from them.
+    live: bool,
 }
 
 /// Back-off after a failure; no work is scheduled before `at`.
@@ -177,6 +195,10 @@ pub(crate) struct Manager {
     history: HistoryUploads,
     /// The GC pass (`gc.rs`).
     gc: Gc,
+    /// Listings that learn what the archive holds beyond the control file (`audit.rs`).
+    audit: Audits,
+    /// Which keys a request may still write, so GC never races one (`bookkeeping.rs`).
+    ledger: RequestLedger<Instant>,
 }
 
 impl Manager {
@@ -194,6 +216,11 @@ impl Manager {
             .map(|c| (c.state().flush_lsn, c.state().commit_lsn))
             .unwrap_or_default();
         let timeline = control.as_ref().map(|c| c.state().timeline);
+        let now = Instant::now();
+        let audit = control
+            .as_ref()
+            .map(|c| Audits::at_start(c.state(), now))
+            .unwrap_or_default();
         let mut m = Manager {
             wiring: Wiring {
                 settings,
@@ -211,6 +238,7 @@ impl Manager {
                 flush_lsn,
                 commit_lsn,
                 timeline,
+                live: false,
             },
             retry: Retry {
                 at: None,
@@ -227,6 +255,9 @@ impl Manager {
                 waiters: Vec::new(),
                 wanted: true,
             },
+            audit,
+            // A previous process's requests may land for a while after this one started.
+            ledger: RequestLedger::new(now + LATE_REQUEST_GRACE),
         };
         m.on_state_changed();
         m
@@ -261,13 +292,21 @@ impl Manager {
                     None => {}
                 },
                 Some(done) = self.tasks.join_next() => self.on_task_done(done),
-                _ = persist.tick() => self.persist_lsns(),
+                _ = persist.tick() => {
+                    self.persist_lsns();
+                    // Superseded versions wait for their keys to be quiet (`gc.rs`): look again.
+                    self.gc.wanted = true;
+                }
                 _ = partial_tick.tick(), if !cancel.is_cancelled() => self.start_partial().await,
                 _ = sleep_until(retry_at.into()), if self.retry.at.is_some() => {
                     self.retry.at = None;
                 }
             }
-            if std::mem::take(&mut self.partial.kick) {
+            // The follower asked, or waiters were held back until uploads could start.
+            let held = !self.partial.waiters.is_empty()
+                && self.partial.in_flight.is_none()
+                && self.partial_uploads_ready();
+            if std::mem::take(&mut self.partial.kick) || held {
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
@@ -287,6 +326,7 @@ impl Manager {
             self.schedule_history_uploads();
         }
         self.schedule_full_uploads();
+        self.start_audit();
         if self.gc.wanted {
             self.start_gc();
         }
@@ -310,6 +350,7 @@ impl Manager {
             TaskDone::Partial { name, result } => self.finish_partial(name, result),
             TaskDone::History { timeline, result } => self.finish_history(timeline, result),
             TaskDone::Gc { names, result } => self.finish_gc(names, result),
+            TaskDone::Audit { segment, result } => self.finish_audit(segment, result),
         }
         self.publish(self.control.as_ref().map(|c| c.state()));
     }
@@ -323,6 +364,7 @@ impl Manager {
         }
         let p = self.io.progress.borrow_and_update();
         let progress = &mut self.progress;
+        progress.live |= p.local_end_checked;
         if p.timeline.is_some() && p.timeline != progress.timeline {
             // A new timeline may start below the old end (a fork): take its LSNs as they are.
             if p.timeline > progress.timeline {
@@ -349,6 +391,8 @@ impl Manager {
                     ControlStore::create(&path, *state).map(|c| {
                         self.progress.flush_lsn = c.state().flush_lsn;
                         self.progress.commit_lsn = c.state().commit_lsn;
+                        // A data directory made anew may find its own objects in the archive.
+                        self.audit = Audits::at_start(c.state(), Instant::now());
                         self.control = Some(c);
                     })
                 };

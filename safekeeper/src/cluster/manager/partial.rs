@@ -9,41 +9,51 @@
 //! `Deleting`, and the control file is always written *before* the storage is touched, so it
 //! describes a superset of what exists remotely whatever the crash point.
 //!
-//! The protocol, for one new version `N` of the segment holding `commit_lsn`:
+//! The protocol, for one new version `N` of the segment holding `commit_lsn` (the decisions are
+//! the pure functions of `bookkeeping.rs`, which also states the invariants they keep):
+//! 0. Nothing before the follower published the local WAL end it checked in this process
+//!    (`progress.live`), and nothing before the first audit learned what the archive holds of
+//!    the newest segment (`audit.rs`).
 //! 1. Choose `N` (`start_partial`): the current timeline, segment and term of `commit_lsn`
-//!    (clamped to the flush LSN), this safekeeper's id. Nothing is done at a segment boundary,
-//!    when the segment's full object is already listed, when the timeline's history file is not
-//!    up yet, or when `N` is already `Uploaded`.
+//!    (clamped to the flush LSN), this safekeeper's id. `N` is uploaded only when it is above
+//!    every listed version of its segment, or is the listed best still `InProgress` (a retry of
+//!    identical bytes): never at a segment boundary, never when the segment's full object is
+//!    recorded, never before the timeline's history file is up.
 //! 2. Persist the intent: `N` is listed `InProgress` (with its size and crc32c) in the control
-//!    file, then the PUT starts. At most one partial upload runs at a time (`in_flight`).
-//! 3. On success (`finish_partial`), in one control file update: `N` becomes `Uploaded`, and
-//!    every other `Uploaded` version of the same timeline and segment becomes `Deleting`. Then
-//!    the waiters get `N`'s object name and GC is requested. On failure `N` stays `InProgress`
-//!    (the object may or may not exist), the waiters get the error and GC is requested.
-//! 4. GC (`gc.rs`) deletes `Deleting` entries and `InProgress` entries with no upload in flight,
-//!    and drops them from the control file only once the delete succeeded.
+//!    file, then the PUT starts. At most one partial upload runs at a time (`in_flight`), and the
+//!    request ledger knows its key is being written.
+//! 3. On success (`finish_partial`), in one control file update: `N` becomes `Uploaded` (or
+//!    `Deleting` when the full segment was recorded meanwhile), and every lower version of the
+//!    segment becomes `Deleting`. On failure `N` stays `InProgress`: the object may exist and be
+//!    the archive's end; its key is not deleted before the grace for late requests passed.
+//! 4. GC (`gc.rs`) deletes superseded versions whose key no request can still write, and drops
+//!    them from the control file only once the delete succeeded.
 //! 5. When the segment's full object is recorded and `backup_lsn` passes it (`full.rs`,
 //!    `advance_backup`), every partial of that timeline and segment becomes `Deleting`.
 //!
 //! Invariants:
 //! - Every partial that may exist remotely is listed in the control file (step 2 before the PUT,
-//!   step 4 removes the entry only after the delete).
-//! - An `Uploaded` partial is never deleted, nor any object of the same name: a version leaves
-//!   only through `Deleting`, i.e. once something newer covering the same WAL is `Uploaded`.
-//! - Only a newer version of the same segment and timeline (step 3) or that segment's full
-//!   object (step 5) supersedes a partial. A partial of another segment, the final partial of an
-//!   ended timeline and the last partial before a gap are the only copies of their WAL and stay.
+//!   step 4 removes the entry only after a delete no late request can undo; an audit lists
+//!   again whatever shows up anyway).
+//! - The best version of a segment is deleted only once something above it is `Uploaded` or the
+//!   full segment is recorded: the archive's end never moves back, across restarts too.
+//! - A partial of another segment, the final partial of an ended timeline and the last partial
+//!   before a gap are the only copies of their WAL and stay.
 //! - A timeline's partial goes up only after its history file (`history.rs`).
 //! - Every request for an upload is answered exactly once: with the new object's name, with the
 //!   newest existing one when nothing needed uploading, or with the error.
 //! - The newest `Uploaded` partial (highest term, then commit LSN) is what `remote_lsn` and
 //!   `newest_partial` report.
 
+use std::time::Instant;
+
 use anyhow::Result;
 use control_file::names::PartialName;
 use control_file::{Lsn, ObjectStatus, PartialObject};
 use tokio::sync::oneshot;
 
+use super::audit::LATE_REQUEST_GRACE;
+use super::bookkeeping::{UploadVerdict, may_upload, record_intent, record_uploaded};
 use super::history::history_uploaded;
 use super::{Manager, TaskDone};
 
@@ -64,7 +74,9 @@ pub(super) struct PartialUploads {
 impl Manager {
     /// Steps 1-2 of the partial protocol: choose the name, persist the intent, start the PUT.
     pub(super) async fn start_partial(&mut self) {
-        if self.partial.in_flight.is_some() {
+        // Not from the recorded (lagging) LSNs of a previous process, and not before the
+        // archive's end is known (`audit.rs`): a version below it must never be uploaded.
+        if self.partial.in_flight.is_some() || !self.partial_uploads_ready() {
             return;
         }
         let Ok(st) = self.state() else { return };
@@ -75,8 +87,7 @@ impl Manager {
             return;
         }
         let segno = commit.segment_number(seg_size);
-        if st.remote.contains_full_segment(st.timeline, segno) || !history_uploaded(st, st.timeline)
-        {
+        if !history_uploaded(st, st.timeline) {
             return;
         }
         let name = PartialName {
@@ -86,13 +97,9 @@ impl Manager {
             term: st.term_at(Lsn(commit.0 - 1)),
             sk_id: self.wiring.sk_id,
         };
-        let already = st
-            .remote
-            .partials
-            .iter()
-            .any(|p| p.name == name && p.status == ObjectStatus::Uploaded);
-        if already {
-            return;
+        match may_upload(st, &name) {
+            UploadVerdict::Upload | UploadVerdict::Retry => {}
+            UploadVerdict::AlreadyUploaded | UploadVerdict::Below => return,
         }
         let Some(o) = self.offloader.clone() else {
             return;
@@ -110,11 +117,7 @@ impl Manager {
             size: data.len() as u64,
             crc32c: crc,
         };
-        let intent = self.update(Box::new(move |s| {
-            s.remote.partials.retain(|p| p.name != entry.name);
-            s.remote.partials.push(entry);
-        }));
-        if let Err(e) = intent {
+        if let Err(e) = self.update(Box::new(move |s| record_intent(s, entry))) {
             self.note_failure("recording a partial upload", &e);
             return;
         }
@@ -122,6 +125,7 @@ impl Manager {
             "partial-after-intent"
         ));
         self.partial.in_flight = Some(name.clone());
+        self.ledger.started(&name);
         let cancel = self.storage_cancel.clone();
         self.tasks.spawn(async move {
             let result = o.upload_partial(&name, data, crc, &cancel).await;
@@ -129,68 +133,76 @@ impl Manager {
         });
     }
 
-    /// Step 3 of the partial protocol: the new version is Uploaded, every older one Deleting.
+    /// Step 3 of the partial protocol: the new version is Uploaded, every lower one Deleting.
     pub(super) fn finish_partial(&mut self, name: PartialName, result: Result<()>) {
         self.partial.in_flight = None;
+        // A failed PUT may still land (an attempt the client gave up on): its key is not
+        // deleted before the grace has passed.
+        let until = Instant::now() + LATE_REQUEST_GRACE;
+        self.ledger.ended(&name, result.is_ok(), until);
         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
-        match result {
+        if let Err(e) = result {
+            let msg = format!("{e:#}");
+            self.note_failure("partial upload", &e);
+            for w in self.partial.waiters.drain(..) {
+                let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+            }
+            // The InProgress entry stays listed: the object may exist and be the archive's end.
+            // It is retried under the same name, or superseded by the next version.
+            return;
+        }
+        fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
+            "partial-after-put"
+        ));
+        self.note_success();
+        let done = name.clone();
+        let r = self.update(Box::new(move |s| record_uploaded(s, &done)));
+        match r {
             Ok(()) => {
-                fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
-                    "partial-after-put"
+                fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
+                    "partial-after-uploaded"
                 ));
-                self.note_success();
-                let done = name.clone();
-                // Only older versions of the same segment are superseded: a partial of another
-                // segment stays until that segment's full object is up (step 5), and the final
-                // partial of an ended timeline is the only copy of its tail, kept for good.
-                let r = self.update(Box::new(move |s| {
-                    for p in s.remote.partials.iter_mut() {
-                        if p.name == done {
-                            p.status = ObjectStatus::Uploaded;
-                        } else if p.status == ObjectStatus::Uploaded
-                            && p.name.timeline == done.timeline
-                            && p.name.segno == done.segno
-                        {
-                            p.status = ObjectStatus::Deleting;
-                        }
-                    }
-                }));
-                let file_name = name.to_file_name(seg);
-                match r {
-                    Ok(()) => {
-                        fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
-                            "partial-after-uploaded"
-                        ));
-                        self.io.offload_tx.send_modify(|o| o.partial_uploaded += 1);
-                        for w in self.partial.waiters.drain(..) {
-                            let _ = w.send(Ok(Some(file_name.clone())));
-                        }
-                        self.gc.wanted = true;
-                    }
-                    Err(e) => {
-                        self.note_failure("recording a partial upload", &e);
-                        for w in self.partial.waiters.drain(..) {
-                            let _ = w.send(Err(anyhow::anyhow!("{e:#}")));
-                        }
-                    }
+                self.io.offload_tx.send_modify(|o| o.partial_uploaded += 1);
+                // Superseded while in flight (the full segment was recorded): the answer is the
+                // newest version that stays.
+                let stays = self.state().is_ok_and(|s| {
+                    s.remote
+                        .partials
+                        .iter()
+                        .any(|p| p.name == name && p.status == ObjectStatus::Uploaded)
+                });
+                let answer = if stays {
+                    Some(name.to_file_name(seg))
+                } else {
+                    self.newest_uploaded_partial()
+                };
+                for w in self.partial.waiters.drain(..) {
+                    let _ = w.send(Ok(answer.clone()));
                 }
+                self.gc.wanted = true;
             }
             Err(e) => {
-                let msg = format!("{e:#}");
-                self.note_failure("partial upload", &e);
+                self.note_failure("recording a partial upload", &e);
                 for w in self.partial.waiters.drain(..) {
-                    let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+                    let _ = w.send(Err(anyhow::anyhow!("{e:#}")));
                 }
-                // The InProgress entry stays listed; GC removes the object if it was created.
-                self.gc.wanted = true;
             }
         }
     }
 
-    /// Waiters for a partial upload when none is running: nothing needed uploading, so the answer
-    /// is the newest existing one.
+    /// Step 0: the follower published its checked local end and the startup audit is done.
+    pub(super) fn partial_uploads_ready(&self) -> bool {
+        self.progress.live && self.audit.gate.is_none()
+    }
+
+    /// Waiters for a partial upload when none is running and uploads may start: nothing needed
+    /// uploading, so the answer is the newest existing one. Before step 0 they wait (the task
+    /// loop starts their upload once it is ready; a failed audit answers them with its error).
     pub(super) fn answer_idle_partial_waiters(&mut self) {
-        if self.partial.in_flight.is_none() && !self.partial.waiters.is_empty() {
+        if self.partial.in_flight.is_none()
+            && !self.partial.waiters.is_empty()
+            && self.partial_uploads_ready()
+        {
             let newest = self.newest_uploaded_partial();
             for w in self.partial.waiters.drain(..) {
                 let _ = w.send(Ok(newest.clone()));
