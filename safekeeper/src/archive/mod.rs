@@ -15,12 +15,14 @@
 //! offers a partial for a segment whose full object is listed.
 //!
 //! Submodules: [`history`] (timeline history files and which timeline holds which segment),
-//! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`plan`]
-//! (which objects rebuild a `pg_wal`), [`spool`] (the prefetch spool of `restore-wal`).
+//! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`prune`]
+//! (superseded partials), [`plan`] (which objects rebuild a `pg_wal`), [`spool`] (the prefetch
+//! spool of `restore-wal`).
 
 pub(crate) mod fetch;
 pub(crate) mod history;
 pub(crate) mod plan;
+pub(crate) mod prune;
 pub(crate) mod spool;
 pub(crate) mod verify;
 

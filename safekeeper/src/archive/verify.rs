@@ -10,7 +10,9 @@
 //!   (no recorded crc32c is a warning), the WAL page header of every page (magic, page address,
 //!   long header form, segment and block size), the records' CRCs and back-links, one system
 //!   identifier across the archive (the most common one unless given), history files that parse,
-//!   and every partial whose full segment exists being a prefix of it.
+//!   and every partial whose full segment exists being a prefix of it;
+//! - leftovers, from the listing alone: superseded partials still present (warning, with their
+//!   size; the rule is [`super::prune`]'s, and `remote prune` deletes them).
 //!
 //! Invariant: a storage failure that may be transient aborts the whole check with an error
 //! rather than being reported as damage, so "problems found" always means the stored bytes are
@@ -170,6 +172,25 @@ pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
     out
 }
 
+/// Superseded partials still present: warnings naming each and its size (recovery is not
+/// affected; they cost storage, and pile up when a safekeeper crashed or was retired).
+pub(crate) fn superseded_problems(archive: &Archive) -> Vec<Problem> {
+    super::prune::classify(archive)
+        .superseded
+        .iter()
+        .map(|s| {
+            Problem::warning(
+                &s.key,
+                format!(
+                    "{}, {} bytes: left over, `remote prune` deletes it",
+                    s.by.describe(),
+                    s.size
+                ),
+            )
+        })
+        .collect()
+}
+
 /// What one object's content check found.
 #[derive(Default)]
 struct ObjectFindings {
@@ -227,6 +248,7 @@ pub(crate) async fn verify_archive(
         .map(|unit| check_unit(storage, archive.seg_size, unit, cancel))
         .buffer_unordered(opts.jobs.max(1));
     let mut problems = structural_problems(archive);
+    problems.extend(superseded_problems(archive));
     let mut system_ids = Vec::new();
     let (mut objects_read, mut bytes_read) = (0, 0);
     while let Some(f) = findings.next().await {
