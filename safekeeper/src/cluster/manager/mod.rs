@@ -557,6 +557,9 @@ impl Manager {
             while let Some(done) = self.tasks.join_next().await {
                 self.on_task_done(done);
             }
+            // Stopped before the startup audit finished: run it now, or the tail of the WAL
+            // (acknowledged by this process) would not be uploaded before it exits.
+            self.run_gating_audit().await;
             self.start_partial().await;
             while let Some(done) = self.tasks.join_next().await {
                 self.on_task_done(done);
