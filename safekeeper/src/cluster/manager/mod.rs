@@ -221,6 +221,11 @@ impl Manager {
             .as_ref()
             .map(|c| Audits::at_start(c.state(), now))
             .unwrap_or_default();
+        // The PUTs a previous process left running may land for a while after this one started.
+        let ledger = RequestLedger::new(
+            control.as_ref().map(|c| c.state()),
+            now + LATE_REQUEST_GRACE,
+        );
         let mut m = Manager {
             wiring: Wiring {
                 settings,
@@ -256,8 +261,7 @@ impl Manager {
                 wanted: true,
             },
             audit,
-            // A previous process's requests may land for a while after this one started.
-            ledger: RequestLedger::new(now + LATE_REQUEST_GRACE),
+            ledger,
         };
         m.on_state_changed();
         m
