@@ -1,6 +1,8 @@
 //! `safekeeper remote ls|verify`: what a cluster's archive holds, and whether it can be trusted.
 //!
-//! Owns the rendering of [`Archive`] listings and verification reports as text and JSON, and the
+//! Owns the rendering of [`Archive`] listings and verification reports as text and JSON (with,
+//! in `ls`, the quorum view: per segment, how much WAL each safekeeper's newest partial holds,
+//! so an operator sees that the archive holds every commit any of them acknowledged), and the
 //! exit status: `ls` exits 0, or 1 when the storage cannot be listed; `verify` exits 0 when no
 //! error was found (warnings allowed), 1 when it found problems (every one is printed, naming
 //! its object), 2 when the check could not run (bad arguments, storage unreachable).
@@ -16,14 +18,18 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::verify::{Severity, VerifyOptions, verify_archive};
-use crate::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
+use crate::archive::{
+    Archive, PartialObject, SegmentSizeSource, TimelineObjects, best_partial, human_bytes,
+    ranked_candidates,
+};
 
 use super::archive_args::{ArchiveArgs, runtime};
 
 #[derive(Subcommand, Debug)]
 pub enum RemoteCommand {
     /// List a cluster's archive: timelines, segment ranges and gaps, every partial (term, commit
-    /// LSN, safekeeper id), history files and the total size.
+    /// LSN, safekeeper id), the quorum view (per segment, how much WAL each safekeeper holds),
+    /// history files and the total size.
     Ls(LsArgs),
     /// Check a cluster's archive: continuity, checksums, WAL page headers and records, system
     /// identifier, partials against the full segments that supersede them. Exit 0 only when clean.
@@ -159,6 +165,7 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
                 "ranges": t.segment_ranges().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "gaps": t.gaps().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "partials": partials,
+                "quorum": quorum_json(a, tli, t),
                 "end_of_wal": end_of_wal(a, t).map(|l| l.to_string()),
             })
         })
@@ -246,6 +253,7 @@ fn ls_text(remote: &str, a: &Archive) -> String {
                 );
             }
         }
+        quorum_text(&mut s, a, tli, t);
         if let Some(end) = end_of_wal(a, t) {
             let _ = writeln!(s, "  end of WAL {end}");
         }
@@ -262,6 +270,84 @@ fn ls_text(remote: &str, a: &Archive) -> String {
         let _ = writeln!(s, "unrecognized {} ({reason})", m.key);
     }
     s
+}
+
+/// Per segment holding partials: each safekeeper's newest version (the candidates restore
+/// chooses among, best first) and whether the full segment supersedes them.
+fn quorum(t: &TimelineObjects) -> Vec<(u64, bool, Vec<&PartialObject>)> {
+    t.partials
+        .iter()
+        .map(|(segno, versions)| {
+            (
+                *segno,
+                t.segments.contains_key(segno),
+                ranked_candidates(versions),
+            )
+        })
+        .collect()
+}
+
+fn quorum_json(a: &Archive, tli: u32, t: &TimelineObjects) -> Vec<serde_json::Value> {
+    quorum(t)
+        .into_iter()
+        .map(|(segno, full, ranked)| {
+            let sks: Vec<_> = ranked
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    json!({
+                        "sk_id": p.name.sk_id,
+                        "commit_lsn": p.name.commit_lsn.to_string(),
+                        "term": p.name.term,
+                        "bytes": p.size,
+                        "key": p.key,
+                        "best": i == 0 && !full,
+                    })
+                })
+                .collect();
+            json!({
+                "segment": a.segment_name(tli, segno),
+                "full_segment": full,
+                "safekeepers": sks,
+            })
+        })
+        .collect()
+}
+
+fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
+    let rows = quorum(t);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  quorum view (per segment, the WAL each safekeeper's newest partial holds; most first):"
+    );
+    for (segno, full, ranked) in rows {
+        let held: Vec<String> = ranked
+            .iter()
+            .map(|p| {
+                format!(
+                    "sk{} up to {} ({}, term {})",
+                    p.name.sk_id,
+                    p.name.commit_lsn,
+                    human_bytes(p.size),
+                    p.name.term
+                )
+            })
+            .collect();
+        let verdict = match (full, ranked.first()) {
+            (true, _) => "superseded by the full segment".to_string(),
+            (false, Some(best)) => format!("restore serves sk{}'s", best.name.sk_id),
+            (false, None) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "    {}  {}  [{verdict}]",
+            a.segment_name(tli, segno),
+            held.join(", ")
+        );
+    }
 }
 
 /// Returns whether the archive is clean (no errors).
