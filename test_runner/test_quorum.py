@@ -97,9 +97,16 @@ def quorum_row(doc: dict, segment: str) -> dict | None:
     return None
 
 
-def wait_committed(sk: Safekeeper, lsn: int, timeout: float = 60) -> None:
+def upload_partial_reaching(sk: Safekeeper, lsn: int, timeout: float = 60) -> str:
+    """Asks `sk` for a partial upload until the one it answers with reaches `lsn` (an answer may
+    name an upload that was already in flight, or the safekeeper may not have committed that far
+    yet); returns its name."""
     api = sk.api()
-    wait_until(f"{sk.name} commit LSN >= {format_lsn(lsn)}", lambda: api.lsns()["commit"] >= lsn, timeout=timeout)
+
+    def upload():
+        name = api.ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
+        return name and parse_partial_name(name).commit_lsn >= lsn and name
+    return wait_until(f"{sk.name}'s partial reaching {format_lsn(lsn)}", upload, timeout=timeout, interval=0.3)
 
 
 def lose_everything(primary: PgCluster, sks: list[Safekeeper]) -> None:
@@ -151,8 +158,7 @@ def test_any1_term_bumped_safekeeper_does_not_hide_later_commits(primary, make_s
     bumped = api5.ok("POST", "/v1/clusters/main/term_bump")
     assert bumped["term"] == 2, bumped
     acked += insert_ids(primary, range(600, 800))
-    wait_committed(sk5, primary.current_lsn())
-    sk5_partial = api5.ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
+    sk5_partial = upload_partial_reaching(sk5, parse_lsn(bumped["start_lsn"]) + 1)
     p5 = parse_partial_name(sk5_partial)
     assert (p5.segment, p5.term, p5.sk_id) == (tail, 2, 5), sk5_partial
     sk5.kill9()
@@ -161,8 +167,7 @@ def test_any1_term_bumped_safekeeper_does_not_hide_later_commits(primary, make_s
     acked += insert_ids(primary, range(800, 3000))
     end = primary.current_lsn()
     assert segment_name(1, segno_of(end)) == tail, "the commits after the kill stay in sk5's segment"
-    wait_committed(sk6, end)
-    sk6_partial = sk6.api().ok("POST", "/v1/clusters/main/partial_upload")["object_name"]
+    sk6_partial = upload_partial_reaching(sk6, end)
     p6 = parse_partial_name(sk6_partial)
     assert (p6.segment, p6.term, p6.sk_id) == (tail, 1, 6) and p6.commit_lsn >= end > p5.commit_lsn, sk6_partial
     lose_everything(primary, [sk5, sk6])
