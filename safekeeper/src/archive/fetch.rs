@@ -132,7 +132,7 @@ pub(crate) enum FetchError {
     Corrupt(String),
     /// Candidates of one segment disagree on their common bytes and nothing says which to trust.
     #[error("{0}")]
-    Diverged(super::Divergence),
+    Diverged(Box<super::Divergence>),
 }
 
 impl FetchError {
@@ -285,7 +285,10 @@ async fn fetch_segment(
 
 /// The candidates whose bytes are read: the best [`MAX_COMPARED`] of `ranked` (one per
 /// safekeeper), plus the preferred safekeeper's if it ranks lower.
-fn compared_candidates<'a>(ranked: &[&'a PartialObject], prefer: Option<u64>) -> Vec<&'a PartialObject> {
+fn compared_candidates<'a>(
+    ranked: &[&'a PartialObject],
+    prefer: Option<u64>,
+) -> Vec<&'a PartialObject> {
     let mut out: Vec<&PartialObject> = ranked.iter().copied().take(MAX_COMPARED).collect();
     if let Some(p) = prefer.and_then(|id| ranked.iter().find(|p| p.name.sk_id == id))
         && !out.contains(p)
@@ -313,8 +316,7 @@ async fn fetch_candidates(
     cancel: &CancellationToken,
 ) -> Result<Option<Vec<Candidate>>, FetchError> {
     let reads =
-        futures::future::join_all(compared.iter().map(|p| storage.get_bytes(&p.key, cancel)))
-            .await;
+        futures::future::join_all(compared.iter().map(|p| storage.get_bytes(&p.key, cancel))).await;
     let mut out: Vec<Candidate> = Vec::with_capacity(compared.len());
     for (i, (object, read)) in compared.iter().zip(reads).enumerate() {
         let data = match read {
@@ -345,7 +347,9 @@ fn serve_agreed(
     listed: usize,
 ) -> Result<Fetched, FetchError> {
     let Some(first) = fetched.first() else {
-        return Err(FetchError::Corrupt("no candidate partial could be read".into()));
+        return Err(FetchError::Corrupt(
+            "no candidate partial could be read".into(),
+        ));
     };
     let seg_start = Lsn::from_segment(first.object.name.segno, first.seg_size);
     let views: Vec<(&PartialObject, &[u8])> =

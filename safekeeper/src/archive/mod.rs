@@ -30,6 +30,8 @@ pub(crate) mod spool;
 pub(crate) mod verify;
 
 #[cfg(test)]
+mod choice_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -370,7 +372,7 @@ pub(crate) fn choose_agreed(
     candidates: &[(&PartialObject, &[u8])],
     seg_start: Lsn,
     prefer: Option<u64>,
-) -> Result<usize, Divergence> {
+) -> Result<usize, Box<Divergence>> {
     let Some(&(best, best_data)) = candidates.first() else {
         return Ok(0);
     };
@@ -390,11 +392,11 @@ pub(crate) fn choose_agreed(
             return Ok(i);
         }
     }
-    Err(Divergence {
+    Err(Box::new(Divergence {
         best: best.clone(),
         other: other.clone(),
         at: seg_start + at as u64,
-    })
+    }))
 }
 
 /// `wal` (the bytes `[segment start, commit LSN)`) followed by zeros up to `seg_size` bytes.
