@@ -109,15 +109,21 @@ impl Fetched {
                 candidates,
                 compared,
                 ..
-            } => format!(
-                "partial {} (term {}, commit LSN {}, safekeeper {}; chosen among {candidates}, \
-                 agreeing with {compared} other safekeepers' partials), zero-padded: WAL ends at {}",
-                object.key,
-                object.name.term,
-                object.name.commit_lsn,
-                object.name.sk_id,
-                object.name.commit_lsn
-            ),
+            } => {
+                let agreed = match compared {
+                    0 => String::new(),
+                    n => format!(", agreeing with {n} other safekeepers' partials"),
+                };
+                format!(
+                    "partial {} (term {}, commit LSN {}, safekeeper {}; chosen among \
+                     {candidates}{agreed}), zero-padded: WAL ends at {}",
+                    object.key,
+                    object.name.term,
+                    object.name.commit_lsn,
+                    object.name.sk_id,
+                    object.name.commit_lsn
+                )
+            }
         }
     }
 }
