@@ -1,7 +1,9 @@
 //! `safekeeper remote ls|verify|prune`: what a cluster's archive holds, whether it can be
 //! trusted, and removing the superseded partials crashes and retired safekeepers leave behind.
 //!
-//! Owns the rendering of [`Archive`] listings, verification reports and prune plans as text and
+//! Owns the rendering of [`Archive`] listings (with, in `ls`, the quorum view: per segment, how
+//! much WAL each safekeeper's newest partial holds, so an operator sees that the archive holds
+//! every commit any of them acknowledged), verification reports and prune plans as text and
 //! JSON, and the exit status: `ls` exits 0, or 1 when the storage cannot be listed; `verify`
 //! exits 0 when no error was found (warnings allowed), 1 when it found errors (every problem is
 //! printed, naming its object), 2 when the check could not run (bad arguments, storage
@@ -25,14 +27,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::prune;
 use crate::archive::verify::{Severity, VerifyOptions, verify_archive};
-use crate::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
+use crate::archive::{
+    Archive, PartialObject, SegmentSizeSource, TimelineObjects, best_partial, human_bytes,
+    ranked_candidates,
+};
 
 use super::archive_args::{ArchiveArgs, runtime};
 
 #[derive(Subcommand, Debug)]
 pub enum RemoteCommand {
     /// List a cluster's archive: timelines, segment ranges and gaps, every partial (term, commit
-    /// LSN, safekeeper id), history files and the total size.
+    /// LSN, safekeeper id), the quorum view (per segment, how much WAL each safekeeper holds),
+    /// history files and the total size.
     Ls(LsArgs),
     /// Check a cluster's archive: continuity, checksums, WAL page headers and records, system
     /// identifier, partials against the full segments that supersede them; superseded partials
@@ -211,6 +217,7 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
                 "ranges": t.segment_ranges().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "gaps": t.gaps().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "partials": partials,
+                "quorum": quorum_json(a, tli, t),
                 "end_of_wal": end_of_wal(a, t).map(|l| l.to_string()),
             })
         })
@@ -298,6 +305,7 @@ fn ls_text(remote: &str, a: &Archive) -> String {
                 );
             }
         }
+        quorum_text(&mut s, a, tli, t);
         if let Some(end) = end_of_wal(a, t) {
             let _ = writeln!(s, "  end of WAL {end}");
         }
@@ -314,6 +322,84 @@ fn ls_text(remote: &str, a: &Archive) -> String {
         let _ = writeln!(s, "unrecognized {} ({reason})", m.key);
     }
     s
+}
+
+/// Per segment holding partials: each safekeeper's newest version (the candidates restore
+/// chooses among, best first) and whether the full segment supersedes them.
+fn quorum(t: &TimelineObjects) -> Vec<(u64, bool, Vec<&PartialObject>)> {
+    t.partials
+        .iter()
+        .map(|(segno, versions)| {
+            (
+                *segno,
+                t.segments.contains_key(segno),
+                ranked_candidates(versions),
+            )
+        })
+        .collect()
+}
+
+fn quorum_json(a: &Archive, tli: u32, t: &TimelineObjects) -> Vec<serde_json::Value> {
+    quorum(t)
+        .into_iter()
+        .map(|(segno, full, ranked)| {
+            let sks: Vec<_> = ranked
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    json!({
+                        "sk_id": p.name.sk_id,
+                        "commit_lsn": p.name.commit_lsn.to_string(),
+                        "term": p.name.term,
+                        "bytes": p.size,
+                        "key": p.key,
+                        "best": i == 0 && !full,
+                    })
+                })
+                .collect();
+            json!({
+                "segment": a.segment_name(tli, segno),
+                "full_segment": full,
+                "safekeepers": sks,
+            })
+        })
+        .collect()
+}
+
+fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
+    let rows = quorum(t);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  quorum view (per segment, the WAL each safekeeper's newest partial holds; most first):"
+    );
+    for (segno, full, ranked) in rows {
+        let held: Vec<String> = ranked
+            .iter()
+            .map(|p| {
+                format!(
+                    "sk{} up to {} ({}, term {})",
+                    p.name.sk_id,
+                    p.name.commit_lsn,
+                    human_bytes(p.size),
+                    p.name.term
+                )
+            })
+            .collect();
+        let verdict = match (full, ranked.first()) {
+            (true, _) => "superseded by the full segment".to_string(),
+            (false, Some(best)) => format!("restore serves sk{}'s", best.name.sk_id),
+            (false, None) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "    {}  {}  [{verdict}]",
+            a.segment_name(tli, segno),
+            held.join(", ")
+        );
+    }
 }
 
 async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<Verdict> {
