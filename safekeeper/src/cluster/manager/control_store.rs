@@ -6,44 +6,63 @@
 //!
 //! Invariant: `flush_lsn` is only ever recorded after the WAL store fsynced that far, and
 //! `commit_lsn <= flush_lsn` (the control file rejects anything else on save).
+//!
+//! Space: a save never depends on space that only the recorded state would free. The cluster
+//! directory holds a reserve file (`wal::space::Reserve`); a save that fails for lack of space
+//! releases it and tries once more, so recording finished uploads (which lets uploaded segments
+//! be removed) succeeds on a full disk. The reserve is re-created at a later save once the room
+//! for it and the next segment is free again. A temp file left by a crashed save is removed on
+//! load.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use control_file::{ClusterState, Lsn};
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::wal::space::{self, PREALLOC_SUFFIX, Reserve, Statvfs};
 
 /// A cluster's control file: the state in memory and the path it is saved to.
 pub(crate) struct ControlStore {
     path: PathBuf,
     state: ClusterState,
     on_disk: ClusterState,
+    /// The space reserve of the cluster directory (released by a save on a full disk).
+    reserve: Reserve,
 }
 
 impl ControlStore {
     /// Loads the control file at `path`, or `None` when there is none yet.
     pub(crate) fn load(path: &Path) -> Result<Option<ControlStore>> {
+        remove_stale_temp_files(path)?;
         if !path.exists() {
             return Ok(None);
         }
         let state = control_file::load(path)
             .with_context(|| format!("cannot use control file {}", path.display()))?;
-        Ok(Some(ControlStore {
+        let store = ControlStore {
             path: path.to_path_buf(),
             on_disk: state.clone(),
+            reserve: reserve_of(path),
             state,
-        }))
+        };
+        store.restore_reserve();
+        Ok(Some(store))
     }
 
     /// Creates the control file for a cluster seen for the first time, durably, before any WAL
     /// of it is written.
     pub(crate) fn create(path: &Path, state: ClusterState) -> Result<ControlStore> {
-        save(path, &state)?;
-        Ok(ControlStore {
+        let reserve = reserve_of(path);
+        save(path, &state, &reserve)?;
+        let store = ControlStore {
             path: path.to_path_buf(),
             on_disk: state.clone(),
             state,
-        })
+            reserve,
+        };
+        store.restore_reserve();
+        Ok(store)
     }
 
     pub(crate) fn state(&self) -> &ClusterState {
@@ -55,11 +74,27 @@ impl ControlStore {
         let mut next = self.state.clone();
         change(&mut next);
         if next != self.on_disk {
-            save(&self.path, &next)?;
+            self.restore_reserve();
+            save(&self.path, &next, &self.reserve)?;
             self.on_disk = next.clone();
         }
         self.state = next;
         Ok(())
+    }
+
+    /// Re-creates the reserve when it is missing and there is room for it beyond the next
+    /// segment (so it never takes what ingest needs first). Best effort: a reserve that cannot
+    /// be made yet is tried again at the next save.
+    fn restore_reserve(&self) {
+        if self.reserve.is_held() {
+            return;
+        }
+        if let Err(e) = self
+            .reserve
+            .ensure(&Statvfs, u64::from(self.state.wal_segment_size))
+        {
+            warn!(error = %format!("{e:#}"), "cannot create the space reserve");
+        }
     }
 
     /// Records the durable and the acknowledged WAL positions (never moving them backwards).
@@ -74,11 +109,118 @@ impl ControlStore {
     }
 }
 
-fn save(path: &Path, state: &ClusterState) -> Result<()> {
+/// The reserve file lives next to the control file, in the cluster directory.
+fn reserve_of(path: &Path) -> Reserve {
+    Reserve::new(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Removes the temp files of a save or a reserve creation that a crash interrupted.
+fn remove_stale_temp_files(path: &Path) -> Result<()> {
+    let reserve = reserve_of(path);
+    for tmp in [
+        control_file::temp_path(path),
+        control_file::with_suffix(reserve.path(), PREALLOC_SUFFIX),
+    ] {
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => tracing::info!(path = %tmp.display(), "removed the temp file of an unfinished write"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", tmp.display())),
+        }
+    }
+    Ok(())
+}
+
+/// Saves durably; on a full disk releases the reserve and tries once more.
+fn save(path: &Path, state: &ClusterState, reserve: &Reserve) -> Result<()> {
+    save_with(path, state, reserve, &control_file::save)
+}
+
+/// [`save`] through `write` (the real one is `control_file::save`; tests inject a full disk).
+fn save_with(
+    path: &Path,
+    state: &ClusterState,
+    reserve: &Reserve,
+    write: &dyn Fn(&Path, &ClusterState) -> Result<(), control_file::ControlFileError>,
+) -> Result<()> {
     let started = std::time::Instant::now();
-    control_file::save(path, state)
-        .with_context(|| format!("cannot save control file {}", path.display()))?;
+    let first = write(path, state).map_err(anyhow::Error::new);
+    match first {
+        Ok(()) => {}
+        Err(e) if space::is_out_of_space(&e) && reserve.release()? => {
+            write(path, state).with_context(|| {
+                format!("cannot save control file {} even after releasing the space reserve", path.display())
+            })?;
+        }
+        Err(e) => return Err(e.context(format!("cannot save control file {}", path.display()))),
+    }
     debug!(path = %path.display(), flush_lsn = %state.flush_lsn, commit_lsn = %state.commit_lsn,
            elapsed_us = started.elapsed().as_micros() as u64, "control file saved");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ClusterState {
+        ClusterState::new(1, "main", 42, 16 << 20, 15, 1, Lsn(16 << 20))
+    }
+
+    /// A full disk whose only room is the reserve: the write fails with ENOSPC while the
+    /// reserve exists. The save that records uploads must still succeed.
+    #[test]
+    fn a_save_on_a_full_disk_releases_the_reserve_and_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safekeeper.control");
+        let reserve = reserve_of(&path);
+        std::fs::write(reserve.path(), vec![0u8; 16]).unwrap();
+        let full_disk = |p: &Path, st: &ClusterState| {
+            if reserve_of(p).is_held() {
+                return Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "write temp file", source: std::io::Error::from_raw_os_error(libc::ENOSPC) });
+            }
+            control_file::save(p, st)
+        };
+        let mut st = state();
+        st.backup_lsn = Lsn(32 << 20);
+        save_with(&path, &st, &reserve, &full_disk).unwrap();
+        assert!(!reserve.is_held(), "the reserve was given back to make room");
+        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(32 << 20));
+        // No reserve left and still full: the error says so, the old file stays valid.
+        let always_full = |p: &Path, _: &ClusterState| {
+            Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "write temp file", source: std::io::Error::from_raw_os_error(libc::ENOSPC) })
+        };
+        st.backup_lsn = Lsn(48 << 20);
+        let err = save_with(&path, &st, &reserve, &always_full).unwrap_err();
+        assert!(space::is_out_of_space(&err), "{err:#}");
+        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(32 << 20));
+    }
+
+    #[test]
+    fn other_errors_keep_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safekeeper.control");
+        let reserve = reserve_of(&path);
+        std::fs::write(reserve.path(), vec![0u8; 16]).unwrap();
+        let broken = |p: &Path, _: &ClusterState| {
+            Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "fsync temp file", source: std::io::Error::from_raw_os_error(libc::EIO) })
+        };
+        assert!(save_with(&path, &state(), &reserve, &broken).is_err());
+        assert!(reserve.is_held());
+    }
+
+    #[test]
+    fn load_removes_temp_files_of_a_crashed_save_and_creates_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safekeeper.control");
+        control_file::save(&path, &state()).unwrap();
+        let tmp = control_file::temp_path(&path);
+        std::fs::write(&tmp, b"half a control file").unwrap();
+        let reserve_tmp = control_file::with_suffix(reserve_of(&path).path(), PREALLOC_SUFFIX);
+        std::fs::write(&reserve_tmp, b"half a reserve").unwrap();
+        let store = ControlStore::load(&path).unwrap().unwrap();
+        assert!(!tmp.exists() && !reserve_tmp.exists());
+        assert_eq!(store.state().flush_lsn, state().flush_lsn);
+        let len = std::fs::metadata(reserve_of(&path).path()).unwrap().len();
+        assert_eq!(len, space::RESERVE_BYTES);
+    }
 }
