@@ -59,11 +59,11 @@ def tmpfs():
 
 
 class Writers:
-    """Sync-commit writers: each inserts one row with an incompressible 2 KiB pad per
+    """Sync-commit writers: each inserts one row with an incompressible pad of `pad_kib` KiB per
     transaction and records its id only after COMMIT returned."""
 
-    def __init__(self, pg: PgCluster, n: int = 2):
-        self.pg, self.stop_event = pg, threading.Event()
+    def __init__(self, pg: PgCluster, n: int = 2, pad_kib: int = 2):
+        self.pg, self.stop_event, self.md5s = pg, threading.Event(), pad_kib * 32
         self.committed: list[int] = []
         self.errors: list[str] = []
         self.threads = [threading.Thread(target=self._run, args=(k, n), daemon=True) for k in range(n)]
@@ -74,7 +74,7 @@ class Writers:
             with psycopg.connect(self.pg.connstr(), autocommit=True, connect_timeout=5) as conn:
                 while not self.stop_event.is_set():
                     conn.execute("INSERT INTO t VALUES (%s, (SELECT string_agg(md5(random()::text), '') "
-                                 "FROM generate_series(1, 64)))", (i,))
+                                 "FROM generate_series(1, %s)))", (i, self.md5s))
                     self.committed.append(i)
                     i += n
         except psycopg.Error as e:
@@ -162,7 +162,7 @@ def test_small_data_dir_keeps_acknowledging(primary: PgCluster, safekeeper: Safe
     setup_primary(primary)
     start = primary.current_lsn()
     start_standby(safekeeper, primary, remote=remote, partial_interval="1s", extra=["--local-retention", "0"])
-    writers = Writers(primary).start()
+    writers = Writers(primary, pad_kib=8).start()
     try:
         worst = watch_progress(primary, writers, 60)
     finally:
