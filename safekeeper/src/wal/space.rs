@@ -11,9 +11,10 @@
 //!   *durable* control file are ever freed here, oldest first: freeing never removes WAL that is
 //!   not in remote storage, and a crash right after leaves a control file that still agrees.
 //! - A preallocation either completes (fsynced, renamed into place) or leaves nothing behind.
-//! - The reserve file (`space.reserve`, [`RESERVE_BYTES`]) is released only to let a control-file
-//!   save succeed on a full disk, and re-created only when that much is free beyond the next
-//!   segment; so a save that records uploads never needs the space those uploads would free.
+//! - The reserve file (`space.reserve`, [`RESERVE_BYTES`]) is given back, a slice at a time, only
+//!   to a control-file save that records uploads on a full disk, and filled again only when that
+//!   much is free beyond the next segment; so a save that records uploads never needs the space
+//!   those uploads would free, and a segment never takes the reserve's room.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -118,7 +119,7 @@ pub(crate) struct SpacePolicy {
     /// The durable `backup_lsn` (every full segment below it is in remote storage), or None when
     /// nothing may be freed (no control file yet).
     pub backup_lsn: Arc<dyn Fn() -> Option<Lsn> + Send + Sync>,
-    /// The reserve file, whose absence means its size must stay free for re-creating it.
+    /// The reserve file: whatever it misses of its full size must stay free for refilling it.
     pub reserve: Option<PathBuf>,
 }
 
@@ -133,11 +134,14 @@ impl SpacePolicy {
         }
     }
 
-    /// Bytes that must stay free besides `bytes` for the reserve to be re-created.
+    /// Bytes that must stay free besides `bytes` for the reserve to be filled again.
     fn headroom(&self) -> u64 {
         match &self.reserve {
-            Some(path) if !path.exists() => RESERVE_BYTES,
-            _ => 0,
+            Some(path) => Reserve {
+                path: path.to_path_buf(),
+            }
+            .missing(),
+            None => 0,
         }
     }
 
@@ -277,8 +281,10 @@ pub(crate) fn remove_leftover_temp_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The reserve file of one cluster: [`RESERVE_BYTES`] kept allocated so that a control-file
-/// save can still succeed when everything else is full.
+/// The reserve file of one cluster: [`RESERVE_BYTES`] kept allocated so that control-file saves
+/// that record uploads can still succeed when everything else is full. It is given back in
+/// slices (the file is shortened), one per save that needs room, so a whole run of such saves
+/// fits, and the room is never handed to the filesystem before the save that needs it.
 #[derive(Clone, Debug)]
 pub(crate) struct Reserve {
     path: PathBuf,
@@ -295,45 +301,76 @@ impl Reserve {
         &self.path
     }
 
-    pub(crate) fn is_held(&self) -> bool {
-        self.path.exists()
+    /// Bytes the reserve holds now (0 when its file is missing).
+    pub(crate) fn held(&self) -> u64 {
+        fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Gives the reserve's space back to the filesystem. True when there was one to release.
-    pub(crate) fn release(&self) -> Result<bool> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => {
-                warn!(path = %self.path.display(), bytes = RESERVE_BYTES,
-                      "disk full: released the space reserve for a control-file save");
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
+    /// Bytes missing from a full reserve: room a new segment must leave free.
+    pub(crate) fn missing(&self) -> u64 {
+        RESERVE_BYTES.saturating_sub(self.held())
+    }
+
+    /// Gives `bytes` of the reserve back to the filesystem (shortening its file). True when it
+    /// held anything to give.
+    pub(crate) fn release(&self, bytes: u64) -> Result<bool> {
+        let held = self.held();
+        if held == 0 {
+            return Ok(false);
         }
+        let keep = held.saturating_sub(bytes);
+        OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .and_then(|f| f.set_len(keep))
+            .with_context(|| format!("cannot shorten {}", self.path.display()))?;
+        warn!(path = %self.path.display(), released = held - keep, left = keep,
+              "disk full: gave part of the space reserve to a control-file save");
+        Ok(true)
     }
 
-    /// Creates the reserve when it is missing and `spare` bytes beyond it are free (the room the
-    /// next segment needs, so the reserve never takes what ingest needs first). True when held
-    /// afterwards.
+    /// Fills the reserve up to [`RESERVE_BYTES`] when `spare` bytes beyond what is missing are
+    /// free (the room the next segment needs, so the reserve never takes what ingest needs
+    /// first). True when full afterwards; a fill that runs out of room is undone.
     pub(crate) fn ensure(&self, probe: &dyn SpaceProbe, spare: u64) -> Result<bool> {
-        if self.is_held() {
+        let held = self.held();
+        let missing = RESERVE_BYTES.saturating_sub(held);
+        if missing == 0 {
             return Ok(true);
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let available = probe
             .available(dir)
             .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
-        if available < RESERVE_BYTES + spare {
+        if available < missing + spare {
             return Ok(false);
         }
-        let tmp = control_file::with_suffix(&self.path, PREALLOC_SUFFIX);
-        match preallocate(&tmp, &self.path, RESERVE_BYTES, probe) {
-            Ok(_) => {
+        let grow = || -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            probe.before_write(dir, missing)?;
+            f.write_all(&vec![0u8; missing as usize])?;
+            f.sync_all()
+        };
+        match grow() {
+            Ok(()) => {
+                fsync_dir(dir)?;
                 info!(path = %self.path.display(), bytes = RESERVE_BYTES, "space reserve in place");
                 Ok(true)
             }
-            Err(e) if is_out_of_space(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => {
+                // Undo a partial fill; what was held before stays held.
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .and_then(|f| f.set_len(held));
+                if is_enospc(&e) {
+                    return Ok(false);
+                }
+                Err(e).with_context(|| format!("cannot fill {}", self.path.display()))
+            }
         }
     }
 }

@@ -7,12 +7,14 @@
 //! Invariant: `flush_lsn` is only ever recorded after the WAL store fsynced that far, and
 //! `commit_lsn <= flush_lsn` (the control file rejects anything else on save).
 //!
-//! Space: a save never depends on space that only the recorded state would free. The cluster
-//! directory holds a reserve file (`wal::space::Reserve`); a save that fails for lack of space
-//! releases it and tries once more, so recording finished uploads (which lets uploaded segments
-//! be removed) succeeds on a full disk. The reserve is re-created at a later save once the room
-//! for it and the next segment is free again. A temp file left by a crashed save is removed on
-//! load.
+//! Space: a save that records uploads never depends on space that only the recorded state would
+//! free. The cluster directory holds a reserve file (`wal::space::Reserve`); such a save that
+//! fails for lack of space takes a slice of the reserve ([`SAVE_ROOM`] or twice the file, more if
+//! the file is larger) and tries once more, so recording finished uploads and deletions (which
+//! lets uploaded segments be removed) succeeds on a full disk. Saves that only move LSNs never
+//! spend the reserve: they fail and are retried. The reserve is filled again at a later save
+//! once the room for it and the next segment is free. A temp file left by a crashed save is
+//! removed on load.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,11 @@ use control_file::{ClusterState, Lsn};
 use tracing::{debug, warn};
 
 use crate::wal::space::{self, PREALLOC_SUFFIX, Reserve, Statvfs};
+#[cfg(test)]
+use crate::wal::space::RESERVE_BYTES;
+
+/// The least of the reserve one save takes on a full disk.
+const SAVE_ROOM: u64 = 64 << 10;
 
 /// A cluster's control file: the state in memory and the path it is saved to.
 pub(crate) struct ControlStore {
@@ -54,7 +61,7 @@ impl ControlStore {
     /// of it is written.
     pub(crate) fn create(path: &Path, state: ClusterState) -> Result<ControlStore> {
         let reserve = reserve_of(path);
-        save(path, &state, &reserve)?;
+        save(path, &state, None)?;
         let store = ControlStore {
             path: path.to_path_buf(),
             on_disk: state.clone(),
@@ -75,7 +82,9 @@ impl ControlStore {
         change(&mut next);
         if next != self.on_disk {
             self.restore_reserve();
-            save(&self.path, &next, &self.reserve)?;
+            let records_uploads =
+                next.backup_lsn != self.on_disk.backup_lsn || next.remote != self.on_disk.remote;
+            save(&self.path, &next, records_uploads.then_some(&self.reserve))?;
             self.on_disk = next.clone();
         }
         self.state = next;
@@ -86,7 +95,7 @@ impl ControlStore {
     /// segment (so it never takes what ingest needs first). Best effort: a reserve that cannot
     /// be made yet is tried again at the next save.
     fn restore_reserve(&self) {
-        if self.reserve.is_held() {
+        if self.reserve.missing() == 0 {
             return;
         }
         if let Err(e) = self
@@ -130,8 +139,8 @@ fn remove_stale_temp_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Saves durably; on a full disk releases the reserve and tries once more.
-fn save(path: &Path, state: &ClusterState, reserve: &Reserve) -> Result<()> {
+/// Saves durably; on a full disk, when `reserve` is given, takes a slice of it and tries once more.
+fn save(path: &Path, state: &ClusterState, reserve: Option<&Reserve>) -> Result<()> {
     save_with(path, state, reserve, &control_file::save)
 }
 
@@ -139,19 +148,22 @@ fn save(path: &Path, state: &ClusterState, reserve: &Reserve) -> Result<()> {
 fn save_with(
     path: &Path,
     state: &ClusterState,
-    reserve: &Reserve,
+    reserve: Option<&Reserve>,
     write: &dyn Fn(&Path, &ClusterState) -> Result<(), control_file::ControlFileError>,
 ) -> Result<()> {
     let started = std::time::Instant::now();
-    let first = write(path, state).map_err(anyhow::Error::new);
-    match first {
-        Ok(()) => {}
-        Err(e) if space::is_out_of_space(&e) && reserve.release()? => {
-            write(path, state).with_context(|| {
-                format!("cannot save control file {} even after releasing the space reserve", path.display())
-            })?;
+    if let Err(e) = write(path, state).map_err(anyhow::Error::new) {
+        let context = || format!("cannot save control file {}", path.display());
+        let Some(reserve) = reserve.filter(|_| space::is_out_of_space(&e)) else {
+            return Err(e.context(context()));
+        };
+        let room = std::fs::metadata(path).map_or(0, |m| 2 * m.len()).max(SAVE_ROOM);
+        if !reserve.release(room)? {
+            return Err(e.context(format!("{}; the space reserve is used up", context())));
         }
-        Err(e) => return Err(e.context(format!("cannot save control file {}", path.display()))),
+        write(path, state).with_context(|| {
+            format!("{} even with room taken from the space reserve", context())
+        })?;
     }
     debug!(path = %path.display(), flush_lsn = %state.flush_lsn, commit_lsn = %state.commit_lsn,
            elapsed_us = started.elapsed().as_micros() as u64, "control file saved");
@@ -166,46 +178,79 @@ mod tests {
         ClusterState::new(1, "main", 42, 16 << 20, 15, 1, Lsn(16 << 20))
     }
 
-    /// A full disk whose only room is the reserve: the write fails with ENOSPC while the
-    /// reserve exists. The save that records uploads must still succeed.
+    fn enospc(p: &Path) -> control_file::ControlFileError {
+        control_file::ControlFileError::Io {
+            path: p.to_path_buf(),
+            op: "write temp file",
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+    }
+
+    /// A full disk whose only room is what the reserve gives back: a write succeeds only after
+    /// the reserve shrank. Saves that record uploads succeed, one slice each, until the reserve
+    /// is used up; then the error says so and the last saved file stays valid.
     #[test]
-    fn a_save_on_a_full_disk_releases_the_reserve_and_succeeds() {
+    fn saves_that_record_uploads_take_slices_of_the_reserve_on_a_full_disk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("safekeeper.control");
         let reserve = reserve_of(&path);
-        std::fs::write(reserve.path(), vec![0u8; 16]).unwrap();
+        std::fs::write(reserve.path(), vec![0u8; RESERVE_BYTES as usize]).unwrap();
+        let last = std::cell::Cell::new(reserve.held());
         let full_disk = |p: &Path, st: &ClusterState| {
-            if reserve_of(p).is_held() {
-                return Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "write temp file", source: std::io::Error::from_raw_os_error(libc::ENOSPC) });
+            if reserve.held() >= last.get() {
+                return Err(enospc(p));
             }
+            last.set(reserve.held());
             control_file::save(p, st)
         };
         let mut st = state();
-        st.backup_lsn = Lsn(32 << 20);
-        save_with(&path, &st, &reserve, &full_disk).unwrap();
-        assert!(!reserve.is_held(), "the reserve was given back to make room");
-        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(32 << 20));
-        // No reserve left and still full: the error says so, the old file stays valid.
-        let always_full = |p: &Path, _: &ClusterState| {
-            Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "write temp file", source: std::io::Error::from_raw_os_error(libc::ENOSPC) })
-        };
-        st.backup_lsn = Lsn(48 << 20);
-        let err = save_with(&path, &st, &reserve, &always_full).unwrap_err();
+        let slices = RESERVE_BYTES / SAVE_ROOM;
+        for i in 1..=slices {
+            st.backup_lsn = Lsn((16 + i) << 24);
+            save_with(&path, &st, Some(&reserve), &full_disk).unwrap();
+            assert_eq!(reserve.held(), RESERVE_BYTES - i * SAVE_ROOM);
+        }
+        st.backup_lsn = Lsn(1 << 40);
+        let err = save_with(&path, &st, Some(&reserve), &full_disk).unwrap_err();
         assert!(space::is_out_of_space(&err), "{err:#}");
-        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(32 << 20));
+        assert!(format!("{err:#}").contains("used up"), "{err:#}");
+        assert_eq!(
+            control_file::load(&path).unwrap().backup_lsn,
+            Lsn((16 + slices) << 24)
+        );
     }
 
+    /// A save that records nothing but LSNs never spends the reserve.
     #[test]
-    fn other_errors_keep_the_reserve() {
+    fn other_saves_and_other_errors_keep_the_reserve() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("safekeeper.control");
         let reserve = reserve_of(&path);
-        std::fs::write(reserve.path(), vec![0u8; 16]).unwrap();
+        std::fs::write(reserve.path(), vec![0u8; 4096]).unwrap();
+        let full = |p: &Path, _: &ClusterState| Err(enospc(p));
+        let err = save_with(&path, &state(), None, &full).unwrap_err();
+        assert!(space::is_out_of_space(&err), "{err:#}");
         let broken = |p: &Path, _: &ClusterState| {
-            Err(control_file::ControlFileError::Io { path: p.to_path_buf(), op: "fsync temp file", source: std::io::Error::from_raw_os_error(libc::EIO) })
+            Err(control_file::ControlFileError::Io {
+                path: p.to_path_buf(),
+                op: "fsync temp file",
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
         };
-        assert!(save_with(&path, &state(), &reserve, &broken).is_err());
-        assert!(reserve.is_held());
+        assert!(save_with(&path, &state(), Some(&reserve), &broken).is_err());
+        assert_eq!(reserve.held(), 4096);
+    }
+
+    /// The choice of which saves may spend the reserve, on a real store.
+    #[test]
+    fn only_upload_bookkeeping_counts_as_recording_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("safekeeper.control");
+        let mut store = ControlStore::create(&path, state()).unwrap();
+        assert_eq!(reserve_of(&path).held(), RESERVE_BYTES);
+        store.record_lsns(Lsn(17 << 20), Lsn(17 << 20)).unwrap();
+        store.update(|s| s.backup_lsn = Lsn(17 << 20)).unwrap();
+        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(17 << 20));
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn a_segment_switch_frees_uploaded_segments_and_stalls_without_them() {
     );
     let partial = fs::read(wal.join("000000010000000000000003.partial")).unwrap();
     assert_eq!(&partial[..more.len()], &more[..]);
-    assert!(reserve.is_held(), "the store never touches the reserve");
+    assert_eq!(reserve.held(), RESERVE_BYTES, "the store never touches the reserve");
 }
 
 /// A preallocation that runs out of room half-way (another writer took the space after the
@@ -161,11 +161,11 @@ fn a_segment_switch_frees_uploaded_segments_and_stalls_without_them() {
 fn a_preallocation_that_hits_enospc_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("wal");
-    let disk = VirtualDisk::new(dir.path(), u64::from(SEG) + SEG as u64 / 2);
+    let disk = VirtualDisk::new(dir.path(), u64::from(SEG) + SEG as u64 / 2 + RESERVE_BYTES);
     disk.optimism.store(u64::from(SEG), Ordering::SeqCst);
     let backup = Arc::new(AtomicU64::new(0));
     let reserve = dir.path().join(RESERVE_FILE_NAME);
-    fs::write(&reserve, b"r").unwrap();
+    fs::write(&reserve, vec![0u8; RESERVE_BYTES as usize]).unwrap();
     let start = Lsn::from_segment(5, SEG);
     let mut store = WalStore::open(&wal, identity(), start)
         .unwrap()
@@ -212,24 +212,37 @@ fn only_uploaded_segments_of_the_timeline_are_removable() {
     assert_eq!(segnos(Some(9)), vec![1, 2, 3]);
 }
 
-/// While the reserve is released, its room counts as needed, so a segment never takes it.
+/// While part of the reserve is given away, that room counts as needed, so a segment never
+/// takes it; the reserve is filled again only with a segment's room to spare.
 #[test]
-fn a_released_reserve_keeps_its_room() {
+fn a_shortened_reserve_keeps_its_room() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = VirtualDisk::new(dir.path(), u64::from(SEG) + RESERVE_BYTES / 2);
+    let disk = VirtualDisk::new(dir.path(), u64::from(SEG) + RESERVE_BYTES + RESERVE_BYTES / 2);
     let backup = Arc::new(AtomicU64::new(0));
     let reserve = Reserve::new(dir.path());
+    assert!(reserve.ensure(&*disk, 0).unwrap());
+    assert_eq!(reserve.held(), RESERVE_BYTES);
     let p = policy(&disk, &backup, reserve.path());
+    p.make_room(dir.path(), SEG, 1, u64::from(SEG)).unwrap();
+
+    assert!(reserve.release(RESERVE_BYTES / 4).unwrap());
+    assert_eq!(reserve.missing(), RESERVE_BYTES / 4);
+    disk.other
+        .store(RESERVE_BYTES / 2 + RESERVE_BYTES / 8, Ordering::SeqCst);
     let err = p.make_room(dir.path(), SEG, 1, u64::from(SEG)).unwrap_err();
     assert_eq!(
         err.downcast_ref::<DiskFull>().unwrap().needed,
-        u64::from(SEG) + RESERVE_BYTES
+        u64::from(SEG) + RESERVE_BYTES / 4
     );
-    // Not enough room beyond a segment: the reserve is not re-created either.
+    // Room for the missing part but not a segment besides: not refilled.
     assert!(!reserve.ensure(&*disk, u64::from(SEG)).unwrap());
-    assert!(!reserve.path().exists());
-    assert!(reserve.ensure(&*disk, 0).unwrap());
-    assert!(!reserve.release().unwrap() || !reserve.is_held());
+    assert_eq!(reserve.held(), RESERVE_BYTES * 3 / 4);
+    disk.other.store(0, Ordering::SeqCst);
+    assert!(reserve.ensure(&*disk, u64::from(SEG)).unwrap());
+    assert_eq!(reserve.held(), RESERVE_BYTES);
+    // Used up completely, then nothing more to give.
+    assert!(reserve.release(2 * RESERVE_BYTES).unwrap());
+    assert!(!reserve.release(1).unwrap());
 }
 
 #[test]
