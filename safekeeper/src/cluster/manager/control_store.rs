@@ -7,12 +7,13 @@
 //! Invariant: `flush_lsn` is only ever recorded after the WAL store fsynced that far, and
 //! `commit_lsn <= flush_lsn` (the control file rejects anything else on save).
 //!
-//! Space: a save that records uploads never depends on space that only the recorded state would
-//! free. The cluster directory holds a reserve file (`wal::space::Reserve`); such a save that
-//! fails for lack of space takes a slice of the reserve ([`SAVE_ROOM`] or twice the file, more if
-//! the file is larger) and tries once more, so recording finished uploads and deletions (which
-//! lets uploaded segments be removed) succeeds on a full disk. Saves that only move LSNs never
-//! spend the reserve: they fail and are retried. The reserve is filled again at a later save
+//! Space: a save that lets space be freed never depends on the space it would free. The cluster
+//! directory holds a reserve file (`wal::space::Reserve`); such a save ([`lets_space_be_freed`]:
+//! `backup_lsn` advanced, or `flush_lsn` entered a new segment so the completed one may be
+//! uploaded) that fails for lack of space takes a slice of the reserve ([`SAVE_ROOM`], or twice
+//! the file when that is larger) and tries once more, so the bookkeeping that leads to removing
+//! uploaded segments succeeds on a full disk. Other saves (partial and GC bookkeeping, LSN moves
+//! within a segment) never spend the reserve: they fail and are retried. The reserve is filled again at a later save
 //! once the room for it and the next segment is free. A temp file left by a crashed save is
 //! removed on load.
 
@@ -82,9 +83,8 @@ impl ControlStore {
         change(&mut next);
         if next != self.on_disk {
             self.restore_reserve();
-            let records_uploads =
-                next.backup_lsn != self.on_disk.backup_lsn || next.remote != self.on_disk.remote;
-            save(&self.path, &next, records_uploads.then_some(&self.reserve))?;
+            let reserve = lets_space_be_freed(&self.on_disk, &next).then_some(&self.reserve);
+            save(&self.path, &next, reserve)?;
             self.on_disk = next.clone();
         }
         self.state = next;
@@ -116,6 +116,16 @@ impl ControlStore {
             s.commit_lsn = s.commit_lsn.max(commit_lsn.min(s.flush_lsn));
         })
     }
+}
+
+/// Whether saving `next` over `on_disk` is a step towards freeing local space, and so may spend
+/// the reserve: `backup_lsn` advanced (segments below it may be removed), or `flush_lsn` entered
+/// a new segment (a completed segment may only be uploaded once it is recorded, see `full.rs`).
+/// Partial and GC bookkeeping and LSN moves within a segment free nothing locally.
+fn lets_space_be_freed(on_disk: &ClusterState, next: &ClusterState) -> bool {
+    let seg_size = next.wal_segment_size;
+    next.backup_lsn > on_disk.backup_lsn
+        || next.flush_lsn.segment_number(seg_size) > on_disk.flush_lsn.segment_number(seg_size)
 }
 
 /// The reserve file lives next to the control file, in the cluster directory.
@@ -241,16 +251,23 @@ mod tests {
         assert_eq!(reserve.held(), 4096);
     }
 
-    /// The choice of which saves may spend the reserve, on a real store.
+    /// Which saves may spend the reserve: those without which nothing can be freed.
     #[test]
-    fn only_upload_bookkeeping_counts_as_recording_uploads() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("safekeeper.control");
-        let mut store = ControlStore::create(&path, state()).unwrap();
-        assert_eq!(reserve_of(&path).held(), RESERVE_BYTES);
-        store.record_lsns(Lsn(17 << 20), Lsn(17 << 20)).unwrap();
-        store.update(|s| s.backup_lsn = Lsn(17 << 20)).unwrap();
-        assert_eq!(control_file::load(&path).unwrap().backup_lsn, Lsn(17 << 20));
+    fn only_steps_towards_freeing_space_may_spend_the_reserve() {
+        let old = state(); // flush_lsn = backup_lsn = start of segment 1
+        let mut next = old.clone();
+        next.flush_lsn = Lsn((16 << 20) + 8192);
+        next.commit_lsn = next.flush_lsn;
+        assert!(!lets_space_be_freed(&old, &next), "an LSN move within a segment");
+        next.remote.history.clear();
+        next.term += 1;
+        assert!(!lets_space_be_freed(&old, &next), "other bookkeeping");
+        next.flush_lsn = Lsn(32 << 20);
+        assert!(lets_space_be_freed(&old, &next), "a completed segment to record");
+        let mut uploaded = old.clone();
+        uploaded.backup_lsn = Lsn(32 << 20);
+        uploaded.flush_lsn = Lsn(32 << 20);
+        assert!(lets_space_be_freed(&next, &uploaded), "backup_lsn advanced");
     }
 
     #[test]
