@@ -91,10 +91,12 @@ pub(crate) fn statvfs(dir: &Path) -> io::Result<FsSpace> {
     }
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let st = unsafe { st.assume_init() };
-    let frsize = st.f_frsize as u64;
+    // The field types differ between libc targets (u32 on some 32-bit ones).
+    #[allow(clippy::unnecessary_cast)]
+    let (frsize, blocks, bavail) = (st.f_frsize as u64, st.f_blocks as u64, st.f_bavail as u64);
     Ok(FsSpace {
-        total: (st.f_blocks as u64).saturating_mul(frsize),
-        available: (st.f_bavail as u64).saturating_mul(frsize),
+        total: blocks.saturating_mul(frsize),
+        available: bavail.saturating_mul(frsize),
     })
 }
 
@@ -245,10 +247,11 @@ pub(crate) fn preallocate(
             Ok(file)
         }
         Err(e) => {
-            if let Err(rm) = fs::remove_file(tmp) {
-                if rm.kind() != io::ErrorKind::NotFound {
+            match fs::remove_file(tmp) {
+                Err(rm) if rm.kind() != io::ErrorKind::NotFound => {
                     warn!(path = %tmp.display(), error = %rm, "cannot remove a failed preallocation");
                 }
+                _ => {}
             }
             if is_enospc(&e) {
                 return Err(anyhow::Error::new(DiskFull {

@@ -9,6 +9,9 @@
 //! - `flushed_lsn` only moves after an fdatasync covering every byte below it returned; a
 //!   completed segment is fsynced before it is renamed, and the directory after the rename.
 //! - Only one `.partial` file exists, and it is the newest segment.
+//! - Creating a segment first makes room for it (`wal::space`: only uploaded segments are freed);
+//!   a full disk is a `DiskFull` error that leaves no file behind and changes nothing in the
+//!   store, so the same write can simply be retried.
 //! - On open, the resume point is the end of the verified WAL in the newest file or the flush LSN
 //!   the control file recorded, whichever is higher; local data that fails verification *below*
 //!   the recorded flush LSN is corruption and refuses to open rather than be overwritten.

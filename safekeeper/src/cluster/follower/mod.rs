@@ -17,9 +17,11 @@
 //!   written locally or on the server (no slot is created there).
 //! - Streaming resumes exactly at the durable local end of WAL (see `wal::store`); after a local
 //!   I/O error the store is reopened from disk, never trusted from memory.
-//! - Errors a retry may cure (network, server restarting, disk full) back off and retry; errors
-//!   it cannot (another system identifier, bad configuration, damaged local WAL) stop this
-//!   cluster only, and are reported in its status.
+//! - Errors a retry may cure (network, server restarting) back off and retry; errors it cannot
+//!   (another system identifier, bad configuration, damaged local WAL) stop this cluster only, and
+//!   are reported in its status. A full disk while streaming does not end the session at all
+//!   (`ingest.rs`); the store frees uploaded segments itself, only those below the durable
+//!   `backup_lsn` ([`Follower::space_policy`], `wal::space`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -278,7 +280,11 @@ impl Follower<'_> {
                     .filter(|s| s.timeline == timeline)
                     .map(|s| s.backup_lsn)
             }),
-            reserve: Some(Reserve::new(&self.settings.cluster_dir).path().to_path_buf()),
+            reserve: Some(
+                Reserve::new(&self.settings.cluster_dir)
+                    .path()
+                    .to_path_buf(),
+            ),
         }
     }
 

@@ -23,9 +23,9 @@ use anyhow::{Context, Result};
 use control_file::{ClusterState, Lsn};
 use tracing::{debug, warn};
 
-use crate::wal::space::{self, PREALLOC_SUFFIX, Reserve, Statvfs};
 #[cfg(test)]
 use crate::wal::space::RESERVE_BYTES;
+use crate::wal::space::{self, PREALLOC_SUFFIX, Reserve, Statvfs};
 
 /// The least of the reserve one save takes on a full disk.
 const SAVE_ROOM: u64 = 64 << 10;
@@ -107,6 +107,8 @@ impl ControlStore {
     }
 
     /// Records the durable and the acknowledged WAL positions (never moving them backwards).
+    /// An error (a full disk first of all) leaves them unrecorded: callers that need them on disk
+    /// (uploads, see `full.rs`) must not go on.
     pub(crate) fn record_lsns(&mut self, flush_lsn: Lsn, commit_lsn: Lsn) -> Result<()> {
         if flush_lsn <= self.state.flush_lsn && commit_lsn <= self.state.commit_lsn {
             return Ok(());
@@ -141,7 +143,9 @@ fn remove_stale_temp_files(path: &Path) -> Result<()> {
         control_file::with_suffix(reserve.path(), PREALLOC_SUFFIX),
     ] {
         match std::fs::remove_file(&tmp) {
-            Ok(()) => tracing::info!(path = %tmp.display(), "removed the temp file of an unfinished write"),
+            Ok(()) => {
+                tracing::info!(path = %tmp.display(), "removed the temp file of an unfinished write")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot remove {}", tmp.display())),
         }
@@ -167,7 +171,9 @@ fn save_with(
         let Some(reserve) = reserve.filter(|_| space::is_out_of_space(&e)) else {
             return Err(e.context(context()));
         };
-        let room = std::fs::metadata(path).map_or(0, |m| 2 * m.len()).max(SAVE_ROOM);
+        let room = std::fs::metadata(path)
+            .map_or(0, |m| 2 * m.len())
+            .max(SAVE_ROOM);
         if !reserve.release(room)? {
             return Err(e.context(format!("{}; the space reserve is used up", context())));
         }
@@ -258,12 +264,18 @@ mod tests {
         let mut next = old.clone();
         next.flush_lsn = Lsn((16 << 20) + 8192);
         next.commit_lsn = next.flush_lsn;
-        assert!(!lets_space_be_freed(&old, &next), "an LSN move within a segment");
+        assert!(
+            !lets_space_be_freed(&old, &next),
+            "an LSN move within a segment"
+        );
         next.remote.history.clear();
         next.term += 1;
         assert!(!lets_space_be_freed(&old, &next), "other bookkeeping");
         next.flush_lsn = Lsn(32 << 20);
-        assert!(lets_space_be_freed(&old, &next), "a completed segment to record");
+        assert!(
+            lets_space_be_freed(&old, &next),
+            "a completed segment to record"
+        );
         let mut uploaded = old.clone();
         uploaded.backup_lsn = Lsn(32 << 20);
         uploaded.flush_lsn = Lsn(32 << 20);

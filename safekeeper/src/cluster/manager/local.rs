@@ -42,6 +42,8 @@ impl Manager {
             }
             match std::fs::remove_file(&seg.path) {
                 Ok(()) => debug!(segment = %seg.path.display(), "removed local segment (uploaded)"),
+                // The follower freed it first (see `wal::space`).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     warn!(segment = %seg.path.display(), error = %e, "cannot remove local segment")
                 }

@@ -96,7 +96,9 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 /// The scenario in small: room for two segments and the reserve. With nothing
@@ -127,7 +129,11 @@ fn a_segment_switch_frees_uploaded_segments_and_stalls_without_them() {
     let full = err.downcast_ref::<DiskFull>().expect("a DiskFull");
     assert_eq!(full.needed, u64::from(SEG));
     assert!(full.available < u64::from(SEG));
-    assert_eq!(store.written_lsn(), boundary, "nothing written past the boundary");
+    assert_eq!(
+        store.written_lsn(),
+        boundary,
+        "nothing written past the boundary"
+    );
     assert_eq!(store.flush().unwrap(), boundary);
     assert_eq!(
         names(&wal),
@@ -152,7 +158,11 @@ fn a_segment_switch_frees_uploaded_segments_and_stalls_without_them() {
     );
     let partial = fs::read(wal.join("000000010000000000000003.partial")).unwrap();
     assert_eq!(&partial[..more.len()], &more[..]);
-    assert_eq!(reserve.held(), RESERVE_BYTES, "the store never touches the reserve");
+    assert_eq!(
+        reserve.held(),
+        RESERVE_BYTES,
+        "the store never touches the reserve"
+    );
 }
 
 /// A preallocation that runs out of room half-way (another writer took the space after the
@@ -217,7 +227,10 @@ fn only_uploaded_segments_of_the_timeline_are_removable() {
 #[test]
 fn a_shortened_reserve_keeps_its_room() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = VirtualDisk::new(dir.path(), u64::from(SEG) + RESERVE_BYTES + RESERVE_BYTES / 2);
+    let disk = VirtualDisk::new(
+        dir.path(),
+        u64::from(SEG) + RESERVE_BYTES + RESERVE_BYTES / 2,
+    );
     let backup = Arc::new(AtomicU64::new(0));
     let reserve = Reserve::new(dir.path());
     assert!(reserve.ensure(&*disk, 0).unwrap());
