@@ -215,6 +215,7 @@ def test_full_disk_stalls_then_heals(make_pg, safekeeper: Safekeeper, workdir, t
         ends = [parse_segment_name(n[: -len(".partial")] if n.endswith(".partial") else n)[1]
                 for n in safekeeper.wal_file_sizes() if is_segment_name(n.split(".")[0])]
         assert ends and acked <= (max(ends) + 1) * SEG_SIZE, (hex(acked), ends)
+        assert not [n for n in os.listdir(safekeeper.wal_dir()) if n.endswith(".prealloc")], "a failed preallocation left a file"
         assert run([safekeeper_bin(), "control-file", "verify", safekeeper.control_file()]).returncode == 0
         detail = api.cluster()
         assert detail["disk_full"]["needed_bytes"] > detail["disk_full"]["available_bytes"], detail
@@ -250,6 +251,17 @@ def test_full_disk_stalls_then_heals(make_pg, safekeeper: Safekeeper, workdir, t
     missing = sorted(set(writers.committed) - have)
     print(f"committed {len(writers.committed)}, recovered {len(have)}, missing {len(missing)}")
     assert not missing, f"{len(missing)} acknowledged commits lost, e.g. {missing[:10]}"
+    assert safekeeper.stop() == 0
+
+
+def test_startup_warns_when_the_data_dir_cannot_hold_two_segments(primary: PgCluster, safekeeper: Safekeeper, tmpfs, start_standby):
+    """A 24 MiB filesystem cannot hold the segment being written, the next one and the reserve:
+    one warning at start says so with the numbers."""
+    tmpfs(safekeeper.data_dir, "24m", before_unmount=safekeeper.cleanup)
+    start_standby(safekeeper, primary, sync=False)
+    line = next(ln for ln in safekeeper.wait_log("less than two WAL segments").splitlines()
+                if "less than two WAL segments" in ln)
+    assert "WARN" in line and str(24 << 20) in line and str(2 * SEG_SIZE + (1 << 20)) in line, line
     assert safekeeper.stop() == 0
 
 
