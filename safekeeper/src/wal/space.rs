@@ -109,6 +109,13 @@ pub(crate) fn is_out_of_space(e: &anyhow::Error) -> bool {
     })
 }
 
+/// True when the error is a [`DiskFull`]: room for a new segment could not be made, and nothing
+/// was written or changed, so the same write may simply be retried. A raw ENOSPC from a write
+/// or an fsync is not: after a failed fsync the store must be reopened from disk, never retried.
+pub(crate) fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<DiskFull>().is_some())
+}
+
 fn is_enospc(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }

@@ -11,10 +11,12 @@
 //! - The loop never waits on anything but the socket, the disk and its own timers: uploads and
 //!   control-file bookkeeping belong to the cluster's manager, which reads the LSNs published
 //!   here (only after the fsync that makes them true).
-//! - A full disk (see `wal::space`) never ends the session and never drops received WAL: the
-//!   batch that could not be written is kept, nothing more is read from the socket (TCP holds the
-//!   primary back), status updates keep the session alive, and the batch is retried every
-//!   [`SPACE_RETRY`] until room appears; only then is anything more acknowledged.
+//! - A full disk (`wal::space::DiskFull`: no room for the next segment) never ends the session
+//!   and never drops received WAL: the batch that could not be written is kept, nothing more is
+//!   read from the socket (TCP holds the primary back), status updates keep the session alive,
+//!   and the batch is retried every [`SPACE_RETRY`] until room appears; only then is anything
+//!   more acknowledged. Any other write or fsync error (a raw ENOSPC included) ends the session
+//!   and the store is reopened from disk: a failed fsync is never retried.
 
 use std::time::Instant;
 
@@ -81,7 +83,7 @@ pub(crate) async fn receive_wal(
         };
         let round = session.collect(stream, first)?;
         if let Err(e) = session.write_and_flush(wal, round.batch_bytes) {
-            if !space::is_out_of_space(&e) {
+            if !space::is_disk_full(&e) {
                 return Err(e);
             }
             let resumed = session
@@ -310,7 +312,7 @@ impl Session {
             }
             match self.write_and_flush(wal, batch_bytes) {
                 Ok(()) => break,
-                Err(e) if space::is_out_of_space(&e) => {
+                Err(e) if space::is_disk_full(&e) => {
                     info = disk_full_info(&e, info.since_unix);
                     if last_log.elapsed() >= DISK_FULL_LOG_INTERVAL {
                         log_disk_full(&info, wal, started.elapsed().as_secs());

@@ -285,3 +285,20 @@ fn statvfs_reads_the_filesystem() {
     assert!(fs.total > 0 && fs.available <= fs.total);
     assert!(statvfs(&dir.path().join("missing")).is_err());
 }
+
+/// Only a `DiskFull` (nothing written) may be waited out and retried; a raw ENOSPC from a write
+/// or an fsync ends the session so the store is reopened from disk.
+#[test]
+fn only_disk_full_is_retried_in_place() {
+    let full = anyhow::Error::new(DiskFull {
+        dir: PathBuf::from("/x"),
+        needed: 2,
+        available: 1,
+    })
+    .context("cannot preallocate");
+    let raw = anyhow::Error::new(io::Error::from_raw_os_error(libc::ENOSPC)).context("fdatasync");
+    assert!(is_disk_full(&full) && is_out_of_space(&full));
+    assert!(!is_disk_full(&raw) && is_out_of_space(&raw));
+    let other = anyhow::Error::new(io::Error::from_raw_os_error(libc::EIO));
+    assert!(!is_disk_full(&other) && !is_out_of_space(&other));
+}
