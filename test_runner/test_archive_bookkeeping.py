@@ -56,13 +56,48 @@ def names(bucket) -> list[str]:
     return [k[len(WAL):] for k in bucket.keys(WAL)]
 
 
-def pgbench_tps(pg: PgCluster, seconds: int) -> list[float]:
-    """Sync pgbench for `seconds`: the TPS of each 5-second interval (medians of these are
-    compared, so a burst of load from elsewhere on a shared machine weighs one interval only)."""
-    cp = pg.pgbench("-n", "-c", "4", "-j", "2", "-P", "5", "-T", str(seconds), timeout=seconds + 120)
-    tps = [float(m) for m in re.findall(r"progress: [\d.]+ s, ([\d.]+) tps", cp.stdout + cp.stderr)]
-    assert len(tps) >= seconds // 5 - 1, cp.stderr
-    return tps
+def tps_with_faults_toggled(pg: PgCluster, proxy: FaultProxy, cycles: int, on_s: int, off_s: int):
+    """One sync pgbench run while faults are switched on for `on_s` and off for `off_s`, `cycles`
+    times: the per-second TPS samples taken wholly inside fault windows and wholly inside
+    fault-free ones (a second next to a switch counts for neither). Interleaving the windows
+    within one run makes the comparison immune to load that comes and goes on a shared machine."""
+    seconds = cycles * (on_s + off_s)
+    out: dict = {}
+
+    def bench():
+        out["cp"] = pg.pgbench("-n", "-c", "4", "-j", "2", "-P", "1", "-T", str(seconds), timeout=seconds + 120)
+
+    t = threading.Thread(target=bench)
+    t0 = time.monotonic()
+    t.start()
+    switches = []  # (seconds since t0, enabled)
+    try:
+        for _ in range(cycles):
+            proxy.enabled = True
+            switches.append((time.monotonic() - t0, True))
+            time.sleep(on_s)
+            proxy.enabled = False
+            switches.append((time.monotonic() - t0, False))
+            time.sleep(off_s)
+    finally:
+        proxy.enabled = False
+        t.join(timeout=seconds + 180)
+    cp = out["cp"]
+    samples = [(float(a), float(b)) for a, b in re.findall(r"progress: ([\d.]+) s, ([\d.]+) tps", cp.stdout + cp.stderr)]
+    assert len(samples) >= seconds - 5, cp.stderr
+
+    def state(at: float):
+        """Faults on/off throughout the second [at - 1, at], or None when a switch falls in it
+        (with half a second of slack for pgbench's clock starting after ours)."""
+        if any(at - 1.5 <= when <= at + 0.5 for when, _ in switches):
+            return None
+        before = [on for when, on in switches if when < at]
+        return before[-1] if before else None
+
+    faulted = [tps for at, tps in samples if state(at) is True]
+    free = [tps for at, tps in samples if state(at) is False]
+    assert len(faulted) >= 2 * cycles and len(free) >= cycles // 2, (len(faulted), len(free))
+    return faulted, free
 
 
 def sk_cmd(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -93,22 +128,19 @@ def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
     primary.pgbench("-i", "-s", "1", "-q")
     start_standby(safekeeper, primary, remote=bucket, partial_interval="500ms")
 
-    # The same load throughout (pgbench plus a completed segment every 8 s); only the faults differ.
+    # The same load throughout (pgbench plus a completed segment every 8 s); only the faults
+    # differ: on for 6 s, off for 3 s, 20 times (2 minutes of faults), in one pgbench run.
     stop = threading.Event()
     switcher = threading.Thread(target=switch_segments, args=(primary, stop, 8.0))
     switcher.start()
     try:
-        before = pgbench_tps(primary, 10)
-        proxy.enabled = True
-        faulted = statistics.median(pgbench_tps(primary, 120))
-        proxy.enabled = False
-        free = before + pgbench_tps(primary, 10)
+        faulted_samples, free = tps_with_faults_toggled(primary, proxy, cycles=20, on_s=6, off_s=3)
     finally:
         stop.set()
         switcher.join(timeout=30)
-    baseline = statistics.median(free)
-    print(f"sync TPS (median of 5 s intervals): fault-free {baseline:.0f} {free}; with 10% faults {faulted:.0f} "
-          f"({faulted / baseline:.2f}x)")
+    faulted, baseline = statistics.median(faulted_samples), statistics.median(free)
+    print(f"sync TPS (median of 1 s samples, interleaved): fault-free {baseline:.0f} (n={len(free)}), "
+          f"with 10% faults {faulted:.0f} (n={len(faulted_samples)}): {faulted / baseline:.2f}x")
     print(proxy.summary())
     assert all(proxy.injected().values()), f"not every kind of fault was injected: {proxy.summary()}"
 

@@ -99,6 +99,7 @@ pub(crate) fn start_cluster(
             cluster: config.clone(),
             cluster_dir,
             ingest: ctx.ingest,
+            local_retention: ctx.offload.local_retention,
         },
         ControlClient::new(request_tx, state_rx.clone()),
         status_tx,

@@ -14,6 +14,9 @@ pub(crate) enum ConnectionState {
     Streaming,
     /// Waiting before the next connection attempt after an error.
     Retrying,
+    /// The session is kept open but nothing more is written or acknowledged: the data
+    /// directory's disk is full and nothing uploaded is left to free (see `wal::space`).
+    DiskFull,
     /// A permanent error (e.g. a different system identifier): the cluster is not followed.
     Failed,
     Stopped,
@@ -43,6 +46,21 @@ pub(crate) struct ClusterStatus {
     /// recorded (lagging) values: the manager uploads partials only from then on.
     #[serde(skip)]
     pub local_end_checked: bool,
+    /// Set while ingest is stalled on a full disk: what it needs and what is available.
+    pub disk_full: Option<DiskFullInfo>,
+    /// Times ingest stalled on a full disk since the process started.
+    pub disk_full_stalls: u64,
+}
+
+/// Why and since when ingest is stalled on a full disk.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DiskFullInfo {
+    /// Unix time (seconds) the stall began.
+    pub since_unix: u64,
+    /// Bytes the next write needs (a segment, plus the reserve when it is released).
+    pub needed_bytes: u64,
+    /// Bytes available on the filesystem at the last attempt.
+    pub available_bytes: u64,
 }
 
 impl ClusterStatus {
@@ -61,6 +79,8 @@ impl ClusterStatus {
             gaps: 0,
             wal_page_magic: None,
             local_end_checked: false,
+            disk_full: None,
+            disk_full_stalls: 0,
         }
     }
 }

@@ -92,16 +92,17 @@ impl Snapshot {
     }
 }
 
-const STATES: [(ConnectionState, &str); 5] = [
+const STATES: [(ConnectionState, &str); 6] = [
     (ConnectionState::Connecting, "connecting"),
     (ConnectionState::Streaming, "streaming"),
     (ConnectionState::Retrying, "retrying"),
+    (ConnectionState::DiskFull, "disk_full"),
     (ConnectionState::Failed, "failed"),
     (ConnectionState::Stopped, "stopped"),
 ];
 
 /// Per-cluster gauges, in the order they are rendered.
-const GAUGES: [PerCluster; 14] = [
+const GAUGES: [PerCluster; 15] = [
     (
         "safekeeper_received_lsn_bytes",
         "End of the WAL received from the primary.",
@@ -172,10 +173,15 @@ const GAUGES: [PerCluster; 14] = [
         "PostgreSQL timeline followed (0 before it is known).",
         |c| f64::from(c.status.timeline.unwrap_or(0)),
     ),
+    (
+        "safekeeper_disk_full",
+        "1 while ingest is stalled on a full data directory (nothing uploaded left to free).",
+        |c| f64::from(u8::from(c.status.disk_full.is_some())),
+    ),
 ];
 
 /// Per-cluster counters, in the order they are rendered.
-const COUNTERS: [PerCluster; 4] = [
+const COUNTERS: [PerCluster; 5] = [
     (
         "safekeeper_reconnects_total",
         "Connection attempts after a failed replication session.",
@@ -195,6 +201,11 @@ const COUNTERS: [PerCluster; 4] = [
         "safekeeper_remote_objects_adopted_total",
         "Objects of this safekeeper found in the archive that the control file did not list.",
         |c| c.offload.objects_adopted as f64,
+    ),
+    (
+        "safekeeper_disk_full_stalls_total",
+        "Times ingest stalled on a full data directory.",
+        |c| c.status.disk_full_stalls as f64,
     ),
 ];
 
@@ -407,6 +418,10 @@ safekeeper_term{cluster="o\"ther"} 0
 # TYPE safekeeper_timeline gauge
 safekeeper_timeline{cluster="main"} 2
 safekeeper_timeline{cluster="o\"ther"} 0
+# HELP safekeeper_disk_full 1 while ingest is stalled on a full data directory (nothing uploaded left to free).
+# TYPE safekeeper_disk_full gauge
+safekeeper_disk_full{cluster="main"} 0
+safekeeper_disk_full{cluster="o\"ther"} 0
 # HELP safekeeper_reconnects_total Connection attempts after a failed replication session.
 # TYPE safekeeper_reconnects_total counter
 safekeeper_reconnects_total{cluster="main"} 3
@@ -423,16 +438,22 @@ safekeeper_gc_deleted_objects_total{cluster="o\"ther"} 0
 # TYPE safekeeper_remote_objects_adopted_total counter
 safekeeper_remote_objects_adopted_total{cluster="main"} 0
 safekeeper_remote_objects_adopted_total{cluster="o\"ther"} 0
+# HELP safekeeper_disk_full_stalls_total Times ingest stalled on a full data directory.
+# TYPE safekeeper_disk_full_stalls_total counter
+safekeeper_disk_full_stalls_total{cluster="main"} 0
+safekeeper_disk_full_stalls_total{cluster="o\"ther"} 0
 # HELP safekeeper_connection_state Replication connection state: 1 for the current state, 0 for the others.
 # TYPE safekeeper_connection_state gauge
 safekeeper_connection_state{cluster="main",state="connecting"} 0
 safekeeper_connection_state{cluster="main",state="streaming"} 1
 safekeeper_connection_state{cluster="main",state="retrying"} 0
+safekeeper_connection_state{cluster="main",state="disk_full"} 0
 safekeeper_connection_state{cluster="main",state="failed"} 0
 safekeeper_connection_state{cluster="main",state="stopped"} 0
 safekeeper_connection_state{cluster="o\"ther",state="connecting"} 0
 safekeeper_connection_state{cluster="o\"ther",state="streaming"} 0
 safekeeper_connection_state{cluster="o\"ther",state="retrying"} 0
+safekeeper_connection_state{cluster="o\"ther",state="disk_full"} 0
 safekeeper_connection_state{cluster="o\"ther",state="failed"} 1
 safekeeper_connection_state{cluster="o\"ther",state="stopped"} 0
 "#;

@@ -98,6 +98,9 @@ pub(crate) enum ApiConnection {
     Streaming,
     /// Waiting before the next attempt after an error.
     Retrying,
+    /// The data directory is full and nothing uploaded is left to free: the session is kept,
+    /// nothing more is acknowledged until space appears (see `disk_full`).
+    DiskFull,
     /// A permanent error: the cluster is not followed.
     Failed,
     Stopped,
@@ -109,6 +112,7 @@ impl From<ConnectionState> for ApiConnection {
             ConnectionState::Connecting => ApiConnection::Connecting,
             ConnectionState::Streaming => ApiConnection::Streaming,
             ConnectionState::Retrying => ApiConnection::Retrying,
+            ConnectionState::DiskFull => ApiConnection::DiskFull,
             ConnectionState::Failed => ApiConnection::Failed,
             ConnectionState::Stopped => ApiConnection::Stopped,
         }
@@ -247,6 +251,10 @@ pub(crate) struct ClusterDetail {
     /// longer available), and the last such event.
     pub gaps: u64,
     pub last_gap: Option<String>,
+    /// Set while ingest is stalled on a full data directory: what it needs, what is available.
+    pub disk_full: Option<ApiDiskFull>,
+    /// Times ingest stalled on a full data directory since the process started.
+    pub disk_full_stalls: u64,
     pub system_identifier: Option<u64>,
     pub timeline: Option<u32>,
     pub wal_segment_size: Option<u32>,
@@ -257,6 +265,17 @@ pub(crate) struct ClusterDetail {
     pub newest_partial: Option<String>,
     pub lag: LagSet,
     pub offload: OffloadInfo,
+}
+
+/// A stall on a full data directory.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ApiDiskFull {
+    /// Unix time (seconds) the stall began.
+    pub since_unix: u64,
+    /// Bytes the next write needs (a segment, plus the space reserve while it is released).
+    pub needed_bytes: u64,
+    /// Bytes available on the filesystem at the last attempt (retried every 500 ms).
+    pub available_bytes: u64,
 }
 
 /// `POST /v1/clusters`.

@@ -97,6 +97,12 @@ fn detail(e: &Arc<ClusterEntry>) -> ClusterDetail {
         last_error: last_error(&outcome, status.last_error.clone()),
         gaps: status.gaps,
         last_gap: status.last_gap.clone(),
+        disk_full: status.disk_full.as_ref().map(|d| ApiDiskFull {
+            since_unix: d.since_unix,
+            needed_bytes: d.needed_bytes,
+            available_bytes: d.available_bytes,
+        }),
+        disk_full_stalls: status.disk_full_stalls,
         system_identifier: status
             .system_identifier
             .or(cf.as_ref().map(|s| s.system_identifier)),

@@ -100,7 +100,8 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_PARTIAL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub partial_interval: Option<Duration>,
 
-    /// How much already-uploaded WAL to keep on local disk as well, per cluster (default 1GiB).
+    /// How much already-uploaded WAL to keep on local disk as well, per cluster; given up first
+    /// when the disk runs short (see "Disk space" in the README) (default 1GiB).
     #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
     pub local_retention: Option<u64>,
 

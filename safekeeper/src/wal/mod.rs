@@ -4,5 +4,6 @@
 //! control files or object storage; the follower thread is the only writer of a store.
 
 pub(crate) mod format;
+pub(crate) mod space;
 pub(crate) mod store;
 pub(crate) mod stream_check;

@@ -9,6 +9,9 @@
 //! - `flushed_lsn` only moves after an fdatasync covering every byte below it returned; a
 //!   completed segment is fsynced before it is renamed, and the directory after the rename.
 //! - Only one `.partial` file exists, and it is the newest segment.
+//! - Creating a segment first makes room for it (`wal::space`: only uploaded segments are freed);
+//!   a full disk is a `DiskFull` error that leaves no file behind and changes nothing in the
+//!   store, so the same write can simply be retried.
 //! - On open, the resume point is the end of the verified WAL in the newest file or the flush LSN
 //!   the control file recorded, whichever is higher; local data that fails verification *below*
 //!   the recorded flush LSN is corruption and refuses to open rather than be overwritten.
@@ -24,12 +27,10 @@ use control_file::names::{parse_segment_file_name, segment_file_name};
 use tracing::{debug, info, warn};
 
 use crate::wal::format::{self, Expect, ScanStop};
+use crate::wal::space::{self, PREALLOC_SUFFIX, SpacePolicy};
 
 /// Suffix of the segment being written.
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
-/// Suffix of a segment being preallocated; never holds WAL, removed on open.
-const PREALLOC_SUFFIX: &str = ".prealloc";
-const ZERO_CHUNK: usize = 1 << 20;
 
 /// Identity of the WAL a store holds; checked against every segment it opens.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +67,8 @@ pub(crate) struct WalStore {
     written_lsn: Lsn,
     /// End of the bytes known to be on disk.
     flushed_lsn: Lsn,
+    /// How room for the next segment is measured and made (see `wal::space`).
+    space: SpacePolicy,
 }
 
 impl WalStore {
@@ -92,13 +95,14 @@ impl WalStore {
         );
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create WAL directory {}", dir.display()))?;
-        remove_leftover_preallocations(dir)?;
+        space::remove_leftover_temp_files(dir)?;
         let mut store = WalStore {
             dir: dir.to_path_buf(),
             id,
             open: None,
             written_lsn: recorded_flush_lsn,
             flushed_lsn: recorded_flush_lsn,
+            space: SpacePolicy::none(),
         };
         let resume = store.find_resume_point(recorded_flush_lsn, floor)?;
         store.written_lsn = resume;
@@ -129,6 +133,7 @@ impl WalStore {
             open: None,
             written_lsn: start,
             flushed_lsn: start,
+            space: SpacePolicy::none(),
         };
         if !start.is_segment_start(id.seg_size) {
             let segno = start.segment_number(id.seg_size);
@@ -151,6 +156,12 @@ impl WalStore {
         }
         info!(timeline = id.timeline, %start, parent_timeline, "started local WAL of a new timeline");
         Ok(store)
+    }
+
+    /// Sets how room for new segments is made (by default nothing may be freed).
+    pub(crate) fn with_space(mut self, space: SpacePolicy) -> WalStore {
+        self.space = space;
+        self
     }
 
     pub(crate) fn identity(&self) -> WalIdentity {
@@ -271,31 +282,22 @@ impl WalStore {
     }
 
     /// Creates `SEGMENT.partial` full of zeros: written to a temporary name, fsynced, renamed.
+    /// Room is made first (uploaded segments freed, see `wal::space`); a full disk is a
+    /// [`space::DiskFull`] error that leaves nothing behind and changes nothing in the store.
     fn create_preallocated(&self, segno: u64) -> Result<File> {
         let final_path = self.partial_path(segno);
-        let mut tmp_name = segment_file_name(self.id.timeline, segno, self.id.seg_size);
+        let seg_size = self.id.seg_size;
+        self.space
+            .make_room(&self.dir, seg_size, self.id.timeline, u64::from(seg_size))?;
+        let mut tmp_name = segment_file_name(self.id.timeline, segno, seg_size);
         tmp_name.push_str(PREALLOC_SUFFIX);
-        let tmp_path = self.dir.join(tmp_name);
         let started = std::time::Instant::now();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp_path)
-            .with_context(|| format!("cannot create {}", tmp_path.display()))?;
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let mut left = self.id.seg_size as usize;
-        while left > 0 {
-            let n = left.min(ZERO_CHUNK);
-            file.write_all(&zeros[..n])
-                .with_context(|| format!("cannot preallocate {}", tmp_path.display()))?;
-            left -= n;
-        }
-        file.sync_all()
-            .with_context(|| format!("cannot fsync {}", tmp_path.display()))?;
-        fs::rename(&tmp_path, &final_path)
-            .with_context(|| format!("cannot rename {} into place", tmp_path.display()))?;
-        fsync_dir(&self.dir)?;
+        let file = space::preallocate(
+            &self.dir.join(tmp_name),
+            &final_path,
+            seg_size.into(),
+            &*self.space.probe,
+        )?;
         debug!(segment = %final_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "segment preallocated");
         Ok(file)
     }
@@ -530,22 +532,6 @@ pub(crate) fn write_history_file(dir: &Path, timeline: u32, content: &[u8]) -> R
     fs::rename(&tmp, dir.join(&name))
         .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
     fsync_dir(dir)
-}
-
-/// Removes `.prealloc` files left by a crash during preallocation; they never hold WAL.
-fn remove_leftover_preallocations(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .ends_with(PREALLOC_SUFFIX)
-        {
-            fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// fsyncs a directory so that renames and creations in it are durable.

@@ -11,6 +11,12 @@
 //! - The loop never waits on anything but the socket, the disk and its own timers: uploads and
 //!   control-file bookkeeping belong to the cluster's manager, which reads the LSNs published
 //!   here (only after the fsync that makes them true).
+//! - A full disk (`wal::space::DiskFull`: no room for the next segment) never ends the session
+//!   and never drops received WAL: the batch that could not be written is kept, nothing more is
+//!   read from the socket (TCP holds the primary back), status updates keep the session alive,
+//!   and the batch is retried every [`SPACE_RETRY`] until room appears; only then is anything
+//!   more acknowledged. Any other write or fsync error (a raw ENOSPC included) ends the session
+//!   and the store is reopened from disk: a failed fsync is never retried.
 
 use std::time::Instant;
 
@@ -20,17 +26,22 @@ use control_file::Lsn;
 use tokio::sync::watch;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cluster::config::IngestOptions;
-use crate::cluster::status::ClusterStatus;
+use crate::cluster::status::{ClusterStatus, ConnectionState, DiskFullInfo};
 use crate::pg::{ReplicationMessage, ReplicationStream};
+use crate::wal::space::{self, DiskFull};
 use crate::wal::store::WalStore;
 use crate::wal::stream_check::StreamCheck;
 
 /// Upper bound of bytes written between two fsyncs, so that a firehose of WAL still gets
 /// acknowledged regularly.
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How often writing is retried while the disk is full (resuming takes at most this long).
+const SPACE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often a stall on a full disk is logged again.
+const DISK_FULL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +82,18 @@ pub(crate) async fn receive_wal(
             }
         };
         let round = session.collect(stream, first)?;
-        session.write_and_flush(wal, round.batch_bytes)?;
+        if let Err(e) = session.write_and_flush(wal, round.batch_bytes) {
+            if !space::is_disk_full(&e) {
+                return Err(e);
+            }
+            let resumed = session
+                .wait_for_space(stream, wal, status, cancel, &e, round.batch_bytes)
+                .await?;
+            if !resumed {
+                finish(stream, wal, status, session.acknowledged).await?;
+                return Ok(SessionEnd::Cancelled);
+            }
+        }
         session.acknowledge(stream, wal, &round).await?;
         status.send_modify(|s| {
             s.received_lsn = wal.written_lsn();
@@ -206,9 +228,12 @@ impl Session {
             return Ok(());
         }
         let started = Instant::now();
-        for (lsn, data) in self.batch.drain(..) {
-            wal.write(lsn, &data)?;
+        // Kept until written: after a full disk the same batch is written again (bytes already
+        // written are skipped by `WalStore::write`).
+        for (lsn, data) in &self.batch {
+            wal.write(*lsn, data)?;
         }
+        self.batch.clear();
         let flush_started = Instant::now();
         wal.flush()?;
         self.fsync_seconds
@@ -243,6 +268,107 @@ impl Session {
         }
         Ok(())
     }
+}
+
+impl Session {
+    /// The disk is full: acknowledge what is durable, then keep the session alive without
+    /// reading, retrying the batch every [`SPACE_RETRY`], until it is written (true) or shutdown
+    /// is requested (false). State `disk_full` is published meanwhile, logged once a minute.
+    async fn wait_for_space(
+        &mut self,
+        stream: &mut ReplicationStream,
+        wal: &mut WalStore,
+        status: &watch::Sender<ClusterStatus>,
+        cancel: &CancellationToken,
+        first: &anyhow::Error,
+        batch_bytes: usize,
+    ) -> Result<bool> {
+        wal.flush()?;
+        if stream.is_streaming() && wal.flushed_lsn() > self.acknowledged {
+            send_status(stream, wal, false).await?;
+            self.acknowledged = wal.flushed_lsn();
+            self.last_status = Instant::now();
+        }
+        let started = Instant::now();
+        let mut info = disk_full_info(first, unix_now());
+        log_disk_full(&info, wal, 0);
+        status.send_modify(|s| {
+            s.connection = ConnectionState::DiskFull;
+            s.disk_full = Some(info.clone());
+            s.disk_full_stalls += 1;
+            s.received_lsn = wal.written_lsn();
+            s.flush_lsn = wal.flushed_lsn();
+            s.commit_lsn = self.acknowledged;
+        });
+        let mut last_log = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(SPACE_RETRY) => {}
+            }
+            if stream.is_streaming() && self.next_status_due() <= Instant::now() {
+                send_status(stream, wal, false).await?;
+                self.last_status = Instant::now();
+            }
+            match self.write_and_flush(wal, batch_bytes) {
+                Ok(()) => break,
+                Err(e) if space::is_disk_full(&e) => {
+                    info = disk_full_info(&e, info.since_unix);
+                    if last_log.elapsed() >= DISK_FULL_LOG_INTERVAL {
+                        log_disk_full(&info, wal, started.elapsed().as_secs());
+                        last_log = Instant::now();
+                    }
+                    let snapshot = info.clone();
+                    status.send_modify(|s| s.disk_full = Some(snapshot));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!(stalled_s = started.elapsed().as_secs(), flush_lsn = %wal.flushed_lsn(),
+              "disk space available again: writing and acknowledging WAL again");
+        status.send_modify(|s| {
+            s.connection = ConnectionState::Streaming;
+            s.disk_full = None;
+        });
+        // Nothing was read while stalled: the primary's silence was ours.
+        self.last_received = Instant::now();
+        Ok(true)
+    }
+}
+
+/// The numbers of a full disk, from the error when it carries them, else from the filesystem.
+fn disk_full_info(e: &anyhow::Error, since_unix: u64) -> DiskFullInfo {
+    match e.chain().find_map(|c| c.downcast_ref::<DiskFull>()) {
+        Some(d) => DiskFullInfo {
+            since_unix,
+            needed_bytes: d.needed,
+            available_bytes: d.available,
+        },
+        None => DiskFullInfo {
+            since_unix,
+            needed_bytes: 0,
+            available_bytes: 0,
+        },
+    }
+}
+
+fn log_disk_full(info: &DiskFullInfo, wal: &WalStore, stalled_s: u64) {
+    warn!(
+        needed_bytes = info.needed_bytes,
+        available_bytes = info.available_bytes,
+        flush_lsn = %wal.flushed_lsn(),
+        stalled_s,
+        "disk full: not acknowledging WAL until space is freed (uploaded segments are removed \
+         as their uploads finish)"
+    );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Shutdown: everything written is flushed, acknowledged once more, and recorded.

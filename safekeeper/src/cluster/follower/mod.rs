@@ -17,11 +17,14 @@
 //!   written locally or on the server (no slot is created there).
 //! - Streaming resumes exactly at the durable local end of WAL (see `wal::store`); after a local
 //!   I/O error the store is reopened from disk, never trusted from memory.
-//! - Errors a retry may cure (network, server restarting, disk full) back off and retry; errors
-//!   it cannot (another system identifier, bad configuration, damaged local WAL) stop this
-//!   cluster only, and are reported in its status.
+//! - Errors a retry may cure (network, server restarting) back off and retry; errors it cannot
+//!   (another system identifier, bad configuration, damaged local WAL) stop this cluster only, and
+//!   are reported in its status. A full disk while streaming does not end the session at all
+//!   (`ingest.rs`); the store frees uploaded segments itself, only those below the durable
+//!   `backup_lsn` ([`Follower::space_policy`], `wal::space`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -38,6 +41,7 @@ use crate::cluster::control::ControlClient;
 use crate::cluster::status::{ClusterStatus, ConnectionState};
 use crate::hints::with_hint;
 use crate::pg::{ConnInfo, IdentifySystem, PgError, ReplicationConnection};
+use crate::wal::space::{Reserve, SpacePolicy, Statvfs, capacity_warning, statvfs};
 use crate::wal::store::{WalIdentity, WalStore};
 use crate::wal::stream_check::{StreamCheck, WalRefused};
 
@@ -54,6 +58,8 @@ pub(crate) struct ClusterSettings {
     pub cluster: ClusterConfig,
     pub cluster_dir: PathBuf,
     pub ingest: IngestOptions,
+    /// `--local-retention`, for the start-up check of the data directory's size.
+    pub local_retention: u64,
 }
 
 /// An error classified for the retry decision.
@@ -124,6 +130,8 @@ pub(crate) struct Follower<'a> {
     wal: Option<WalStore>,
     /// Highest flush LSN reported durable in this process; survives store reopenings.
     durable: Lsn,
+    /// Whether the data directory's size was checked against the segment size (once per start).
+    capacity_checked: bool,
 }
 
 async fn follow(
@@ -151,6 +159,7 @@ async fn follow(
         durable: snapshot.as_ref().map(|c| c.flush_lsn).unwrap_or_default(),
         control,
         wal: None,
+        capacity_checked: false,
     };
     if let Some(st) = &snapshot {
         status.send_modify(|s| {
@@ -243,12 +252,41 @@ impl Follower<'_> {
                 },
                 recorded,
                 floor,
-            )?;
+            )?
+            .with_space(self.space_policy(st.timeline));
+            if !std::mem::replace(&mut self.capacity_checked, true) {
+                warn_if_disk_too_small(
+                    &self.settings.cluster_dir,
+                    st.wal_segment_size,
+                    self.settings.local_retention,
+                );
+            }
             self.wal = Some(store);
         }
         self.wal
             .as_mut()
             .context("internal error: WAL store missing")
+    }
+
+    /// How the store of `timeline` makes room for a new segment: it may free its completed
+    /// segments below the `backup_lsn` of the durable control file (only while that file is on
+    /// the same timeline), and keeps the reserve's room free while the reserve is released.
+    pub(crate) fn space_policy(&self, timeline: u32) -> SpacePolicy {
+        let control = self.control.clone();
+        SpacePolicy {
+            probe: Arc::new(Statvfs),
+            backup_lsn: Arc::new(move || {
+                control
+                    .snapshot()
+                    .filter(|s| s.timeline == timeline)
+                    .map(|s| s.backup_lsn)
+            }),
+            reserve: Some(
+                Reserve::new(&self.settings.cluster_dir)
+                    .path()
+                    .to_path_buf(),
+            ),
+        }
     }
 
     /// Connects like libpq: hosts in order; with several hosts and no explicit
@@ -457,12 +495,25 @@ fn removed_wal(e: &anyhow::Error) -> bool {
         .any(|c| matches!(c.downcast_ref::<PgError>(), Some(p) if p.code() == Some("58P01")))
 }
 
-/// Full jitter in [d/2, d].
+/// Warns once at start when the data directory's filesystem cannot hold two segments plus the
+/// space reserve (ingest would stall at the next segment switch), or not the retention on top.
+fn warn_if_disk_too_small(dir: &Path, seg_size: u32, local_retention: u64) {
+    match statvfs(dir) {
+        Ok(fs) => {
+            if let Some(line) = capacity_warning(fs.total, seg_size.into(), local_retention) {
+                warn!(dir = %dir.display(), "{line}");
+            }
+        }
+        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot read the filesystem size"),
+    }
+}
+
 /// The page magic in a control file (0 there: not learned yet).
 fn recorded_magic(st: &ClusterState) -> Option<u16> {
     (st.wal_page_magic != 0).then_some(st.wal_page_magic)
 }
 
+/// Full jitter in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(rand::thread_rng().r#gen::<f64>())

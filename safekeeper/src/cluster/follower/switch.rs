@@ -174,7 +174,7 @@ impl Follower<'_> {
                 s.commit_lsn = jump;
             }))
             .await?;
-        self.wal = Some(store);
+        self.wal = Some(store.with_space(self.space_policy(timeline)));
         self.durable = jump;
         status.send_modify(|s| {
             s.timeline = Some(timeline);
@@ -241,7 +241,7 @@ impl Follower<'_> {
         if let Some(st) = self.control.snapshot() {
             term = st.term;
         }
-        self.wal = Some(store);
+        self.wal = Some(store.with_space(self.space_policy(next)));
         self.durable = start;
         status.send_modify(|s| {
             s.timeline = Some(next);

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use control_file::names::{PartialName, TimelineId};
-use control_file::{ClusterState, Lsn};
+use control_file::{ClusterState, Lsn, ObjectStatus};
 use remote_storage::RemoteStorage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -495,7 +495,20 @@ impl Manager {
     fn publish(&self, st: Option<&ClusterState>) {
         let newest = self.newest_uploaded_partial_entry();
         let backup_lsn = st.map(|s| s.backup_lsn).unwrap_or_default();
-        let partial_lsn = newest.map(|p| p.name.commit_lsn).unwrap_or_default();
+        // Everything below `remote_lsn` is in some object: the full segments below `backup_lsn`,
+        // then the partial of the segment that starts there. A newer partial of a later segment
+        // does not count while the segment before it is not up in full (its tail is nowhere).
+        let partial_lsn = st
+            .and_then(|s| {
+                let segno = backup_lsn.segment_number(s.wal_segment_size);
+                s.remote
+                    .partials
+                    .iter()
+                    .filter(|p| p.status == ObjectStatus::Uploaded && p.name.segno == segno)
+                    .map(|p| p.name.commit_lsn)
+                    .max()
+            })
+            .unwrap_or_default();
         self.io.offload_tx.send_modify(|o| {
             o.backup_lsn = backup_lsn;
             o.remote_lsn = backup_lsn.max(partial_lsn);
