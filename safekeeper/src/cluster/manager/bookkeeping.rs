@@ -186,6 +186,19 @@ pub(super) fn adopt_listed(
     adopted
 }
 
+/// The end of the WAL the archive holds without a hole: the full segments below `backup_lsn`,
+/// then the newest `Uploaded` version of the segment that starts there. A partial of a later
+/// segment does not count while the segment before it is not up in full (its tail is nowhere).
+pub(super) fn remote_end(st: &ClusterState) -> Lsn {
+    let segno = st.backup_lsn.segment_number(st.wal_segment_size);
+    st.remote
+        .partials
+        .iter()
+        .filter(|p| p.status == ObjectStatus::Uploaded && p.name.segno == segno)
+        .map(|p| p.name.commit_lsn)
+        .fold(st.backup_lsn, Lsn::max)
+}
+
 /// Which keys may still be written by a request this process sent or inherited, generic over
 /// the clock so the model test can drive it.
 ///

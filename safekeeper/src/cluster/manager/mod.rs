@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use control_file::names::{PartialName, TimelineId};
-use control_file::{ClusterState, Lsn, ObjectStatus};
+use control_file::{ClusterState, Lsn};
 use remote_storage::RemoteStorage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -495,23 +495,10 @@ impl Manager {
     fn publish(&self, st: Option<&ClusterState>) {
         let newest = self.newest_uploaded_partial_entry();
         let backup_lsn = st.map(|s| s.backup_lsn).unwrap_or_default();
-        // Everything below `remote_lsn` is in some object: the full segments below `backup_lsn`,
-        // then the partial of the segment that starts there. A newer partial of a later segment
-        // does not count while the segment before it is not up in full (its tail is nowhere).
-        let partial_lsn = st
-            .and_then(|s| {
-                let segno = backup_lsn.segment_number(s.wal_segment_size);
-                s.remote
-                    .partials
-                    .iter()
-                    .filter(|p| p.status == ObjectStatus::Uploaded && p.name.segno == segno)
-                    .map(|p| p.name.commit_lsn)
-                    .max()
-            })
-            .unwrap_or_default();
+        let remote_lsn = st.map(bookkeeping::remote_end).unwrap_or_default();
         self.io.offload_tx.send_modify(|o| {
             o.backup_lsn = backup_lsn;
-            o.remote_lsn = backup_lsn.max(partial_lsn);
+            o.remote_lsn = remote_lsn;
             o.newest_partial =
                 st.and_then(|s| newest.map(|p| p.name.to_file_name(s.wal_segment_size)));
             o.uploads_in_flight =

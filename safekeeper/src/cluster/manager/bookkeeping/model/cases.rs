@@ -108,3 +108,36 @@ fn a_put_of_a_killed_process_landing_late_is_never_orphaned() {
     w.respond(gc, true);
     w.check();
 }
+
+/// The archive's contiguous end: a partial of the next segment does not count while the segment
+/// before it is not up in full; once it is, the partial does.
+#[test]
+fn remote_end_never_jumps_over_a_segment_not_yet_up() {
+    let mut w = World::new();
+    for a in [Action::Write, Action::Follow, Action::StartPartial] {
+        w.step(&a);
+    }
+    let first = w.p.partial.expect("upload of segment 1's partial");
+    w.respond(first, true);
+    let in_seg1 = w.end();
+    assert_eq!(remote_end(&w.st), in_seg1);
+    for a in [Action::Write, Action::Write, Action::Write, Action::Write] {
+        w.step(&a);
+    }
+    w.step(&Action::Follow);
+    w.step(&Action::StartPartial);
+    let second = w.p.partial.expect("upload of segment 2's partial");
+    w.respond(second, true);
+    assert_eq!(
+        remote_end(&w.st),
+        in_seg1,
+        "segment 1's tail is in no object yet"
+    );
+    w.step(&Action::FullUpload);
+    w.step(&Action::FullRecord);
+    assert_eq!(
+        remote_end(&w.st),
+        w.end(),
+        "segment 1 is up in full: segment 2's partial counts"
+    );
+}
