@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::log::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("safekeeper")
@@ -78,6 +79,7 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
 
     let set = start_clusters(&config, &cancel).await?;
     let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
+    state.observer.clone().spawn(set.clone(), cancel.clone());
     let (app, _) = http::app(state, auth);
     let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
     info!(

@@ -1,0 +1,271 @@
+//! The observer: one task per `safekeeper run` that looks at every cluster every
+//! [`SAMPLE_INTERVAL`] and keeps what the moment-to-moment snapshots cannot show.
+//!
+//! - **Upload-lag history**, in memory, for the status page's chart: one sample per interval over
+//!   the last [`HISTORY`] (a ring buffer per cluster, dropped when the cluster is removed).
+//! - **State-change log lines**, one per transition an operator cares about, at the level it
+//!   deserves: the primary lost and back, the cluster stopped on a permanent error, the disk full
+//!   and free again, remote storage failing and recovered, a new gap. The follower and the manager
+//!   log every attempt and failure as it happens; these lines say when the *state* changed, so a
+//!   flapping connection is one "lost" line and one "back" line, not one line per retry.
+//!
+//! Invariants: it only reads `watch` snapshots (the same ones the API serves), never blocks a
+//! cluster, and holds its lock only to copy samples; memory is bounded by `HISTORY /
+//! SAMPLE_INTERVAL` samples per followed cluster.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::cluster_set::{ClusterEntry, ClusterSet};
+use crate::cluster::status::{ClusterStatus, ConnectionState, OffloadStatus};
+
+/// How often every cluster is sampled.
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// How far back the upload-lag history reaches.
+pub(crate) const HISTORY: Duration = Duration::from_secs(15 * 60);
+const CAPACITY: usize = (HISTORY.as_secs() / SAMPLE_INTERVAL.as_secs()) as usize;
+
+/// One point of the upload-lag chart.
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct LagSample {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Acknowledged WAL not in remote storage (commit - remote), bytes.
+    pub bytes: u64,
+    /// Age of the oldest acknowledged byte not in remote storage, seconds.
+    pub seconds: f64,
+}
+
+/// What the observer keeps of one cluster.
+#[derive(Default)]
+struct Watched {
+    samples: VecDeque<LagSample>,
+    seen: Option<Seen>,
+}
+
+/// The part of a snapshot that transitions are detected on.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// The connection state as published (`snake_case`, e.g. `streaming`, `disk_full`).
+    state: String,
+    gaps: u64,
+    upload_failures: u64,
+    uploads: u64,
+    /// Since when uploads have been failing with no success since.
+    storage_failing_since: Option<Instant>,
+    /// Since when the cluster has not been streaming after it was.
+    lost_since: Option<Instant>,
+}
+
+/// Shared between the observer task (the writer) and the HTTP handlers (readers).
+#[derive(Default)]
+pub(crate) struct Observer {
+    clusters: Mutex<HashMap<String, Watched>>,
+}
+
+impl Observer {
+    /// The upload-lag samples of `cluster`, oldest first (empty for an unknown cluster).
+    pub(crate) fn lag_history(&self, cluster: &str) -> Vec<LagSample> {
+        let clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters
+            .get(cluster)
+            .map(|w| w.samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether uploads of `cluster` have been failing with no success since the first failure.
+    pub(crate) fn storage_failing(&self, cluster: &str) -> bool {
+        let clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters
+            .get(cluster)
+            .and_then(|w| w.seen.as_ref())
+            .is_some_and(|s| s.storage_failing_since.is_some())
+    }
+
+    /// Samples every cluster of `set` each [`SAMPLE_INTERVAL`] until `cancel` fires.
+    pub(crate) fn spawn(self: Arc<Self>, set: Arc<ClusterSet>, cancel: CancellationToken) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => self.sample(&set.list()),
+                }
+            }
+        });
+    }
+
+    fn sample(&self, entries: &[Arc<ClusterEntry>]) {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters.retain(|name, _| entries.iter().any(|e| e.name() == name));
+        for entry in entries {
+            let (status, offload, lags) = entry.snapshot();
+            let watched = clusters.entry(entry.name().to_string()).or_default();
+            if watched.samples.len() == CAPACITY {
+                watched.samples.pop_front();
+            }
+            watched.samples.push_back(LagSample {
+                unix_ms,
+                bytes: lags.upload.bytes,
+                seconds: lags.upload.seconds,
+            });
+            let now = Seen::of(&status, &offload, watched.seen.as_ref());
+            if let Some(before) = &watched.seen {
+                log_transitions(entry.name(), before, &now, &status, &offload);
+            }
+            watched.seen = Some(now);
+        }
+    }
+}
+
+/// The published name of a connection state (`disk_full`, `streaming`, ...).
+fn state_name(state: ConnectionState) -> String {
+    match serde_json::to_value(state) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{state:?}"),
+    }
+}
+
+impl Seen {
+    fn of(status: &ClusterStatus, offload: &OffloadStatus, before: Option<&Seen>) -> Seen {
+        let state = state_name(status.connection);
+        let uploads = offload.full_uploaded + offload.partial_uploaded;
+        let mut seen = Seen {
+            state,
+            gaps: status.gaps,
+            upload_failures: offload.upload_failures,
+            uploads,
+            storage_failing_since: None,
+            lost_since: None,
+        };
+        if let Some(b) = before {
+            let failed_now = offload.upload_failures > b.upload_failures;
+            let succeeded_now = uploads > b.uploads;
+            seen.storage_failing_since = match b.storage_failing_since {
+                Some(_) if succeeded_now && !failed_now => None,
+                Some(since) => Some(since),
+                None if failed_now => Some(Instant::now()),
+                None => None,
+            };
+            let was_streaming = b.state == "streaming";
+            seen.lost_since = match (seen.state.as_str(), b.lost_since) {
+                ("streaming" | "stopped", _) => None,
+                (_, Some(since)) => Some(since),
+                (_, None) if was_streaming => Some(Instant::now()),
+                (_, None) => None,
+            };
+        }
+        seen
+    }
+}
+
+/// Logs what changed between two samples of one cluster.
+fn log_transitions(
+    cluster: &str,
+    before: &Seen,
+    now: &Seen,
+    status: &ClusterStatus,
+    offload: &OffloadStatus,
+) {
+    let (flush_lsn, commit_lsn) = (status.flush_lsn.to_string(), status.commit_lsn.to_string());
+    let error = status.last_error.as_deref().unwrap_or("");
+    if before.state != now.state {
+        let (from, to) = (before.state.as_str(), now.state.as_str());
+        match to {
+            "streaming" => match before.lost_since {
+                Some(since) => info!(cluster, from, to, %flush_lsn, %commit_lsn,
+                    down_seconds = since.elapsed().as_secs_f64().round(),
+                    "primary back: streaming and acknowledging again"),
+                None => info!(cluster, from, to, %flush_lsn, %commit_lsn,
+                    "streaming: acknowledging the primary's WAL"),
+            },
+            "failed" => error!(cluster, from, to, error,
+                "cluster stopped on a permanent error: its WAL is no longer followed"),
+            "disk_full" => error!(cluster, from, to, %flush_lsn,
+                "disk full: acknowledgements stopped until space is freed"),
+            _ if from == "disk_full" => info!(cluster, from, to, "disk space available again"),
+            _ if from == "streaming" && to != "stopped" => warn!(cluster, from, to, error,
+                %flush_lsn, %commit_lsn, "lost the primary: not streaming, nothing acknowledged"),
+            _ => info!(cluster, from, to, "connection state changed"),
+        }
+    }
+    if now.gaps > before.gaps {
+        warn!(cluster, gaps = now.gaps, gap = status.last_gap.as_deref().unwrap_or(""),
+            "new gap: the primary could not continue the WAL held here");
+    }
+    match (before.storage_failing_since, now.storage_failing_since) {
+        (None, Some(_)) => warn!(cluster, failures = now.upload_failures,
+            error = offload.last_error.as_deref().unwrap_or(""),
+            "remote storage failing: uploads are retried with backoff"),
+        (Some(since), None) => info!(cluster,
+            failures = now.upload_failures - before.upload_failures.min(now.upload_failures),
+            failing_seconds = since.elapsed().as_secs_f64().round(),
+            "remote storage recovered: uploads succeed again"),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen_after(before: Option<&Seen>, f: impl Fn(&mut ClusterStatus, &mut OffloadStatus)) -> Seen {
+        let mut status = ClusterStatus::new("main");
+        let mut offload = OffloadStatus::default();
+        f(&mut status, &mut offload);
+        Seen::of(&status, &offload, before)
+    }
+
+    #[test]
+    fn storage_failing_until_an_upload_succeeds_without_a_new_failure() {
+        let ok = seen_after(None, |_, o| o.partial_uploaded = 3);
+        assert!(ok.storage_failing_since.is_none());
+        let failing = seen_after(Some(&ok), |_, o| {
+            o.partial_uploaded = 3;
+            o.upload_failures = 1;
+        });
+        assert!(failing.storage_failing_since.is_some());
+        // A success in the same interval as a new failure is not a recovery.
+        let mixed = seen_after(Some(&failing), |_, o| {
+            o.partial_uploaded = 4;
+            o.upload_failures = 2;
+        });
+        assert!(mixed.storage_failing_since.is_some());
+        let recovered = seen_after(Some(&mixed), |_, o| {
+            o.partial_uploaded = 5;
+            o.upload_failures = 2;
+        });
+        assert!(recovered.storage_failing_since.is_none());
+    }
+
+    #[test]
+    fn lost_only_after_streaming_and_until_streaming_again() {
+        let connecting = seen_after(None, |_, _| {});
+        let never = seen_after(Some(&connecting), |s, _| s.connection = ConnectionState::Retrying);
+        assert!(never.lost_since.is_none(), "never streamed: nothing was lost");
+        let streaming = seen_after(Some(&never), |s, _| s.connection = ConnectionState::Streaming);
+        let lost = seen_after(Some(&streaming), |s, _| s.connection = ConnectionState::Retrying);
+        assert!(lost.lost_since.is_some());
+        let still = seen_after(Some(&lost), |s, _| s.connection = ConnectionState::Connecting);
+        assert_eq!(still.lost_since, lost.lost_since);
+        let back = seen_after(Some(&still), |s, _| s.connection = ConnectionState::Streaming);
+        assert!(back.lost_since.is_none());
+        assert_eq!(back.state, "streaming");
+    }
+
+    #[test]
+    fn history_is_a_bounded_ring() {
+        assert_eq!(CAPACITY, 450);
+        let observer = Observer::default();
+        assert!(observer.lag_history("none").is_empty());
+    }
+}
