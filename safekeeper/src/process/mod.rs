@@ -8,3 +8,4 @@ pub(crate) mod clusters_toml;
 pub mod config;
 pub(crate) mod observer;
 pub(crate) mod storage;
+pub(crate) mod sync_standby;

@@ -8,6 +8,9 @@
 //!   and free again, remote storage failing and recovered, a new gap. The follower and the manager
 //!   log every attempt and failure as it happens; these lines say when the *state* changed, so a
 //!   flapping connection is one "lost" line and one "back" line, not one line per retry.
+//! - **Whether the primary waits for this safekeeper**: a probe of `synchronous_standby_names`
+//!   while streaming (`sync_standby`), logged when it changes and exported as
+//!   `safekeeper_sync_standby`.
 //!
 //! Invariants: it only reads `watch` snapshots (the same ones the API serves), never blocks a
 //! cluster, and holds its lock only to copy samples; memory is bounded by `HISTORY /
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::cluster_set::{ClusterEntry, ClusterSet};
+use super::sync_standby;
 use crate::cluster::status::{ClusterStatus, ConnectionState, OffloadStatus};
 
 /// How often every cluster is sampled.
@@ -46,6 +50,12 @@ pub(crate) struct LagSample {
 struct Watched {
     samples: VecDeque<LagSample>,
     seen: Option<Seen>,
+    /// Whether the primary names this safekeeper in `synchronous_standby_names` (`None`:
+    /// not known yet, or the last probe failed).
+    sync_standby: Option<bool>,
+    /// When the last probe started; one runs at a time.
+    probed_at: Option<Instant>,
+    probing: bool,
 }
 
 /// The part of a snapshot that transitions are detected on.
@@ -87,6 +97,13 @@ impl Observer {
             .is_some_and(|s| s.storage_failing_since.is_some())
     }
 
+    /// Whether the primary of `cluster` names this safekeeper as a synchronous standby (`None`:
+    /// unknown).
+    pub(crate) fn sync_standby(&self, cluster: &str) -> Option<bool> {
+        let clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters.get(cluster).and_then(|w| w.sync_standby)
+    }
+
     /// Samples every cluster of `set` each [`SAMPLE_INTERVAL`] until `cancel` fires.
     pub(crate) fn spawn(self: Arc<Self>, set: Arc<ClusterSet>, cancel: CancellationToken) {
         tokio::spawn(async move {
@@ -101,7 +118,7 @@ impl Observer {
         });
     }
 
-    fn sample(&self, entries: &[Arc<ClusterEntry>]) {
+    fn sample(self: &Arc<Self>, entries: &[Arc<ClusterEntry>]) {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -122,8 +139,69 @@ impl Observer {
             if let Some(before) = &watched.seen {
                 log_transitions(entry.name(), before, &now, &status, &offload);
             }
+            let due = watched
+                .probed_at
+                .is_none_or(|t| t.elapsed() >= sync_standby::PROBE_INTERVAL);
+            if now.state == "streaming" && due && !watched.probing {
+                watched.probing = true;
+                watched.probed_at = Some(Instant::now());
+                self.spawn_probe(entry);
+            }
             watched.seen = Some(now);
         }
+    }
+
+    /// Asks the primary of `entry` whether it names this safekeeper as a synchronous standby.
+    fn spawn_probe(self: &Arc<Self>, entry: &ClusterEntry) {
+        let observer = self.clone();
+        let (cluster, primary) = (entry.name().to_string(), entry.config.primary.clone());
+        let application_name = entry.config.application_name.clone();
+        tokio::spawn(async move {
+            let listed = sync_standby::probe(&primary)
+                .await
+                .map(|setting| sync_standby::names_standby(&setting, &application_name));
+            let mut clusters = observer
+                .clusters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(watched) = clusters.get_mut(&cluster) else {
+                return;
+            };
+            watched.probing = false;
+            let before = watched.sync_standby;
+            watched.sync_standby = listed.as_ref().ok().copied();
+            match (before, listed) {
+                (Some(true), Ok(true)) | (Some(false), Ok(false)) => {}
+                (_, Ok(true)) => info!(cluster, application_name,
+                    "the primary names this safekeeper in synchronous_standby_names: commits wait for it"),
+                (_, Ok(false)) => warn!(cluster, application_name,
+                    "not a synchronous standby: the primary's synchronous_standby_names does not name this safekeeper, so commits do not wait for it"),
+                (Some(_), Err(e)) => info!(cluster, error = %format!("{e:#}"),
+                    "cannot tell whether the primary waits for this safekeeper"),
+                (None, Err(_)) => {}
+            }
+        });
+    }
+
+    /// `safekeeper_sync_standby` in Prometheus text format: one sample per cluster whose primary
+    /// answered the last probe.
+    pub(crate) fn render_metrics(&self) -> String {
+        let name = "safekeeper_sync_standby";
+        let mut out = format!(
+            "# HELP {name} 1 when the primary's synchronous_standby_names names this safekeeper \
+             (its commits may wait for it), 0 when not; absent until known.\n# TYPE {name} gauge\n"
+        );
+        let clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known: Vec<_> = clusters
+            .iter()
+            .filter_map(|(c, w)| w.sync_standby.map(|s| (c, s)))
+            .collect();
+        known.sort();
+        for (cluster, listed) in known {
+            let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            out.push_str(&format!("{name}{{cluster=\"{cluster}\"}} {}\n", u8::from(listed)));
+        }
+        out
     }
 }
 

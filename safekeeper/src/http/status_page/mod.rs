@@ -66,6 +66,9 @@ pub(crate) struct LagHistory {
     pub samples: Vec<LagSample>,
     /// Uploads have been failing since the last success.
     pub storage_failing: bool,
+    /// Whether the primary's `synchronous_standby_names` names this safekeeper (`null`: not
+    /// known yet).
+    pub sync_standby: Option<bool>,
 }
 
 /// Upload lag over the last minutes
@@ -90,5 +93,6 @@ pub(crate) async fn lag_history(
         window_seconds: HISTORY.as_secs_f64(),
         samples: state.observer.lag_history(entry.name()),
         storage_failing: state.observer.storage_failing(entry.name()),
+        sync_standby: state.observer.sync_standby(entry.name()),
     }))
 }
