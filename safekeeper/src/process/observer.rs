@@ -68,6 +68,8 @@ struct Seen {
     uploads: u64,
     /// Since when uploads have been failing with no success since.
     storage_failing_since: Option<Instant>,
+    /// `upload_failures` just before they started failing.
+    failures_before: u64,
     /// Since when the cluster has not been streaming after it was.
     lost_since: Option<Instant>,
 }
@@ -223,6 +225,7 @@ impl Seen {
             upload_failures: offload.upload_failures,
             uploads,
             storage_failing_since: None,
+            failures_before: offload.upload_failures,
             lost_since: None,
         };
         if let Some(b) = before {
@@ -234,6 +237,12 @@ impl Seen {
                 None if failed_now => Some(Instant::now()),
                 None => None,
             };
+            if seen.storage_failing_since.is_some() {
+                seen.failures_before = match b.storage_failing_since {
+                    Some(_) => b.failures_before,
+                    None => b.upload_failures,
+                };
+            }
             let was_streaming = b.state == "streaming";
             seen.lost_since = match (seen.state.as_str(), b.lost_since) {
                 ("streaming" | "stopped", _) => None,
@@ -285,7 +294,7 @@ fn log_transitions(
             error = offload.last_error.as_deref().unwrap_or(""),
             "remote storage failing: uploads are retried with backoff"),
         (Some(since), None) => info!(cluster,
-            failures = now.upload_failures - before.upload_failures.min(now.upload_failures),
+            failures = now.upload_failures.saturating_sub(before.failures_before),
             failing_seconds = since.elapsed().as_secs_f64().round(),
             "remote storage recovered: uploads succeed again"),
         _ => {}
@@ -318,6 +327,7 @@ mod tests {
             o.upload_failures = 2;
         });
         assert!(mixed.storage_failing_since.is_some());
+        assert_eq!(mixed.failures_before, 0, "counted from before the first failure");
         let recovered = seen_after(Some(&mixed), |_, o| {
             o.partial_uploaded = 5;
             o.upload_failures = 2;
