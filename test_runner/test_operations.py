@@ -20,7 +20,7 @@ import uuid
 from fixtures.api import Api, scrape
 from fixtures.pg import PgCluster
 from fixtures.s3 import MotoServer, S3Bucket, s3_env
-from fixtures.safekeeper import REPO_ROOT, Safekeeper
+from fixtures.safekeeper import REPO_ROOT, Safekeeper, safekeeper_bin
 from fixtures.utils import free_port, wait_until
 from fixtures.wal import parse_lsn
 
@@ -36,7 +36,11 @@ def queried_metric_names() -> set[str]:
     names: set[str] = set()
     for path in (os.path.join(DEPLOY, "prometheus", "alerts.yml"), os.path.join(DEPLOY, "grafana", "safekeeper.json")):
         with open(path) as f:
-            names |= set(re.findall(r"\bsafekeeper_[a-z0-9_]*[a-z0-9]\b", f.read()))
+            text = f.read()
+        if path.endswith(".json"):
+            dashboard = json.loads(text)
+            assert dashboard["panels"] and all(t["expr"] for p in dashboard["panels"] for t in p["targets"]), path
+        names |= set(re.findall(r"\bsafekeeper_[a-z0-9_]*[a-z0-9]\b", text))
     return names
 
 
@@ -181,3 +185,35 @@ def test_no_password_or_s3_secret_in_any_log_line_or_api_response(
                 assert secret not in body, f"a secret is in the response of {path}"
         if log_format == "json":
             json_lines(sk)
+
+
+def test_systemd_unit_is_sandboxed_and_outlasts_the_final_upload(workdir: str):
+    path = os.path.join(DEPLOY, "systemd", "safekeeper.service")
+    with open(path) as f:
+        text = f.read()
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    exec_start = settings["ExecStart"][0].split()
+    data_dir = exec_start[exec_start.index("--data-dir") + 1]
+    assert settings["ProtectSystem"] == ["strict"] and settings["NoNewPrivileges"] == ["true"], settings
+    assert settings["ReadWritePaths"] == [data_dir], "the data directory must be the only writable path"
+    assert settings["StateDirectory"] == [os.path.basename(data_dir)] and data_dir.startswith("/var/lib/"), settings
+    assert "--log-format" in exec_start and settings["KillSignal"] == ["SIGTERM"], settings
+    # SIGTERM makes the manager upload the final partial, bounded by FINAL_UPLOAD_TIMEOUT: systemd
+    # must not SIGKILL it before then (plus the flush and the control file before it).
+    with open(os.path.join(REPO_ROOT, "safekeeper", "src", "cluster", "manager", "mod.rs")) as f:
+        bound = int(re.search(r"FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs\((\d+)\)", f.read()).group(1))
+    stop = int(settings["TimeoutStopSec"][0].rstrip("s"))
+    assert stop >= bound + 15, f"TimeoutStopSec={stop} leaves too little after the {bound} s final upload"
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    # verify also checks that ExecStart exists: point it at the binary under test.
+    unit = os.path.join(workdir, "safekeeper.service")
+    with open(unit, "w") as f:
+        f.write(text.replace("/usr/local/bin/safekeeper", safekeeper_bin()))
+    check = subprocess.run([analyze, "verify", unit], capture_output=True, text=True, timeout=60, cwd=workdir)
+    assert check.returncode == 0 and not check.stderr.strip(), f"systemd-analyze verify: {check.stdout}{check.stderr}"

@@ -58,10 +58,10 @@ mod tests {
         let (size, free) = space(dir.path()).unwrap();
         assert!(size > 0 && free <= size);
         let text = render(dir.path());
-        assert!(text.contains(&format!("safekeeper_data_dir_size_bytes {size}\n")));
-        assert!(text.contains("safekeeper_data_dir_free_bytes "));
+        assert!(text.contains(&format!("\nsafekeeper_data_dir_size_bytes {size}\n")));
+        assert!(text.contains("\nsafekeeper_data_dir_free_bytes "));
         let missing = render(Path::new("/nonexistent/safekeeper"));
-        assert!(!missing.contains("safekeeper_data_dir_free_bytes "));
+        assert!(!missing.contains("\nsafekeeper_data_dir_free_bytes "));
         assert!(missing.contains("# TYPE safekeeper_data_dir_free_bytes gauge"));
     }
 }

@@ -519,12 +519,12 @@ slot = "custom"
     }
 
     #[test]
-    fn auth_public_routes_default_to_metrics_and_status() {
+    fn auth_public_routes_default_to_metrics_status_and_the_page() {
         let c = ServiceConfig::resolve(&args()).unwrap();
         assert!(c.http_auth_token_file.is_none());
         assert_eq!(
             c.http_public_routes.iter().collect::<Vec<_>>(),
-            ["metrics", "status"]
+            ["metrics", "page", "status"]
         );
         let a = RunArgs {
             http_auth_public_routes: Some("none".into()),
