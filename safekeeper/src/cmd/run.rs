@@ -178,7 +178,9 @@ async fn shut_down(
             failed += 1;
             match log_format {
                 LogFormat::Text => eprintln!("error: cluster {name}: {e}"),
-                LogFormat::Json => error!(cluster = %name, error = %e, "cluster stopped on an error"),
+                LogFormat::Json => {
+                    error!(cluster = %name, error = %e, "cluster stopped on an error")
+                }
             }
         }
     }

@@ -174,10 +174,16 @@ impl Observer {
             watched.sync_standby = listed.as_ref().ok().copied();
             match (before, listed) {
                 (Some(true), Ok(true)) | (Some(false), Ok(false)) => {}
-                (_, Ok(true)) => info!(cluster, application_name,
-                    "the primary names this safekeeper in synchronous_standby_names: commits wait for it"),
-                (_, Ok(false)) => warn!(cluster, application_name,
-                    "not a synchronous standby: the primary's synchronous_standby_names does not name this safekeeper, so commits do not wait for it"),
+                (_, Ok(true)) => info!(
+                    cluster,
+                    application_name,
+                    "the primary names this safekeeper in synchronous_standby_names: commits wait for it"
+                ),
+                (_, Ok(false)) => warn!(
+                    cluster,
+                    application_name,
+                    "not a synchronous standby: the primary's synchronous_standby_names does not name this safekeeper, so commits do not wait for it"
+                ),
                 (Some(_), Err(e)) => info!(cluster, error = %format!("{e:#}"),
                     "cannot tell whether the primary waits for this safekeeper"),
                 (None, Err(_)) => {}
@@ -200,8 +206,14 @@ impl Observer {
             .collect();
         known.sort();
         for (cluster, listed) in known {
-            let cluster = cluster.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            out.push_str(&format!("{name}{{cluster=\"{cluster}\"}} {}\n", u8::from(listed)));
+            let cluster = cluster
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            out.push_str(&format!(
+                "{name}{{cluster=\"{cluster}\"}} {}\n",
+                u8::from(listed)
+            ));
         }
         out
     }
@@ -275,8 +287,13 @@ fn log_transitions(
                 None => info!(cluster, from, to, %flush_lsn, %commit_lsn,
                     "streaming: acknowledging the primary's WAL"),
             },
-            "failed" => error!(cluster, from, to, error,
-                "cluster stopped on a permanent error: its WAL is no longer followed"),
+            "failed" => error!(
+                cluster,
+                from,
+                to,
+                error,
+                "cluster stopped on a permanent error: its WAL is no longer followed"
+            ),
             "disk_full" => error!(cluster, from, to, %flush_lsn,
                 "disk full: acknowledgements stopped until space is freed"),
             _ if from == "disk_full" => info!(cluster, from, to, "disk space available again"),
@@ -286,17 +303,26 @@ fn log_transitions(
         }
     }
     if now.gaps > before.gaps {
-        warn!(cluster, gaps = now.gaps, gap = status.last_gap.as_deref().unwrap_or(""),
-            "new gap: the primary could not continue the WAL held here");
+        warn!(
+            cluster,
+            gaps = now.gaps,
+            gap = status.last_gap.as_deref().unwrap_or(""),
+            "new gap: the primary could not continue the WAL held here"
+        );
     }
     match (before.storage_failing_since, now.storage_failing_since) {
-        (None, Some(_)) => warn!(cluster, failures = now.upload_failures,
+        (None, Some(_)) => warn!(
+            cluster,
+            failures = now.upload_failures,
             error = offload.last_error.as_deref().unwrap_or(""),
-            "remote storage failing: uploads are retried with backoff"),
-        (Some(since), None) => info!(cluster,
+            "remote storage failing: uploads are retried with backoff"
+        ),
+        (Some(since), None) => info!(
+            cluster,
             failures = now.upload_failures.saturating_sub(before.failures_before),
             failing_seconds = since.elapsed().as_secs_f64().round(),
-            "remote storage recovered: uploads succeed again"),
+            "remote storage recovered: uploads succeed again"
+        ),
         _ => {}
     }
 }
@@ -305,7 +331,10 @@ fn log_transitions(
 mod tests {
     use super::*;
 
-    fn seen_after(before: Option<&Seen>, f: impl Fn(&mut ClusterStatus, &mut OffloadStatus)) -> Seen {
+    fn seen_after(
+        before: Option<&Seen>,
+        f: impl Fn(&mut ClusterStatus, &mut OffloadStatus),
+    ) -> Seen {
         let mut status = ClusterStatus::new("main");
         let mut offload = OffloadStatus::default();
         f(&mut status, &mut offload);
@@ -327,7 +356,10 @@ mod tests {
             o.upload_failures = 2;
         });
         assert!(mixed.storage_failing_since.is_some());
-        assert_eq!(mixed.failures_before, 0, "counted from before the first failure");
+        assert_eq!(
+            mixed.failures_before, 0,
+            "counted from before the first failure"
+        );
         let recovered = seen_after(Some(&mixed), |_, o| {
             o.partial_uploaded = 5;
             o.upload_failures = 2;
@@ -338,14 +370,27 @@ mod tests {
     #[test]
     fn lost_only_after_streaming_and_until_streaming_again() {
         let connecting = seen_after(None, |_, _| {});
-        let never = seen_after(Some(&connecting), |s, _| s.connection = ConnectionState::Retrying);
-        assert!(never.lost_since.is_none(), "never streamed: nothing was lost");
-        let streaming = seen_after(Some(&never), |s, _| s.connection = ConnectionState::Streaming);
-        let lost = seen_after(Some(&streaming), |s, _| s.connection = ConnectionState::Retrying);
+        let never = seen_after(Some(&connecting), |s, _| {
+            s.connection = ConnectionState::Retrying
+        });
+        assert!(
+            never.lost_since.is_none(),
+            "never streamed: nothing was lost"
+        );
+        let streaming = seen_after(Some(&never), |s, _| {
+            s.connection = ConnectionState::Streaming
+        });
+        let lost = seen_after(Some(&streaming), |s, _| {
+            s.connection = ConnectionState::Retrying
+        });
         assert!(lost.lost_since.is_some());
-        let still = seen_after(Some(&lost), |s, _| s.connection = ConnectionState::Connecting);
+        let still = seen_after(Some(&lost), |s, _| {
+            s.connection = ConnectionState::Connecting
+        });
         assert_eq!(still.lost_since, lost.lost_since);
-        let back = seen_after(Some(&still), |s, _| s.connection = ConnectionState::Streaming);
+        let back = seen_after(Some(&still), |s, _| {
+            s.connection = ConnectionState::Streaming
+        });
         assert!(back.lost_since.is_none());
         assert_eq!(back.state, "streaming");
     }

@@ -51,7 +51,9 @@ fn list_of(setting: &str) -> Vec<String> {
     for keyword in ["FIRST", "ANY"] {
         if let Some(head) = rest.get(..keyword.len())
             && head.eq_ignore_ascii_case(keyword)
-            && rest[keyword.len()..].trim_start().starts_with(|c: char| c.is_ascii_digit())
+            && rest[keyword.len()..]
+                .trim_start()
+                .starts_with(|c: char| c.is_ascii_digit())
             && rest[keyword.len()..].starts_with(char::is_whitespace)
         {
             rest = rest[keyword.len()..].trim_start();

@@ -167,7 +167,11 @@ mod tests {
             let span = info_span!("cluster", cluster = "main");
             let _entered = span.enter();
             info!(start_lsn = "0/3000000", timeline = 2_u64, "streaming");
-            warn!(error = "connection refused \"x\"", cluster = "other", "session failed");
+            warn!(
+                error = "connection refused \"x\"",
+                cluster = "other",
+                "session failed"
+            );
         });
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = text
