@@ -117,16 +117,26 @@ def test_rules_and_dashboard_query_exported_metrics_and_json_logs_track_state(
 
 
 def stop_primary_and_check_the_log(primary: PgCluster, safekeeper: Safekeeper, api: Api) -> None:
-    """The primary goes away: one `lost` line with the cluster, the LSNs and the error."""
+    """The primary goes away (and comes back no longer naming this safekeeper a synchronous standby):
+    one `lost` line with the cluster, the LSNs and the error; one `back` line; one `not a synchronous
+    standby` line; and the log lines of the whole run parse as JSON."""
     flush = api.cluster()["lsn"]["flush"]
+    primary.set_sync_standby("")
     primary.stop("immediate")
     lost = wait_until("'lost the primary' logged", lambda: [l for l in json_lines(safekeeper)
                                                            if l.get("message", "").startswith("lost the primary")], timeout=60)
     assert len(lost) == 1, lost
     line = lost[0]
     assert line["level"] == "WARN" and line["cluster"] == "main" and line["from"] == "streaming", line
-    assert line["flush_lsn"] == flush and parse_lsn(line["commit_lsn"]) <= parse_lsn(flush), (line, flush)
+    # The positions when it was lost: at least what was flushed before, nothing acknowledged beyond.
+    assert parse_lsn(line["flush_lsn"]) >= parse_lsn(flush), (line, flush)
+    assert parse_lsn(line["commit_lsn"]) <= parse_lsn(line["flush_lsn"]), line
     assert line["error"], line
+    # Back, but no longer named in synchronous_standby_names: the new session's probe says so.
+    primary.start()
+    wait_until("primary back", lambda: any(l.get("message", "").startswith("primary back") for l in json_lines(safekeeper)),
+               timeout=60)
+    wait_until("not listed any more", lambda: scrape(api).get("safekeeper_sync_standby", cluster="main") == 0, timeout=30)
     assert safekeeper.stop() == 0
     lines = json_lines(safekeeper)
     # The follower's own lines carry the cluster from its span, at the top level.
@@ -136,6 +146,8 @@ def stop_primary_and_check_the_log(primary: PgCluster, safekeeper: Safekeeper, a
     assert len(failing) == 1 and failing[0]["level"] == "WARN" and failing[0]["error"], failing
     recovered = [l for l in lines if l.get("message", "").startswith("remote storage recovered")]
     assert len(recovered) == 1 and recovered[0]["level"] == "INFO" and recovered[0]["failures"] >= 1, recovered
+    not_sync = [l for l in lines if l.get("message", "").startswith("not a synchronous standby")]
+    assert len(not_sync) == 1 and not_sync[0]["level"] == "WARN" and not_sync[0]["cluster"] == "main", not_sync
     assert all({"timestamp", "level", "message"} <= set(l) for l in lines)
 
 

@@ -84,7 +84,8 @@ def test_status_page_shows_the_live_cluster_and_a_stopped_primary_as_an_error(
     assert page.summary["attrs"]["data-health"] == "error", page.summary
     assert page.summary["text"] == "1 of 1 cluster(s) not safe", page.summary
     stopped_png = browser.screenshot(url, str(tmp_path / "status-primary-stopped.png"))
-    print(f"\n[status page screenshots: {healthy_png} {stopped_png}]")
+    phone_png = browser.screenshot(url, str(tmp_path / "status-primary-stopped-phone.png"), size="390,844")
+    print(f"\n[status page screenshots: {healthy_png} {stopped_png} {phone_png}]")
 
 
 def test_status_page_shows_no_data_without_the_token(primary: PgCluster, safekeeper: Safekeeper, start_standby,

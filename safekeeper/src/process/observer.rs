@@ -141,9 +141,13 @@ impl Observer {
             if let Some(before) = &watched.seen {
                 log_transitions(entry.name(), before, &now, &status, &offload);
             }
-            let due = watched
-                .probed_at
-                .is_none_or(|t| t.elapsed() >= sync_standby::PROBE_INTERVAL);
+            // Every interval, and at once on a new session (after a failover it may be another
+            // server, with another setting).
+            let new_session = watched.seen.as_ref().is_some_and(|b| b.state != "streaming");
+            let due = new_session
+                || watched
+                    .probed_at
+                    .is_none_or(|t| t.elapsed() >= sync_standby::PROBE_INTERVAL);
             if now.state == "streaming" && due && !watched.probing {
                 watched.probing = true;
                 watched.probed_at = Some(Instant::now());
