@@ -58,6 +58,16 @@ struct Watched {
     probing: bool,
 }
 
+impl Watched {
+    /// Appends a sample, dropping the oldest once [`HISTORY`] is full.
+    fn push(&mut self, sample: LagSample) {
+        if self.samples.len() == CAPACITY {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+    }
+}
+
 /// The part of a snapshot that transitions are detected on.
 #[derive(Clone, Debug)]
 struct Seen {
@@ -129,10 +139,7 @@ impl Observer {
         for entry in entries {
             let (status, offload, lags) = entry.snapshot();
             let watched = clusters.entry(entry.name().to_string()).or_default();
-            if watched.samples.len() == CAPACITY {
-                watched.samples.pop_front();
-            }
-            watched.samples.push_back(LagSample {
+            watched.push(LagSample {
                 unix_ms,
                 bytes: lags.upload.bytes,
                 seconds: lags.upload.seconds,
@@ -143,7 +150,10 @@ impl Observer {
             }
             // Every interval, and at once on a new session (after a failover it may be another
             // server, with another setting).
-            let new_session = watched.seen.as_ref().is_some_and(|b| b.state != "streaming");
+            let new_session = watched
+                .seen
+                .as_ref()
+                .is_some_and(|b| b.state != "streaming");
             let due = new_session
                 || watched
                     .probed_at
@@ -302,16 +312,18 @@ fn log_transitions(
                 "disk full: acknowledgements stopped until space is freed"),
             _ if from == "disk_full" => info!(cluster, from, to, "disk space available again"),
             _ if from == "streaming" && to != "stopped" => warn!(cluster, from, to, error,
-                %flush_lsn, %commit_lsn, "lost the primary: not streaming, nothing acknowledged"),
+                %flush_lsn, %commit_lsn, "lost the primary: not streaming, so not acknowledging"),
             _ => info!(cluster, from, to, "connection state changed"),
         }
     }
     if now.gaps > before.gaps {
-        warn!(
+        // The follower logged the cause; this is the consequence, for whoever watches errors.
+        error!(
             cluster,
             gaps = now.gaps,
             gap = status.last_gap.as_deref().unwrap_or(""),
-            "new gap: the primary could not continue the WAL held here"
+            "new gap: the archive is not continuous here; recovering past it needs a base backup \
+             taken after it"
         );
     }
     match (before.storage_failing_since, now.storage_failing_since) {
@@ -400,9 +412,47 @@ mod tests {
     }
 
     #[test]
-    fn history_is_a_bounded_ring() {
-        assert_eq!(CAPACITY, 450);
+    fn sync_standby_metric_has_a_sample_only_for_known_answers() {
         let observer = Observer::default();
+        {
+            let mut clusters = observer.clusters.lock().unwrap();
+            clusters.entry("b\"x".into()).or_default().sync_standby = Some(false);
+            clusters.entry("a".into()).or_default().sync_standby = Some(true);
+            clusters.entry("unknown".into()).or_default();
+        }
+        let text = observer.render_metrics();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "safekeeper_sync_standby{cluster=\"a\"} 1",
+                "safekeeper_sync_standby{cluster=\"b\\\"x\"} 0"
+            ]
+        );
+        assert!(text.contains("# TYPE safekeeper_sync_standby gauge\n"));
+        assert_eq!(observer.sync_standby("a"), Some(true));
+        assert_eq!(observer.sync_standby("unknown"), None);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_samples_of_the_window() {
+        assert_eq!(CAPACITY, 450, "15 minutes every 2 s");
+        let observer = Observer::default();
+        {
+            let mut clusters = observer.clusters.lock().unwrap();
+            let watched = clusters.entry("main".into()).or_default();
+            for i in 0..(CAPACITY as u64 + 10) {
+                watched.push(LagSample {
+                    unix_ms: i,
+                    bytes: i,
+                    seconds: 0.0,
+                });
+            }
+        }
+        let history = observer.lag_history("main");
+        assert_eq!(history.len(), CAPACITY);
+        assert_eq!(history[0].unix_ms, 10, "the oldest ones went first");
+        assert_eq!(history[CAPACITY - 1].unix_ms, CAPACITY as u64 + 9);
         assert!(observer.lag_history("none").is_empty());
     }
 }
