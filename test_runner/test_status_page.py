@@ -47,18 +47,21 @@ def test_status_page_shows_the_live_cluster_and_a_stopped_primary_as_an_error(
     assert history["sync_standby"] is True, history
     assert not history["storage_failing"], history
 
+    before = api.cluster()
     page = StatusPage(browser.dom(url))
-    detail = api.cluster()
+    after = api.cluster()
     card = page.cards["main"]
     assert card["attrs"]["data-health"] == "ok", card
     assert card["badge"] == "streaming", card
     f = card["fields"]
     assert f["connection"] == "streaming"
     assert f["sync"].startswith("yes"), f
-    # Idle after the load: the page shows what the API says, byte for byte.
-    assert f["commit"] == detail["lsn"]["commit"] and parse_lsn(f["commit"]) >= end, (f, detail)
-    assert f["remote"] == detail["lsn"]["remote"] and parse_lsn(f["remote"]) >= end, (f, detail)
-    assert f["partial"] == detail["newest_partial"], (f, detail)
+    # What the API said while the page refreshed (idle after the load, but PostgreSQL may log a
+    # background record meanwhile): the same figures, never beyond what the API reported.
+    for field, lsn in (("commit", "commit"), ("flush", "flush"), ("remote", "remote")):
+        shown = parse_lsn(f[field])
+        assert parse_lsn(before["lsn"][lsn]) <= shown <= parse_lsn(after["lsn"][lsn]) and shown >= end, (field, f, before, after)
+    assert f["partial"] in (before["newest_partial"], after["newest_partial"]), (f, before, after)
     assert f["gaps"] == "none" and f["error"] == "", f
     assert int(card["attrs"]["data-samples"]) >= 3, card
     assert len(card["points"].split()) == int(card["attrs"]["data-samples"]), card

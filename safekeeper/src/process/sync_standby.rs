@@ -19,12 +19,16 @@ use crate::pg::{ConnInfo, ReplicationConnection};
 
 /// How often a streaming cluster's primary is asked.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// The `application_name` of the probe's session.
+pub(crate) const PROBE_APPLICATION_NAME: &str = "safekeeper-sync-probe";
 /// Bound on one probe, connection included.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads `synchronous_standby_names` from the primary of `primary` (a connection string).
 pub(crate) async fn probe(primary: &str) -> Result<String> {
-    let info = ConnInfo::parse(primary).context("invalid connection string")?;
+    let mut info = ConnInfo::parse(primary).context("invalid connection string")?;
+    // Never the follower's name: a walsender under it would look like a second standby.
+    info.application_name = Some(PROBE_APPLICATION_NAME.to_string());
     let session = async {
         let (mut conn, _) = ReplicationConnection::connect_any(&info).await?;
         let value = conn.show("synchronous_standby_names").await;
