@@ -95,6 +95,7 @@ install_pg_majors "$venv/bin/python"
 # over 100 lines (docs/architecture.md explains the layout).
 log "checking the shape of the source tree"
 python3 scripts/check_tree.py
+cargo fmt --all -- --check || { echo "cargo fmt: the tree is not formatted (run: cargo fmt --all)" >&2; exit 1; }
 
 # --- Alert rules ----------------------------------------------------------------------------
 # Each alert fires on the series that should fire it and not on its healthy neighbour

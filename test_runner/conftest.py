@@ -85,12 +85,13 @@ def make_pg(workdir, request, pg_install):
     """Factory for real PostgreSQL clusters of the test's major; all are stopped at teardown."""
     clusters: list[PgCluster] = []
 
-    def make(name: str = "primary", extra_conf: str = "", start: bool = True, standby_of: PgCluster | None = None) -> PgCluster:
+    def make(name: str = "primary", extra_conf: str = "", start: bool = True, standby_of: PgCluster | None = None,
+             initdb_args: tuple[str, ...] = ()) -> PgCluster:
         if standby_of is not None:
             pg = standby_of.make_standby(workdir, name)
             clusters.append(pg)
             return pg
-        pg = PgCluster(workdir, name, install=pg_install).initdb(extra_conf)
+        pg = PgCluster(workdir, name, install=pg_install).initdb(extra_conf, initdb_args)
         clusters.append(pg)
         if start:
             pg.start()

@@ -19,6 +19,7 @@ import time
 import psycopg
 import pytest
 
+from fixtures.bookkeeping import full_implied, listed_partial_names
 from fixtures.majors import pg_matrix
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
@@ -26,7 +27,7 @@ from fixtures.restore import copy_archive, recover, restore_wal_command, take_ba
 from fixtures.s3 import MotoServer, new_bucket
 from fixtures.safekeeper import Safekeeper
 from fixtures.utils import run, wait_until
-from fixtures.wal import SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, partial_name, segment_name, segno_of
+from fixtures.wal import SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, segment_name, segno_of
 
 WAL = "main/wal/"
 
@@ -157,22 +158,6 @@ def test_rpo_zero_after_losing_the_primary(make_pg, safekeeper: Safekeeper, remo
 
 def control_snapshot(sk: Safekeeper) -> dict:
     return sk.control_file_json()["state"]
-
-
-def listed_partial_names(cf: dict) -> dict[str, str]:
-    """file name -> status, from a decoded control file."""
-    out = {}
-    for p in cf["remote"]["partials"]:
-        n = p["name"]
-        out[partial_name(n["timeline"], n["segno"], n["commit_lsn"], n["term"], n["sk_id"])] = p["status"]
-    return out
-
-
-def full_implied(cf: dict, seg: str) -> bool:
-    tli, segno = parse_segment_name(seg)
-    if any(r["timeline"] == tli and r["start_segno"] <= segno < r["end_segno"] for r in cf["remote"]["full_segments"]):
-        return True
-    return tli == cf["timeline"] and cf["backup_lsn"] // SEG_SIZE <= segno < (cf["flush_lsn"] + SEG_SIZE - 1) // SEG_SIZE
 
 
 @pytest.mark.parametrize("failpoint", ["partial-after-intent", "partial-after-put", "partial-after-uploaded", "gc-after-delete", "full-after-put"])

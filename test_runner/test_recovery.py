@@ -2,7 +2,8 @@
 
 What a user fears, and what each test shows does not happen:
 - a recovered server that lacks commits the archive holds, because restore-wal served an older
-  partial, a stale term's partial, or a partial where the full segment exists;
+  partial, a higher-term but shorter partial of another safekeeper, or a partial where the full
+  segment exists;
 - recovery that silently ends early (and promotes) because the storage was unreachable, the
   archive name was wrong or an object was damaged, instead of stopping with a clear error;
 - an archive that verify calls clean although a segment is missing, damaged, truncated or from
@@ -20,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 
@@ -30,7 +30,7 @@ from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.pg import PgCluster
 from fixtures.restore import restore_from_backup, restore_wal_command
 from fixtures.s3 import s3_env
-from fixtures.safekeeper import safekeeper_bin
+from fixtures.safekeeper import safekeeper_cli as sk
 from fixtures.utils import chown_to_pg_user, wait_until
 from fixtures.wal import (MIB, SEG_SIZE, format_lsn, is_segment_name, parse_lsn, parse_segment_name, partial_name,
                           segment_name, segno_of)
@@ -109,13 +109,15 @@ def real_wal() -> RealWal:
 
 
 def fill_archive(w: ArchiveWriter, wal: RealWal, bogus: bool = True) -> dict:
-    """The archive two safekeepers (and an older third one) would have left: every full segment,
-    in the tail segment sk1's partial at A and sk2's at B (term 2), a stale term-1 partial of sk3
-    reaching C, and, with `bogus`, a garbage high-term partial of a segment whose full object exists."""
+    """The archive three safekeepers of an `ANY 1` quorum would have left: every full segment, in
+    the tail segment sk1's partial at A and sk2's at B (both moved to term 2), sk3's term-1 partial
+    reaching C (it acknowledged the last commits alone: terms of different safekeepers are not
+    comparable), and, with `bogus`, a garbage high-term partial of a segment whose full object
+    exists."""
     for name, data in wal.segments.items():
         w.put(name, data)
     names = {}
-    for label, point, term, sk in (("sk1", "A", 2, 1), ("sk2", "B", 2, 2), ("stale", "C", 1, 3)):
+    for label, point, term, sk in (("sk1", "A", 2, 1), ("sk2", "B", 2, 2), ("sk3", "C", 1, 3)):
         name, data = wal.partial(point, term, sk)
         w.put(name, data)
         names[label] = name
@@ -125,13 +127,6 @@ def fill_archive(w: ArchiveWriter, wal: RealWal, bogus: bool = True) -> dict:
         names["bogus"] = partial_name(1, segno, segno * SEG_SIZE + 8192, 99, 9)
         w.put(names["bogus"], b"\xee" * 8192)
     return names
-
-
-def sk(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **(env or {}))
-    full_env.setdefault("RUST_LOG", "info")
-    full_env["NO_COLOR"] = "1"
-    return subprocess.run([safekeeper_bin(), *args], capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def local_writer(workdir: str, name: str = "remote") -> ArchiveWriter:
@@ -150,8 +145,9 @@ def writer(request, workdir) -> ArchiveWriter:
 # --- real PostgreSQL recovery ---------------------------------------------------------------------
 
 def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, real_wal):
-    """Two safekeepers' partials at A and B (term 2), a stale term-1 partial reaching C and a bogus
-    partial beside a full segment: PostgreSQL replays to B exactly, then ends recovery and promotes."""
+    """Two safekeepers' partials at A and B (term 2), a third's term-1 partial reaching C and a bogus
+    partial beside a full segment: PostgreSQL replays to C exactly (the most WAL, whatever the
+    terms), then ends recovery and promotes."""
     names = fill_archive(writer, real_wal)
     # On S3 with prefetching, as one would run it against a remote region.
     prefetch = ["--prefetch", "2"] if writer.bucket else []
@@ -161,12 +157,12 @@ def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, 
         pg.start(timeout=120)
         wait_until("promoted", lambda: pg.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=60)
         ids = [r[0] for r in pg.sql("SELECT id FROM t ORDER BY id")]
-        assert ids == real_wal.ids["B"], f"{len(ids)} rows recovered, expected {len(real_wal.ids['B'])}"
+        assert ids == real_wal.ids["C"], f"{len(ids)} rows recovered, expected {len(real_wal.ids['C'])}"
         assert pg.timeline() == 2
         with open(pg.logfile, errors="replace") as f:
             log = f.read()
-        assert names["sk2"] in log, "restore-wal logs the partial it served"
-        assert names["stale"] not in log and names["bogus"] not in log
+        assert names["sk3"] in log, "restore-wal logs the partial it served"
+        assert names["bogus"] not in log
         for name in real_wal.segments:
             assert f"restored log file \"{name}\" from archive" in log or name < min(real_wal.segments)
         if prefetch:
@@ -190,8 +186,8 @@ def test_restore_wal_picks_full_segment_then_best_partial(writer, workdir, real_
             assert f.read() == data, f"{name}: the full segment, not the high-term partial beside it"
     cp = sk("restore-wal", *writer.args(), real_wal.tail_name, dest, env=writer.env())
     assert cp.returncode == 0, cp.stderr
-    assert names["sk2"] in cp.stderr
-    _, best = real_wal.partial("B", 2, 2)
+    assert names["sk3"] in cp.stderr and "agreeing with 2 other safekeepers' partials" in cp.stderr, cp.stderr
+    _, best = real_wal.partial("C", 1, 3)
     with open(dest, "rb") as f:
         got = f.read()
     assert len(got) == SEG_SIZE and got[: len(best)] == best and got[len(best):].count(0) == SEG_SIZE - len(best)
@@ -340,13 +336,13 @@ def test_recover_rebuilds_pg_wal_up_to_the_best_partial(workdir, real_wal):
     target = os.path.join(workdir, "pg_wal")
     cp = sk("recover", *w.args(), "--target-dir", target)
     assert cp.returncode == 0, cp.stderr
-    assert f"up to {format_lsn(real_wal.lsn['B'])}" in cp.stdout, cp.stdout
+    assert f"up to {format_lsn(real_wal.lsn['C'])}" in cp.stdout, cp.stdout
     written = sorted(os.listdir(target))
     assert written == sorted(real_wal.segments) + [real_wal.tail_name]
     for name, data in real_wal.segments.items():
         with open(os.path.join(target, name), "rb") as f:
             assert f.read() == data, name
-    _, best = real_wal.partial("B", 2, 2)
+    _, best = real_wal.partial("C", 1, 3)
     with open(os.path.join(target, real_wal.tail_name), "rb") as f:
         assert f.read() == best + bytes(SEG_SIZE - len(best))
 
@@ -431,3 +427,70 @@ def test_prefetch_serves_the_same_bytes_and_never_spools_partials(s3_bucket, wor
     wait_until("refilled", lambda: len(spooled()) == 3, timeout=30)
     assert restore(segment_name(2, 4, MIB)) == synthetic_segment(4, MIB, SYSID, timeline=2)
     assert not any(n.startswith("00000001") for n in spooled()), spooled()
+
+
+# --- partials of one segment that disagree ------------------------------------------------------------
+
+def test_diverged_partials_stop_restore_unless_a_safekeeper_is_preferred(writer, workdir, real_wal):
+    """sk1's partial holds the real WAL up to B; sk2's reaches C but its bytes from A on are another
+    history (crafted): restore-wal exits 255 naming both and A; --prefer-safekeeper serves the chosen
+    one (PostgreSQL then replays to B exactly); recover refuses too; remote verify reports it."""
+    for name, data in real_wal.segments.items():
+        writer.put(name, data)
+    genuine, genuine_data = real_wal.partial("B", 1, 1)
+    forked, real_c = real_wal.partial("C", 1, 2)
+    fork_at = real_wal.lsn["A"] - real_wal.tail_segno() * SEG_SIZE
+    writer.put(genuine, genuine_data)
+    writer.put(forked, real_c[:fork_at] + bytes(b ^ 0x5A for b in real_c[fork_at:]))
+    dest = os.path.join(workdir, "RECOVERYXLOG")
+
+    cp = sk("restore-wal", *writer.args(), real_wal.tail_name, dest, env=writer.env())
+    assert cp.returncode == 255, cp.stderr
+    fatal = [line for line in cp.stderr.splitlines() if "FATAL" in line]
+    assert len(fatal) == 1, cp.stderr
+    assert genuine in fatal[0] and forked in fatal[0] and f"LSN {format_lsn(real_wal.lsn['A'])}" in fatal[0], fatal[0]
+    assert not os.path.exists(dest), "nothing served"
+
+    for prefer, (name, data) in (("1", (genuine, genuine_data)), ("2", (forked, None))):
+        cp = sk("restore-wal", *writer.args(), "--prefer-safekeeper", prefer, real_wal.tail_name, dest, env=writer.env())
+        assert cp.returncode == 0, cp.stderr
+        assert name in cp.stderr, cp.stderr
+        with open(dest, "rb") as f:
+            got = f.read()
+        want = data if data is not None else writer_bytes(writer, forked)
+        assert got == want + bytes(SEG_SIZE - len(want))
+
+    target = os.path.join(workdir, "pg_wal")
+    cp = sk("recover", *writer.args(), "--target-dir", target, env=writer.env())
+    assert cp.returncode == 1 and genuine in cp.stderr and forked in cp.stderr, cp.stderr
+    cp = sk("recover", *writer.args(), "--target-dir", target, "--overwrite", "--prefer-safekeeper", "1", env=writer.env())
+    assert cp.returncode == 0 and f"up to {format_lsn(real_wal.lsn['B'])}" in cp.stdout, cp.stdout + cp.stderr
+
+    cp = sk("remote", "verify", *writer.args(), env=writer.env())
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    diverged = [line for line in cp.stdout.splitlines() if "diverges" in line]
+    assert len(diverged) == 1, cp.stdout
+    assert line_names(diverged[0], genuine, forked) and format_lsn(real_wal.lsn["A"]) in diverged[0], diverged[0]
+
+    # PostgreSQL, told to trust sk1, replays sk1's history to B exactly.
+    cmd = restore_wal_command(writer.args(), writer.env(), "--prefer-safekeeper", "1")
+    pg = restore_from_backup(workdir, "restored", real_wal.backup, cmd)
+    try:
+        pg.start(timeout=120)
+        wait_until("promoted", lambda: pg.sql_one("SELECT NOT pg_is_in_recovery()"), timeout=60)
+        ids = [r[0] for r in pg.sql("SELECT id FROM t ORDER BY id")]
+        assert ids == real_wal.ids["B"], f"{len(ids)} rows recovered, expected {len(real_wal.ids['B'])}"
+    finally:
+        pg.destroy()
+
+
+def writer_bytes(w: ArchiveWriter, name: str) -> bytes:
+    """The stored bytes of a WAL object, read past the code under test."""
+    if w.bucket:
+        return w.bucket.get(w.key(name))
+    with open(os.path.join(w.root_dir, w.cluster, "wal", name), "rb") as f:
+        return f.read()
+
+
+def line_names(line: str, *names: str) -> bool:
+    return all(n in line for n in names)

@@ -25,12 +25,13 @@ const CLUSTER_KEYS: [(&str, &str); 4] = [
 ];
 
 /// Subcommands whose `--help` the README reproduces.
-const HELP_COMMANDS: [&[&str]; 5] = [
+const HELP_COMMANDS: [&[&str]; 6] = [
     &["demo"],
     &["restore-wal"],
     &["recover"],
     &["remote", "ls"],
     &["remote", "verify"],
+    &["remote", "prune"],
 ];
 
 fn readme_path() -> PathBuf {

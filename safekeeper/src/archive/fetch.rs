@@ -8,6 +8,16 @@
 //! segment's partials, so when a partial vanishes between LIST and GET, or the full object shows
 //! up in the LIST, the lookup starts over and finds the full segment.
 //!
+//! Several safekeepers: the partial served is the one holding the most WAL across safekeepers
+//! ([`super::ranked_candidates`]; terms order only one safekeeper's own versions). Only when
+//! more than one safekeeper has a candidate for the segment, the best [`MAX_COMPARED`] (one per
+//! safekeeper) are fetched *in parallel* and compared on their common bytes
+//! ([`super::choose_agreed`]): a disagreement is a history that diverged inside one timeline and
+//! is a fatal [`FetchError::Diverged`] naming both objects and the first differing LSN, unless
+//! the caller prefers one safekeeper. Cost: nothing extra with one safekeeper or a full segment;
+//! otherwise the runners-up's bytes (at most two more partials, fetched concurrently with the
+//! best, so the latency is about one GET) and one `memcmp` over their common length.
+//!
 //! Invariants:
 //! - "not found" (`Ok(None)`) is only returned when a listing showed neither the full segment nor
 //!   any partial of it: a storage failure is an error, never "not found";
@@ -26,12 +36,17 @@ use remote_storage::{ListOptions, RemoteStorage, RemoteStorageExt, StorageError}
 use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
-use super::{PartialObject, best_partial, looks_like_segment_name, pad_to_segment};
+use super::{
+    PartialObject, choose_agreed, looks_like_segment_name, pad_to_segment, ranked_candidates,
+};
 use crate::remote::wal_prefix;
 use crate::wal::format::{Expect, PageHeader, check_page_header};
 
 /// How often the lookup starts over when the archive changes under it.
 const LOOKUP_ROUNDS: usize = 3;
+/// Candidates of one segment (one per safekeeper, best first) compared before a partial is
+/// served: the best and up to two runners-up.
+pub(crate) const MAX_COMPARED: usize = 3;
 
 /// A file name PostgreSQL may ask `restore_command` for (`%f`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +81,8 @@ pub(crate) enum Fetched {
         data: Vec<u8>,
         /// Every partial that was listed for the segment, the chosen one included.
         candidates: usize,
+        /// Other safekeepers' candidates whose bytes were compared with the one served.
+        compared: usize,
     },
     History {
         key: String,
@@ -88,16 +105,25 @@ impl Fetched {
             Fetched::Full { key, .. } => format!("full segment {key}"),
             Fetched::History { key, .. } => format!("history file {key}"),
             Fetched::Partial {
-                object, candidates, ..
-            } => format!(
-                "partial {} (term {}, commit LSN {}, safekeeper {}; best of {candidates}), \
-                 zero-padded: WAL ends at {}",
-                object.key,
-                object.name.term,
-                object.name.commit_lsn,
-                object.name.sk_id,
-                object.name.commit_lsn
-            ),
+                object,
+                candidates,
+                compared,
+                ..
+            } => {
+                let agreed = match compared {
+                    0 => String::new(),
+                    n => format!(", agreeing with {n} other safekeepers' partials"),
+                };
+                format!(
+                    "partial {} (term {}, commit LSN {}, safekeeper {}; chosen among \
+                     {candidates}{agreed}), zero-padded: WAL ends at {}",
+                    object.key,
+                    object.name.term,
+                    object.name.commit_lsn,
+                    object.name.sk_id,
+                    object.name.commit_lsn
+                )
+            }
         }
     }
 }
@@ -110,6 +136,9 @@ pub(crate) enum FetchError {
     /// An object that must not be served: checksum, length or WAL header problems.
     #[error("{0}")]
     Corrupt(String),
+    /// Candidates of one segment disagree on their common bytes and nothing says which to trust.
+    #[error("{0}")]
+    Diverged(Box<super::Divergence>),
 }
 
 impl FetchError {
@@ -117,7 +146,7 @@ impl FetchError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             FetchError::Storage(e) => e.kind().is_retryable(),
-            FetchError::Corrupt(_) => false,
+            FetchError::Corrupt(_) | FetchError::Diverged(_) => false,
         }
     }
 }
@@ -134,18 +163,27 @@ fn object_error(e: StorageError) -> FetchError {
     }
 }
 
-/// Looks up `name` in `cluster`'s archive. `seg_size`: the `--wal-segment-size` flag, if given;
-/// otherwise the size is taken from the object (full) or its first page header (partial).
+/// How a lookup reads the archive.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FetchOptions {
+    /// The `--wal-segment-size` flag, if given; otherwise the size is taken from the object
+    /// (full) or its first page header (partial).
+    pub seg_size: Option<u32>,
+    /// `--prefer-safekeeper`: which safekeeper's partial to trust when candidates disagree.
+    pub prefer_safekeeper: Option<u64>,
+}
+
+/// Looks up `name` in `cluster`'s archive.
 pub(crate) async fn fetch_wal_file(
     storage: &dyn RemoteStorage,
     cluster: &str,
     name: &WalFileName,
-    seg_size: Option<u32>,
+    opts: FetchOptions,
     cancel: &CancellationToken,
 ) -> Result<Option<Fetched>, FetchError> {
     match name {
         WalFileName::History(tli) => fetch_history(storage, cluster, *tli, cancel).await,
-        WalFileName::Segment(seg) => fetch_segment(storage, cluster, seg, seg_size, cancel).await,
+        WalFileName::Segment(seg) => fetch_segment(storage, cluster, seg, opts, cancel).await,
     }
 }
 
@@ -188,13 +226,13 @@ async fn fetch_segment(
     storage: &dyn RemoteStorage,
     cluster: &str,
     segment: &str,
-    seg_size: Option<u32>,
+    opts: FetchOptions,
     cancel: &CancellationToken,
 ) -> Result<Option<Fetched>, FetchError> {
     let full_key = format!("{}{segment}", wal_prefix(cluster));
     for round in 1..=LOOKUP_ROUNDS {
         match storage.get_bytes(&full_key, cancel).await {
-            Ok(data) => return check_full(full_key, segment, data, seg_size).map(Some),
+            Ok(data) => return check_full(full_key, segment, data, opts.seg_size).map(Some),
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(object_error(e)),
         }
@@ -210,7 +248,7 @@ async fn fetch_segment(
             .iter()
             .filter_map(|meta| {
                 let file = meta.key.strip_prefix(wal_prefix(cluster).as_str())?;
-                match parse_partial_any_size(file, seg_size) {
+                match parse_partial_any_size(file, opts.seg_size) {
                     Some(name) => Some(PartialObject {
                         name,
                         key: meta.key.clone(),
@@ -223,23 +261,23 @@ async fn fetch_segment(
                 }
             })
             .collect();
-        let Some(best) = best_partial(&candidates) else {
+        let ranked = ranked_candidates(&candidates);
+        if ranked.is_empty() {
             return Ok(None);
-        };
-        for other in candidates.iter().filter(|c| *c != best) {
-            tracing::debug!(key = %other.key, term = other.name.term, commit_lsn = %other.name.commit_lsn,
-                "partial not chosen");
         }
-        match storage.get_bytes(&best.key, cancel).await {
-            Ok(data) => {
-                let count = candidates.len();
-                return check_partial(best.clone(), data, seg_size, count).map(Some);
+        for other in candidates.iter().filter(|c| !ranked.contains(c)) {
+            tracing::debug!(key = %other.key, term = other.name.term, commit_lsn = %other.name.commit_lsn,
+                "an older version of its safekeeper's partial: not a candidate");
+        }
+        let compared = compared_candidates(&ranked, opts.prefer_safekeeper);
+        match fetch_candidates(storage, &compared, opts, cancel).await? {
+            Some(fetched) => {
+                return serve_agreed(fetched, opts.prefer_safekeeper, candidates.len()).map(Some);
             }
             // Removed since the listing: the full segment has been uploaded meanwhile.
-            Err(e) if e.is_not_found() => {
-                tracing::info!(key = %best.key, round, "partial vanished during lookup; looking again");
+            None => {
+                tracing::info!(key = %full_key, round, "a partial vanished during lookup; looking again");
             }
-            Err(e) => return Err(object_error(e)),
         }
     }
     Err(FetchError::Storage(StorageError::new(
@@ -249,6 +287,93 @@ async fn fetch_segment(
         full_key,
         format!("the archive changed under {LOOKUP_ROUNDS} lookups in a row"),
     )))
+}
+
+/// The candidates whose bytes are read: the best [`MAX_COMPARED`] of `ranked` (one per
+/// safekeeper), plus the preferred safekeeper's if it ranks lower.
+fn compared_candidates<'a>(
+    ranked: &[&'a PartialObject],
+    prefer: Option<u64>,
+) -> Vec<&'a PartialObject> {
+    let mut out: Vec<&PartialObject> = ranked.iter().copied().take(MAX_COMPARED).collect();
+    if let Some(p) = prefer.and_then(|id| ranked.iter().find(|p| p.name.sk_id == id))
+        && !out.contains(p)
+    {
+        out.push(p);
+    }
+    out
+}
+
+/// A verified candidate: the object (its name parsed at the segment size its header gives),
+/// its bytes and the segment size.
+struct Candidate {
+    object: PartialObject,
+    data: Bytes,
+    seg_size: u32,
+}
+
+/// Reads `compared` concurrently and verifies each. `Ok(None)` when one vanished (the lookup
+/// starts over). The best and the preferred candidate must be sound (a damaged one is fatal, as
+/// with a single safekeeper); a damaged runner-up is only logged and left out of the comparison.
+async fn fetch_candidates(
+    storage: &dyn RemoteStorage,
+    compared: &[&PartialObject],
+    opts: FetchOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<Vec<Candidate>>, FetchError> {
+    let reads =
+        futures::future::join_all(compared.iter().map(|p| storage.get_bytes(&p.key, cancel))).await;
+    let mut out: Vec<Candidate> = Vec::with_capacity(compared.len());
+    for (i, (object, read)) in compared.iter().zip(reads).enumerate() {
+        let data = match read {
+            Ok(data) => Ok(data),
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => Err(object_error(e)),
+        };
+        // Runners-up must have the best's segment size.
+        let seg_size = out.first().map(|c| c.seg_size).or(opts.seg_size);
+        let checked = data.and_then(|d| check_partial(object, d, seg_size));
+        let essential = i == 0 || opts.prefer_safekeeper == Some(object.name.sk_id);
+        match checked {
+            Ok(c) => out.push(c),
+            Err(e) if essential => return Err(e),
+            Err(FetchError::Corrupt(e)) => {
+                tracing::warn!(key = %object.key, "not compared with the best partial: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Serves the candidate [`choose_agreed`] picks, zero-padded.
+fn serve_agreed(
+    fetched: Vec<Candidate>,
+    prefer: Option<u64>,
+    listed: usize,
+) -> Result<Fetched, FetchError> {
+    let Some(first) = fetched.first() else {
+        return Err(FetchError::Corrupt(
+            "no candidate partial could be read".into(),
+        ));
+    };
+    let seg_start = Lsn::from_segment(first.object.name.segno, first.seg_size);
+    let views: Vec<(&PartialObject, &[u8])> =
+        fetched.iter().map(|c| (&c.object, &c.data[..])).collect();
+    let chosen = choose_agreed(&views, seg_start, prefer).map_err(FetchError::Diverged)?;
+    let c = &fetched[chosen];
+    if chosen != 0 {
+        tracing::warn!(served = %c.object.key, best = %first.object.key,
+            "partials of this segment disagree; serving the one --prefer-safekeeper trusts");
+    }
+    let padded = pad_to_segment(&c.data, c.seg_size)
+        .map_err(|e| FetchError::Corrupt(format!("partial segment {}: {e:#}", c.object.key)))?;
+    Ok(Fetched::Partial {
+        object: c.object.clone(),
+        data: padded,
+        candidates: listed,
+        compared: fetched.len() - 1,
+    })
 }
 
 /// Parses a partial's file name when the segment size is not known yet. Term, commit LSN and
@@ -296,11 +421,10 @@ fn check_full(
 }
 
 fn check_partial(
-    object: PartialObject,
+    object: &PartialObject,
     data: Bytes,
     seg_size: Option<u32>,
-    candidates: usize,
-) -> Result<Fetched, FetchError> {
+) -> Result<Candidate, FetchError> {
     let key = object.key.clone();
     let corrupt = |what: String| FetchError::Corrupt(format!("partial segment {key}: {what}"));
     let header_size = PageHeader::decode(&data)
@@ -310,7 +434,7 @@ fn check_partial(
     let size = match (seg_size, header_size) {
         (Some(given), Some(found)) if given != found => {
             return Err(corrupt(format!(
-                "its page header says segment size {found}, but --wal-segment-size is {given}"
+                "its page header says segment size {found}, but the segment size is {given}"
             )));
         }
         (Some(s), _) | (None, Some(s)) => s,
@@ -333,10 +457,12 @@ fn check_partial(
     let start = Lsn::from_segment(name.segno, size);
     check_page_header(&data, start.0, size, Expect::default())
         .map_err(|p| corrupt(format!("first page header at {start}: {p}")))?;
-    let padded = pad_to_segment(&data, size).map_err(|e| corrupt(format!("{e:#}")))?;
-    Ok(Fetched::Partial {
-        object: PartialObject { name, ..object },
-        data: padded,
-        candidates,
+    Ok(Candidate {
+        object: PartialObject {
+            name,
+            ..object.clone()
+        },
+        data,
+        seg_size: size,
     })
 }

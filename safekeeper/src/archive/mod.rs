@@ -7,29 +7,39 @@
 //!   rule can be unit-tested without storage;
 //! - the choice of the segment size when no flag gives it: the most common size among full
 //!   segment objects (a full segment is exactly `wal_segment_size` bytes), else 16 MiB;
-//! - [`best_partial`]: among partials of one segment from any safekeeper, the highest term, then
-//!   the highest commit LSN (ties between safekeepers: the lowest id, so the choice is stable);
+//! - the choice among partials of one segment ([`ranked_candidates`], [`best_partial`]): a term
+//!   is local to one safekeeper, so it orders only that safekeeper's own versions (its newest is
+//!   the highest term, then the highest commit LSN); across safekeepers the candidate holding the
+//!   most WAL wins (highest commit LSN; ties: the lowest safekeeper id, so the choice does not
+//!   depend on listing order);
+//! - [`first_difference`]: where two candidates of one segment disagree on their common bytes
+//!   (a history that diverged inside one timeline), which `restore-wal` and `remote verify` report;
 //! - [`pad_to_segment`]: a partial zero-padded to the size PostgreSQL requires.
 //!
 //! Invariant: a full segment always wins over any partial of the same segment; nothing here ever
 //! offers a partial for a segment whose full object is listed.
 //!
 //! Submodules: [`history`] (timeline history files and which timeline holds which segment),
-//! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`plan`]
-//! (which objects rebuild a `pg_wal`), [`spool`] (the prefetch spool of `restore-wal`).
+//! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`prune`]
+//! (superseded partials), [`plan`] (which objects rebuild a `pg_wal`), [`spool`] (the prefetch
+//! spool of `restore-wal`).
 
 pub(crate) mod fetch;
 pub(crate) mod history;
 pub(crate) mod plan;
+pub(crate) mod prune;
 pub(crate) mod spool;
 pub(crate) mod verify;
 
+#[cfg(test)]
+mod choice_tests;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
+use control_file::Lsn;
 use control_file::lsn::is_valid_segment_size;
 use control_file::names::{PartialName, TimelineId, WalObjectName, segment_file_name};
 use remote_storage::{ListOptions, ObjectMeta, RemoteStorage, RemoteStorageExt, StorageError};
@@ -266,18 +276,129 @@ pub(crate) fn looks_like_segment_name(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
 }
 
-/// The partial PostgreSQL should replay among versions of one segment: highest term, then
-/// highest commit LSN; equal (term, commit LSN) from several safekeepers hold the same bytes, and
-/// the lowest safekeeper id is taken so the choice does not depend on listing order.
+/// The partial PostgreSQL should replay among versions of one segment: the first of
+/// [`ranked_candidates`], i.e. the one holding the most WAL across safekeepers.
 pub(crate) fn best_partial<'a, I>(partials: I) -> Option<&'a PartialObject>
 where
     I: IntoIterator<Item = &'a PartialObject>,
 {
-    partials.into_iter().max_by(|a, b| {
-        (a.name.term, a.name.commit_lsn)
-            .cmp(&(b.name.term, b.name.commit_lsn))
-            .then(b.name.sk_id.cmp(&a.name.sk_id))
-    })
+    ranked_candidates(partials).into_iter().next()
+}
+
+/// The candidates for one segment, best first: one per safekeeper, its own newest version
+/// (highest term, then highest commit LSN: a safekeeper that started a new term disowned what
+/// its older terms hold past the new term's start), then ordered across safekeepers by the WAL
+/// they hold (highest commit LSN first; equal commit LSNs: the lowest safekeeper id first).
+/// Terms are never compared across safekeepers: sk5's term 2 says nothing about sk6's term 1.
+pub(crate) fn ranked_candidates<'a, I>(partials: I) -> Vec<&'a PartialObject>
+where
+    I: IntoIterator<Item = &'a PartialObject>,
+{
+    let mut newest: BTreeMap<u64, &'a PartialObject> = BTreeMap::new();
+    for p in partials {
+        let slot = newest.entry(p.name.sk_id).or_insert(p);
+        if (p.name.term, p.name.commit_lsn) > (slot.name.term, slot.name.commit_lsn) {
+            *slot = p;
+        }
+    }
+    let mut ranked: Vec<&PartialObject> = newest.into_values().collect();
+    ranked.sort_by(|a, b| {
+        b.name
+            .commit_lsn
+            .cmp(&a.name.commit_lsn)
+            .then(a.name.sk_id.cmp(&b.name.sk_id))
+    });
+    ranked
+}
+
+/// Bytes compared at once by [`first_difference`]: slice equality is a `memcmp`, so equal
+/// stretches cost memory bandwidth only; the byte-by-byte search runs in one chunk at most.
+const COMPARE_CHUNK: usize = 64 << 10;
+
+/// Offset of the first byte where `a` and `b` differ within their common length (the shorter
+/// one's), or `None` when one is a prefix of the other.
+pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    let common = a.len().min(b.len());
+    let (a, b) = (&a[..common], &b[..common]);
+    a.chunks(COMPARE_CHUNK)
+        .zip(b.chunks(COMPARE_CHUNK))
+        .enumerate()
+        .find(|(_, (x, y))| x != y)
+        .and_then(|(i, (x, y))| {
+            x.iter()
+                .zip(y.iter())
+                .position(|(p, q)| p != q)
+                .map(|at| i * COMPARE_CHUNK + at)
+        })
+}
+
+/// Two candidates of one segment that disagree on their common bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Divergence {
+    /// The candidate that would have been served (the most WAL).
+    pub best: PartialObject,
+    /// A candidate from another safekeeper that disagrees with it.
+    pub other: PartialObject,
+    /// The first LSN where their bytes differ.
+    pub at: Lsn,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partials {} (safekeeper {}) and {} (safekeeper {}) of one segment disagree at LSN {}: \
+             the WAL history diverged inside one timeline; neither is served (choose one with \
+             --prefer-safekeeper {} or {})",
+            self.best.key,
+            self.best.name.sk_id,
+            self.other.key,
+            self.other.name.sk_id,
+            self.at,
+            self.best.name.sk_id,
+            self.other.name.sk_id
+        )
+    }
+}
+
+/// Which of `candidates` (best first, as [`ranked_candidates`] orders them, each with its WAL
+/// bytes from the segment start; `seg_start`: that segment's first LSN) to serve.
+///
+/// When every candidate agrees with the first on their common bytes, the first (the most WAL).
+/// They then all agree pairwise too: the first is the longest, so any two others' common bytes
+/// are bytes both share with it. Otherwise, with `prefer` naming a safekeeper that has a
+/// candidate here, the best candidate that agrees with that safekeeper's (its own, or a longer
+/// one extending it); without, the [`Divergence`] between the first and the best-ranked
+/// candidate that disagrees with it.
+pub(crate) fn choose_agreed(
+    candidates: &[(&PartialObject, &[u8])],
+    seg_start: Lsn,
+    prefer: Option<u64>,
+) -> Result<usize, Box<Divergence>> {
+    let Some(&(best, best_data)) = candidates.first() else {
+        return Ok(0);
+    };
+    let disagreement = candidates
+        .iter()
+        .skip(1)
+        .find_map(|&(p, data)| first_difference(best_data, data).map(|at| (p, at)));
+    let Some((other, at)) = disagreement else {
+        return Ok(0);
+    };
+    if let Some(j) = prefer.and_then(|id| candidates.iter().position(|(p, _)| p.name.sk_id == id)) {
+        let preferred = candidates[j].1;
+        if let Some(i) = candidates
+            .iter()
+            .position(|&(_, data)| first_difference(preferred, data).is_none())
+        {
+            return Ok(i);
+        }
+    }
+    Err(Box::new(Divergence {
+        best: best.clone(),
+        other: other.clone(),
+        at: seg_start + at as u64,
+    }))
 }
 
 /// `wal` (the bytes `[segment start, commit LSN)`) followed by zeros up to `seg_size` bytes.

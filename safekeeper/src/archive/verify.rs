@@ -10,7 +10,11 @@
 //!   (no recorded crc32c is a warning), the WAL page header of every page (magic, page address,
 //!   long header form, segment and block size), the records' CRCs and back-links, one system
 //!   identifier across the archive (the most common one unless given), history files that parse,
-//!   and every partial whose full segment exists being a prefix of it.
+//!   every partial whose full segment exists being a prefix of it, and, for a segment that only
+//!   partials hold, the candidates of different safekeepers agreeing on their common bytes
+//!   ([`divergence_problems`]: the check `restore-wal` makes before serving one);
+//! - leftovers, from the listing alone: superseded partials still present (warning, with their
+//!   size; the rule is [`super::prune`]'s, and `remote prune` deletes them).
 //!
 //! Invariant: a storage failure that may be transient aborts the whole check with an error
 //! rather than being reported as damage, so "problems found" always means the stored bytes are
@@ -27,7 +31,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
-use super::{Archive, PartialObject};
+use super::{Archive, PartialObject, first_difference, ranked_candidates};
 use crate::wal::format::{Expect, PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
 
 /// Missing segments named individually per gap before the rest is summarized.
@@ -170,6 +174,25 @@ pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
     out
 }
 
+/// Superseded partials still present: warnings naming each and its size (recovery is not
+/// affected; they cost storage, and pile up when a safekeeper crashed or was retired).
+pub(crate) fn superseded_problems(archive: &Archive) -> Vec<Problem> {
+    super::prune::classify(archive)
+        .superseded
+        .iter()
+        .map(|s| {
+            Problem::warning(
+                &s.key,
+                format!(
+                    "{}, {} bytes: left over, `remote prune` deletes it",
+                    s.by.describe(),
+                    s.size
+                ),
+            )
+        })
+        .collect()
+}
+
 /// What one object's content check found.
 #[derive(Default)]
 struct ObjectFindings {
@@ -227,6 +250,7 @@ pub(crate) async fn verify_archive(
         .map(|unit| check_unit(storage, archive.seg_size, unit, cancel))
         .buffer_unordered(opts.jobs.max(1));
     let mut problems = structural_problems(archive);
+    problems.extend(superseded_problems(archive));
     let mut system_ids = Vec::new();
     let (mut objects_read, mut bytes_read) = (0, 0);
     while let Some(f) = findings.next().await {
@@ -297,6 +321,7 @@ async fn check_unit(
                 check_wal(&meta.key, &data, start, seg_size, &mut f);
                 full_data = Some(data);
             }
+            let mut partial_data = Vec::new();
             for p in partials {
                 let Some(data) = read(storage, &p.key, &mut f, cancel).await? else {
                     continue;
@@ -305,6 +330,9 @@ async fn check_unit(
                     continue; // reported by the structural check
                 }
                 check_wal(&p.key, &data, start, seg_size, &mut f);
+                if full_data.is_none() {
+                    partial_data.push((p.clone(), data.clone()));
+                }
                 if let Some(full) = &full_data
                     && let Some(at) = data.iter().zip(full.iter()).position(|(a, b)| a != b)
                 {
@@ -319,9 +347,47 @@ async fn check_unit(
                     ));
                 }
             }
+            f.problems.extend(divergence_problems(&partial_data, start));
         }
     }
     Ok(f)
+}
+
+/// Candidates of one segment (read intact, no full segment) that `restore-wal` would refuse to
+/// choose between: every safekeeper's newest partial is compared with the best one (the most
+/// WAL) on their common bytes; each disagreement is an error on the runner-up naming the best
+/// and the first differing LSN. Comparing with the best alone suffices: it is the longest, so
+/// two runners-up that both agree with it agree with each other.
+pub(crate) fn divergence_problems(partials: &[(PartialObject, Bytes)], start: Lsn) -> Vec<Problem> {
+    let ranked = ranked_candidates(partials.iter().map(|(p, _)| p));
+    let data = |p: &PartialObject| {
+        partials
+            .iter()
+            .find(|(q, _)| q == p)
+            .map(|(_, d)| &d[..])
+            .unwrap_or_default()
+    };
+    let Some((best, rest)) = ranked.split_first() else {
+        return Vec::new();
+    };
+    rest.iter()
+        .filter_map(|other| {
+            let at = first_difference(data(best), data(other))?;
+            Some(Problem::error(
+                &other.key,
+                format!(
+                    "diverges from {} (safekeeper {}, more WAL) at {}: the WAL history forked \
+                     inside one timeline; restore-wal refuses this segment unless \
+                     --prefer-safekeeper {} or {} says which to trust",
+                    best.key,
+                    best.name.sk_id,
+                    start + at as u64,
+                    best.name.sk_id,
+                    other.name.sk_id
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// Reads and verifies one object. `Ok(None)` when it cannot be used (the problem is recorded);

@@ -83,4 +83,7 @@ pub(crate) struct OffloadStatus {
     pub partial_uploaded: u64,
     pub bytes_uploaded: u64,
     pub gc_deleted: u64,
+    /// Objects of this safekeeper that a listing found and the control file did not list
+    /// (requests that landed after every bound): listed again, then collected or kept.
+    pub objects_adopted: u64,
 }

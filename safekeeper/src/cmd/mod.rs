@@ -29,13 +29,15 @@ enum Command {
     ControlFile(control_file::ControlFileCommand),
     /// PostgreSQL's restore_command: fetch one WAL file (%f) from the archive into %p.
     ///
-    /// The full segment if it exists, else the best partial of that segment (highest term, then
-    /// highest commit LSN, across safekeepers) zero-padded to the segment size; or a history file.
-    /// Use as: restore_command = 'safekeeper restore-wal --remote URL --cluster NAME %f %p'.
+    /// The full segment if it exists, else the partial of that segment holding the most WAL
+    /// across safekeepers (highest commit LSN; terms order only one safekeeper's own versions)
+    /// zero-padded to the segment size; or a history file. Use as:
+    /// restore_command = 'safekeeper restore-wal --remote URL --cluster NAME %f %p'.
     ///
     /// Exit status: 0 restored; 1 not in the archive (PostgreSQL carries on); 255 fatal, which
     /// stops PostgreSQL's recovery: storage unreachable for --retry-for, access denied, a damaged
-    /// object, an empty archive (wrong --remote/--cluster), a bad command line.
+    /// object, partials of several safekeepers that disagree on their common bytes (unless
+    /// --prefer-safekeeper), an empty archive (wrong --remote/--cluster), a bad command line.
     RestoreWal(restore_wal::RestoreWalArgs),
     /// Background worker of `restore-wal --prefetch` (internal).
     #[command(hide = true)]

@@ -25,7 +25,7 @@ use remote_storage::RemoteStorageExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::fetch::{Fetched, WalFileName, fetch_wal_file};
+use crate::archive::fetch::{FetchOptions, Fetched, WalFileName, fetch_wal_file};
 use crate::archive::history::parse_history;
 use crate::archive::plan::{Stop, plan_recovery};
 use crate::archive::spool::write_file_atomic;
@@ -58,6 +58,11 @@ pub struct RecoverArgs {
     /// Replace files that already exist in the target directory.
     #[arg(long)]
     pub overwrite: bool,
+
+    /// When the partials of a segment from several safekeepers disagree on their common bytes,
+    /// take safekeeper ID's (or a longer one that agrees with it) instead of failing.
+    #[arg(long, value_name = "ID")]
+    pub prefer_safekeeper: Option<u64>,
 
     /// Segments fetched in parallel.
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -131,7 +136,11 @@ async fn recover(args: &RecoverArgs) -> Result<bool> {
     let ends: Vec<Lsn> = futures::stream::iter(plan.steps.iter())
         .map(|step| async move {
             let name = WalFileName::Segment(step.file_name.clone());
-            let fetched = fetch_wal_file(storage, cluster, &name, Some(seg_size), cancel_ref)
+            let opts = FetchOptions {
+                seg_size: Some(seg_size),
+                prefer_safekeeper: args.prefer_safekeeper,
+            };
+            let fetched = fetch_wal_file(storage, cluster, &name, opts, cancel_ref)
                 .await
                 .with_context(|| format!("cannot fetch {}", step.file_name))?
                 .with_context(|| format!("{} vanished from the archive", step.file_name))?;

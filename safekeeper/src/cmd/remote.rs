@@ -1,33 +1,57 @@
-//! `safekeeper remote ls|verify`: what a cluster's archive holds, and whether it can be trusted.
+//! `safekeeper remote ls|verify|prune`: what a cluster's archive holds, whether it can be
+//! trusted, and removing the superseded partials crashes and retired safekeepers leave behind.
 //!
-//! Owns the rendering of [`Archive`] listings and verification reports as text and JSON, and the
-//! exit status: `ls` exits 0, or 1 when the storage cannot be listed; `verify` exits 0 when no
-//! error was found (warnings allowed), 1 when it found problems (every one is printed, naming
-//! its object), 2 when the check could not run (bad arguments, storage unreachable).
+//! Owns the rendering of [`Archive`] listings (with, in `ls`, the quorum view: per segment, how
+//! much WAL each safekeeper's newest partial holds, so an operator sees that the archive holds
+//! every commit any of them acknowledged), verification reports and prune plans as text and
+//! JSON, and the exit status: `ls` exits 0, or 1 when the storage cannot be listed; `verify`
+//! exits 0 when no error was found (warnings allowed), 1 when it found errors (every problem is
+//! printed, naming its object), 2 when the check could not run (bad arguments, storage
+//! unreachable), and with `--strict` 3 when it found warnings but no error, so a monitor can
+//! tell "recovery at risk" (1) from "needs tidying" (3); `prune` exits 0 when it did what it
+//! printed (or, in a dry run, could have), 1 otherwise.
+//!
+//! Warnings do not fail `verify` by default: a live archive always may hold a partial that was
+//! superseded a moment ago and waits for its safekeeper's GC, and an alarm that fires on every
+//! healthy archive teaches people to ignore it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use control_file::Lsn;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::prune;
 use crate::archive::verify::{Severity, VerifyOptions, verify_archive};
-use crate::archive::{Archive, SegmentSizeSource, TimelineObjects, best_partial, human_bytes};
+use crate::archive::{
+    Archive, PartialObject, SegmentSizeSource, TimelineObjects, best_partial, human_bytes,
+    ranked_candidates,
+};
 
 use super::archive_args::{ArchiveArgs, runtime};
 
 #[derive(Subcommand, Debug)]
 pub enum RemoteCommand {
     /// List a cluster's archive: timelines, segment ranges and gaps, every partial (term, commit
-    /// LSN, safekeeper id), history files and the total size.
+    /// LSN, safekeeper id), the quorum view (per segment, how much WAL each safekeeper holds),
+    /// history files and the total size.
     Ls(LsArgs),
     /// Check a cluster's archive: continuity, checksums, WAL page headers and records, system
-    /// identifier, partials against the full segments that supersede them. Exit 0 only when clean.
+    /// identifier, partials against the full segments that supersede them; superseded partials
+    /// still present are warnings. Exit 0: no error (warnings allowed); 1: errors (recovery at
+    /// risk); 2: the check could not run; with --strict, 3: warnings but no error.
     Verify(VerifyArgs),
+    /// Delete superseded partials: those whose segment's full object exists, and older versions
+    /// of the same safekeeper's partial of a segment (leftovers of crashes and of retired
+    /// safekeepers). Dry run by default: prints what it would delete and the bytes; --delete
+    /// deletes. Never deletes the partial restore serves, anything not superseded, or a partial
+    /// whose bytes differ from what supersedes it; those, and every other object restore does
+    /// not use, are listed as kept with the reason.
+    Prune(PruneArgs),
 }
 
 #[derive(Args, Debug)]
@@ -49,7 +73,23 @@ pub struct VerifyArgs {
     /// The system identifier every segment must carry (default: the most common one).
     #[arg(long, value_name = "ID")]
     pub system_identifier: Option<u64>,
+    /// Exit 3 when warnings (e.g. superseded partials, objects without a crc32c) but no errors
+    /// were found, instead of 0.
+    #[arg(long)]
+    pub strict: bool,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Delete the superseded partials (default: only print what would be deleted).
+    #[arg(long)]
+    pub delete: bool,
+    /// Print the plan (and what was deleted) as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -66,15 +106,33 @@ pub fn run(command: RemoteCommand) -> ExitCode {
         },
         RemoteCommand::Verify(args) => {
             match runtime().and_then(|rt| rt.block_on(verify(&args, &cancel))) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
+                Ok(Verdict::Clean) => ExitCode::SUCCESS,
+                Ok(Verdict::Errors) => ExitCode::FAILURE,
+                Ok(Verdict::Warnings) if args.strict => ExitCode::from(3),
+                Ok(Verdict::Warnings) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: the check could not run: {e:#}");
                     ExitCode::from(2)
                 }
             }
         }
+        RemoteCommand::Prune(args) => {
+            match runtime().and_then(|rt| rt.block_on(prune(&args, &cancel))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// What `verify` found, worst first.
+enum Verdict {
+    Errors,
+    Warnings,
+    Clean,
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not worth a panic.
@@ -159,6 +217,7 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
                 "ranges": t.segment_ranges().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "gaps": t.gaps().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "partials": partials,
+                "quorum": quorum_json(a, tli, t),
                 "end_of_wal": end_of_wal(a, t).map(|l| l.to_string()),
             })
         })
@@ -246,6 +305,7 @@ fn ls_text(remote: &str, a: &Archive) -> String {
                 );
             }
         }
+        quorum_text(&mut s, a, tli, t);
         if let Some(end) = end_of_wal(a, t) {
             let _ = writeln!(s, "  end of WAL {end}");
         }
@@ -264,8 +324,85 @@ fn ls_text(remote: &str, a: &Archive) -> String {
     s
 }
 
-/// Returns whether the archive is clean (no errors).
-async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<bool> {
+/// Per segment holding partials: each safekeeper's newest version (the candidates restore
+/// chooses among, best first) and whether the full segment supersedes them.
+fn quorum(t: &TimelineObjects) -> Vec<(u64, bool, Vec<&PartialObject>)> {
+    t.partials
+        .iter()
+        .map(|(segno, versions)| {
+            (
+                *segno,
+                t.segments.contains_key(segno),
+                ranked_candidates(versions),
+            )
+        })
+        .collect()
+}
+
+fn quorum_json(a: &Archive, tli: u32, t: &TimelineObjects) -> Vec<serde_json::Value> {
+    quorum(t)
+        .into_iter()
+        .map(|(segno, full, ranked)| {
+            let sks: Vec<_> = ranked
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    json!({
+                        "sk_id": p.name.sk_id,
+                        "commit_lsn": p.name.commit_lsn.to_string(),
+                        "term": p.name.term,
+                        "bytes": p.size,
+                        "key": p.key,
+                        "best": i == 0 && !full,
+                    })
+                })
+                .collect();
+            json!({
+                "segment": a.segment_name(tli, segno),
+                "full_segment": full,
+                "safekeepers": sks,
+            })
+        })
+        .collect()
+}
+
+fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
+    let rows = quorum(t);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  quorum view (per segment, the WAL each safekeeper's newest partial holds; most first):"
+    );
+    for (segno, full, ranked) in rows {
+        let held: Vec<String> = ranked
+            .iter()
+            .map(|p| {
+                format!(
+                    "sk{} up to {} ({}, term {})",
+                    p.name.sk_id,
+                    p.name.commit_lsn,
+                    human_bytes(p.size),
+                    p.name.term
+                )
+            })
+            .collect();
+        let verdict = match (full, ranked.first()) {
+            (true, _) => "superseded by the full segment".to_string(),
+            (false, Some(best)) => format!("restore serves sk{}'s", best.name.sk_id),
+            (false, None) => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "    {}  {}  [{verdict}]",
+            a.segment_name(tli, segno),
+            held.join(", ")
+        );
+    }
+}
+
+async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<Verdict> {
     let storage = args.archive.open().await?;
     let archive = Archive::load(
         &*storage,
@@ -280,6 +417,11 @@ async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<bool> {
     };
     let report = verify_archive(&*storage, &archive, &opts, cancel).await?;
     let clean = report.errors() == 0;
+    let verdict = match (report.errors(), report.warnings()) {
+        (0, 0) => Verdict::Clean,
+        (0, _) => Verdict::Warnings,
+        _ => Verdict::Errors,
+    };
     if args.json {
         let doc = json!({
             "remote": args.archive.remote,
@@ -291,7 +433,7 @@ async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<bool> {
             "report": report,
         });
         emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
-        return Ok(clean);
+        return Ok(verdict);
     }
     let mut s = String::new();
     let _ = writeln!(
@@ -321,5 +463,89 @@ async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<bool> {
         report.warnings()
     );
     emit(&s);
-    Ok(clean)
+    Ok(verdict)
+}
+
+/// `remote prune`: classify, confirm by content, print, and with `--delete` delete.
+async fn prune(args: &PruneArgs, cancel: &CancellationToken) -> Result<()> {
+    let storage = args.archive.open().await?;
+    let archive = Archive::load(
+        &*storage,
+        &args.archive.cluster,
+        args.archive.wal_segment_size,
+        cancel,
+    )
+    .await?;
+    let plan = prune::confirm(&*storage, prune::classify(&archive), cancel).await?;
+    let keys: Vec<String> = plan.superseded.iter().map(|s| s.key.clone()).collect();
+    let bytes = plan.superseded_bytes();
+    if !args.json {
+        emit(&prune_text(
+            &args.archive.remote,
+            &archive,
+            &plan,
+            args.delete,
+        ));
+    }
+    if args.delete && !keys.is_empty() {
+        storage
+            .delete_many(&keys, cancel)
+            .await
+            .with_context(|| format!("deleting {} superseded partials", keys.len()))?;
+    }
+    if args.json {
+        let doc = json!({
+            "remote": args.archive.remote,
+            "cluster": archive.cluster,
+            "dry_run": !args.delete,
+            "deleted": if args.delete { keys.len() } else { 0 },
+            "bytes": bytes,
+            "superseded": plan.superseded,
+            "kept": plan.kept,
+        });
+        emit(&(serde_json::to_string_pretty(&doc)? + "\n"));
+    } else if args.delete {
+        emit(&format!(
+            "deleted {} superseded partials, {bytes} bytes ({})\n",
+            keys.len(),
+            human_bytes(bytes)
+        ));
+    }
+    Ok(())
+}
+
+fn prune_text(remote: &str, a: &Archive, plan: &prune::Classification, delete: bool) -> String {
+    let mut s = String::new();
+    let verb = if delete { "delete" } else { "would delete" };
+    let _ = writeln!(
+        s,
+        "prune cluster {} in {remote}{}",
+        a.cluster,
+        if delete {
+            ""
+        } else {
+            ": dry run, nothing is deleted (--delete deletes)"
+        }
+    );
+    for p in &plan.superseded {
+        let _ = writeln!(
+            s,
+            "{verb} {} ({} bytes): {}",
+            p.key,
+            p.size,
+            p.by.describe()
+        );
+    }
+    for k in &plan.kept {
+        let _ = writeln!(s, "keep {} ({} bytes): {}", k.key, k.size, k.reason);
+    }
+    let bytes = plan.superseded_bytes();
+    let _ = writeln!(
+        s,
+        "{verb}: {} superseded partials, {bytes} bytes ({}); {} other objects kept",
+        plan.superseded.len(),
+        human_bytes(bytes),
+        plan.kept.len()
+    );
+    s
 }

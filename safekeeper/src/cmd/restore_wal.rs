@@ -1,14 +1,16 @@
 //! `safekeeper restore-wal %f %p`: PostgreSQL's `restore_command`, served from the archive.
 //!
 //! Owns the contract with PostgreSQL (docs/architecture.md, "Restore semantics"), through the exit status:
-//! - `0`: `%p` holds the file: the full segment, else the best partial of that segment
-//!   zero-padded to the segment size, or the history file;
+//! - `0`: `%p` holds the file: the full segment, else the partial of that segment holding the
+//!   most WAL across safekeepers, zero-padded to the segment size, or the history file;
 //! - `1`: the archive has no such file; PostgreSQL carries on (tries another timeline, or ends
 //!   recovery when the WAL is exhausted);
 //! - `255` (fatal; any status above 125 makes PostgreSQL abort recovery instead of treating the
 //!   file as missing): the storage stayed unreachable for `--retry-for`, access was denied, an
-//!   object is damaged, `%p` could not be written, the archive of the cluster is empty (a wrong
-//!   `--remote` or `--cluster`), or the command line is wrong. Answering "not found" in these
+//!   object is damaged, several safekeepers' partials of the segment disagree on their common
+//!   bytes (one line names both objects and the first differing LSN; `--prefer-safekeeper ID`
+//!   says which to trust), `%p` could not be written, the archive of the cluster is empty (a
+//!   wrong `--remote` or `--cluster`), or the command line is wrong. Answering "not found" in these
 //!   cases would make PostgreSQL end recovery early and promote without WAL that exists, losing
 //!   acknowledged commits; stopping recovery is recoverable, a premature promotion is not.
 //!
@@ -31,7 +33,9 @@ use remote_storage::{ListOptions, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::fetch::{FetchError, Fetched, WalFileName, fetch_full_segment, fetch_wal_file};
+use crate::archive::fetch::{
+    FetchError, FetchOptions, Fetched, WalFileName, fetch_full_segment, fetch_wal_file,
+};
 use crate::archive::spool::{Spool, write_file_atomic};
 use crate::remote::wal_prefix;
 
@@ -67,6 +71,13 @@ pub struct RestoreWalArgs {
     /// (which stops PostgreSQL's recovery rather than ending it early).
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
+
+    /// When the partials of a segment from several safekeepers disagree on their common bytes
+    /// (a history that diverged inside one timeline), serve safekeeper ID's (or a longer one that
+    /// agrees with it) instead of stopping recovery. Without disagreement it changes nothing: the
+    /// partial holding the most WAL is served.
+    #[arg(long, value_name = "ID")]
+    pub prefer_safekeeper: Option<u64>,
 
     /// The file PostgreSQL asks for (%f): a segment name or TLI.history.
     #[arg(value_name = "WAL_FILE")]
@@ -181,9 +192,12 @@ async fn fetch_with_retries(
     let mut delay = Duration::from_millis(500);
     let mut last_error: Option<String> = None;
     loop {
-        let seg_size = args.archive.wal_segment_size;
+        let opts = FetchOptions {
+            seg_size: args.archive.wal_segment_size,
+            prefer_safekeeper: args.prefer_safekeeper,
+        };
         let remaining = args.retry_for.saturating_sub(started.elapsed());
-        let attempt = fetch_wal_file(storage, &args.archive.cluster, name, seg_size, cancel);
+        let attempt = fetch_wal_file(storage, &args.archive.cluster, name, opts, cancel);
         let Ok(result) = tokio::time::timeout(remaining, attempt).await else {
             let e = match &last_error {
                 Some(e) => format!("no answer from the storage (last error: {e})"),

@@ -175,7 +175,7 @@ const GAUGES: [PerCluster; 14] = [
 ];
 
 /// Per-cluster counters, in the order they are rendered.
-const COUNTERS: [PerCluster; 3] = [
+const COUNTERS: [PerCluster; 4] = [
     (
         "safekeeper_reconnects_total",
         "Connection attempts after a failed replication session.",
@@ -190,6 +190,11 @@ const COUNTERS: [PerCluster; 3] = [
         "safekeeper_gc_deleted_objects_total",
         "Superseded remote objects deleted by GC.",
         |c| c.offload.gc_deleted as f64,
+    ),
+    (
+        "safekeeper_remote_objects_adopted_total",
+        "Objects of this safekeeper found in the archive that the control file did not list.",
+        |c| c.offload.objects_adopted as f64,
     ),
 ];
 
@@ -414,6 +419,10 @@ safekeeper_gaps_total{cluster="o\"ther"} 0
 # TYPE safekeeper_gc_deleted_objects_total counter
 safekeeper_gc_deleted_objects_total{cluster="main"} 7
 safekeeper_gc_deleted_objects_total{cluster="o\"ther"} 0
+# HELP safekeeper_remote_objects_adopted_total Objects of this safekeeper found in the archive that the control file did not list.
+# TYPE safekeeper_remote_objects_adopted_total counter
+safekeeper_remote_objects_adopted_total{cluster="main"} 0
+safekeeper_remote_objects_adopted_total{cluster="o\"ther"} 0
 # HELP safekeeper_connection_state Replication connection state: 1 for the current state, 0 for the others.
 # TYPE safekeeper_connection_state gauge
 safekeeper_connection_state{cluster="main",state="connecting"} 0

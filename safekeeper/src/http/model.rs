@@ -225,6 +225,9 @@ pub(crate) struct OffloadInfo {
     pub bytes_uploaded: u64,
     pub upload_failures: u64,
     pub gc_deleted: u64,
+    /// Objects of this safekeeper found in the archive that the control file did not list
+    /// (requests that landed late): listed again, then collected or kept.
+    pub objects_adopted: u64,
     pub last_error: Option<String>,
 }
 

@@ -133,6 +133,7 @@ fn detail(e: &Arc<ClusterEntry>) -> ClusterDetail {
             bytes_uploaded: offload.bytes_uploaded,
             upload_failures: offload.upload_failures,
             gc_deleted: offload.gc_deleted,
+            objects_adopted: offload.objects_adopted,
             last_error: offload.last_error,
         },
     }

@@ -54,9 +54,11 @@ impl Audits {
     pub(super) fn at_start(st: &ClusterState, now: Instant) -> Audits {
         let mut audits = Audits::default();
         let newest = newest_segment(st);
+        audits.after_grace(st.remote.partials.iter().map(|p| &p.name), now);
+        // The gating audit runs now (its second look is planned when it finishes): partial
+        // uploads wait for it, and a stop soon after a start must still upload the tail.
         audits.due.insert(newest, now);
         audits.gate = Some(newest);
-        audits.after_grace(st.remote.partials.iter().map(|p| &p.name), now);
         audits
     }
 
@@ -147,6 +149,14 @@ impl Manager {
         let listed = match result {
             Ok(listed) => listed,
             Err(e) => {
+                if self.audit.gate == Some(segment) {
+                    // Uploads wait for this listing: who asked for one learns why now.
+                    for w in self.partial.waiters.drain(..) {
+                        let _ = w.send(Err(anyhow::anyhow!(
+                            "the archive's end is not known yet: {e:#}"
+                        )));
+                    }
+                }
                 self.note_failure("listing the archive", &e);
                 self.audit.due.insert(segment, Instant::now());
                 return;
@@ -169,6 +179,8 @@ impl Manager {
             }
         }
         if !adopted.is_empty() {
+            let n = adopted.len() as u64;
+            self.io.offload_tx.send_modify(|o| o.objects_adopted += n);
             let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
             let names: Vec<String> = adopted.iter().map(|n| n.to_file_name(seg)).collect();
             warn!(count = names.len(), objects = ?names, "found objects of this safekeeper the control file did not list; listed them again");
@@ -176,11 +188,43 @@ impl Manager {
         }
         if self.audit.gate == Some(segment) {
             self.audit.gate = None;
+            // Requests of the previous process may still land in this segment: look again.
+            let (tli, segno) = segment;
+            let at = Instant::now() + LATE_REQUEST_GRACE;
+            let e = self.audit.due.entry((tli, segno)).or_insert(at);
+            *e = (*e).max(at);
             info!(
                 timeline = segment.0,
                 segno = segment.1,
                 "learned the archive's end; partial uploads may start"
             );
+        }
+    }
+}
+
+impl Manager {
+    /// At shutdown: runs the startup audit if it has not finished, so the final partial can go
+    /// up (bounded by the caller's timeout; a failure leaves the gate closed).
+    pub(super) async fn run_gating_audit(&mut self) {
+        // Audits due before it run first (lowest segment first): bounded by their number.
+        for _ in 0..=self.audit.due.len() {
+            let Some(segment) = self.audit.gate else {
+                return;
+            };
+            self.audit.due.insert(segment, Instant::now());
+            self.start_audit();
+            if self.audit.in_flight.is_none() {
+                return;
+            }
+            while let Some(done) = self.tasks.join_next().await {
+                self.on_task_done(done);
+            }
+            if self.audit.gate == Some(segment) && self.audit.due.contains_key(&segment) {
+                // The listing failed (it was put back as due): give up, the gate stays closed.
+                if self.audit.in_flight.is_none() && self.retry.at.is_some() {
+                    return;
+                }
+            }
         }
     }
 }

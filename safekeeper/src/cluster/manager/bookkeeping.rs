@@ -96,7 +96,9 @@ pub(super) fn record_intent(st: &mut ClusterState, entry: PartialObject) {
 
 /// Step 3: the PUT of `name` succeeded. It becomes `Uploaded` — or `Deleting` when something
 /// superseded it meanwhile (the full segment was recorded while it was in flight) — and every
-/// lower version of the segment becomes `Deleting`.
+/// lower `Uploaded` version of the segment becomes `Deleting`. Lower `InProgress` versions stay
+/// `InProgress` (superseded, so deletable once quiet): `Deleting` always means "its PUT
+/// completed", so no request of a previous process can still write it ([`RequestLedger::new`]).
 pub(super) fn record_uploaded(st: &mut ClusterState, name: &PartialName) {
     let status = if superseded(st, name) {
         ObjectStatus::Deleting
@@ -107,6 +109,7 @@ pub(super) fn record_uploaded(st: &mut ClusterState, name: &PartialName) {
         if p.name == *name {
             p.status = status;
         } else if status == ObjectStatus::Uploaded
+            && p.status == ObjectStatus::Uploaded
             && same_segment(&p.name, name)
             && version(&p.name) < version(name)
         {
@@ -115,7 +118,9 @@ pub(super) fn record_uploaded(st: &mut ClusterState, name: &PartialName) {
     }
 }
 
-/// Step 5: the full segments just recorded supersede every partial of their segment.
+/// Step 5: the full segments just recorded supersede every partial of their segment: the
+/// `Uploaded` ones become `Deleting`; `InProgress` ones (a PUT may still land) stay so, and are
+/// deleted once quiet like every superseded version.
 pub(super) fn record_full_segments(st: &mut ClusterState) {
     let full: Vec<bool> = st
         .remote
@@ -127,7 +132,7 @@ pub(super) fn record_full_segments(st: &mut ClusterState) {
         })
         .collect();
     for (p, is_full) in st.remote.partials.iter_mut().zip(full) {
-        if is_full {
+        if is_full && p.status == ObjectStatus::Uploaded {
             p.status = ObjectStatus::Deleting;
         }
     }
@@ -157,8 +162,9 @@ pub(super) fn record_deleted(st: &mut ClusterState, names: &[PartialName]) {
 }
 
 /// A listing found these objects of this safekeeper (`sk_id`): every one the control file does
-/// not list is listed again — `Deleting` when superseded, else `InProgress` (it may be the
-/// archive's end, and no version at or below it will be uploaded). Returns the adopted names.
+/// not list is listed again, `InProgress` (the request that wrote it late may have siblings
+/// still on their way; it may be the archive's end, and no version at or below it will be
+/// uploaded; when superseded, GC collects it). Returns the adopted names.
 pub(super) fn adopt_listed(
     st: &mut ClusterState,
     sk_id: u64,
@@ -169,14 +175,9 @@ pub(super) fn adopt_listed(
         if name.sk_id != sk_id || st.remote.partials.iter().any(|p| p.name == *name) {
             continue;
         }
-        let status = if superseded(st, name) {
-            ObjectStatus::Deleting
-        } else {
-            ObjectStatus::InProgress
-        };
         st.remote.partials.push(PartialObject {
             name: name.clone(),
-            status,
+            status: ObjectStatus::InProgress,
             size: *size,
             crc32c: 0,
         });
@@ -191,26 +192,39 @@ pub(super) fn adopt_listed(
 /// A request may land after the client gave up on it (a timeout, a cancelled task, a killed
 /// process: the server may have the whole request already). So a key is *quiet* — safe to
 /// delete without it coming back — only when no request for it is running and `grace` has passed
-/// since the last one that ended without a clear answer, or since this process started for keys
-/// it inherited from a previous one.
+/// since the last one that ended without a clear answer, or since this process started for the
+/// keys a previous process may have been writing (those listed `InProgress` at start: a
+/// `Deleting` or `Uploaded` entry's PUT completed).
 #[derive(Clone, Debug)]
 pub(super) struct RequestLedger<T> {
     /// Keys with a request running now (added at spawn, removed when the task is joined).
     running: HashSet<PartialName>,
     /// Keys whose last request ended without a clear answer: not quiet before this time.
     unsettled: HashMap<PartialName, T>,
-    /// Every key not in `unsettled` is quiet only from this time on (start + grace): requests
-    /// of a previous process may still land until then.
+    /// Keys a previous process may have been writing (`InProgress` at start): quiet only from
+    /// `inherited_until` (start + grace) on.
+    inherited: HashSet<PartialName>,
     inherited_until: T,
 }
 
 impl<T: Ord + Copy> RequestLedger<T> {
-    /// A ledger for a process started at `start`, whose predecessor's requests may land until
-    /// `inherited_until`.
-    pub(super) fn new(inherited_until: T) -> RequestLedger<T> {
+    /// A ledger for a process that found `st` at start: the PUTs of its `InProgress` entries may
+    /// land until `inherited_until`.
+    pub(super) fn new(st: Option<&ClusterState>, inherited_until: T) -> RequestLedger<T> {
+        let inherited = st
+            .map(|s| {
+                s.remote
+                    .partials
+                    .iter()
+                    .filter(|p| p.status == ObjectStatus::InProgress)
+                    .map(|p| p.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         RequestLedger {
             running: HashSet::new(),
             unsettled: HashMap::new(),
+            inherited,
             inherited_until,
         }
     }
@@ -233,7 +247,7 @@ impl<T: Ord + Copy> RequestLedger<T> {
     /// True when no request for `key` can land any more (see the type's doc).
     pub(super) fn quiet(&self, key: &PartialName, now: T) -> bool {
         !self.running.contains(key)
-            && now >= self.inherited_until
+            && (now >= self.inherited_until || !self.inherited.contains(key))
             && self.unsettled.get(key).is_none_or(|t| now >= *t)
     }
 

@@ -221,6 +221,11 @@ impl Manager {
             .as_ref()
             .map(|c| Audits::at_start(c.state(), now))
             .unwrap_or_default();
+        // The PUTs a previous process left running may land for a while after this one started.
+        let ledger = RequestLedger::new(
+            control.as_ref().map(|c| c.state()),
+            now + LATE_REQUEST_GRACE,
+        );
         let mut m = Manager {
             wiring: Wiring {
                 settings,
@@ -256,8 +261,7 @@ impl Manager {
                 wanted: true,
             },
             audit,
-            // A previous process's requests may land for a while after this one started.
-            ledger: RequestLedger::new(now + LATE_REQUEST_GRACE),
+            ledger,
         };
         m.on_state_changed();
         m
@@ -302,7 +306,11 @@ impl Manager {
                     self.retry.at = None;
                 }
             }
-            if std::mem::take(&mut self.partial.kick) {
+            // The follower asked, or waiters were held back until uploads could start.
+            let held = !self.partial.waiters.is_empty()
+                && self.partial.in_flight.is_none()
+                && self.partial_uploads_ready();
+            if std::mem::take(&mut self.partial.kick) || held {
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
@@ -553,6 +561,9 @@ impl Manager {
             while let Some(done) = self.tasks.join_next().await {
                 self.on_task_done(done);
             }
+            // Stopped before the startup audit finished: run it now, or the tail of the WAL
+            // (acknowledged by this process) would not be uploaded before it exits.
+            self.run_gating_audit().await;
             self.start_partial().await;
             while let Some(done) = self.tasks.join_next().await {
                 self.on_task_done(done);

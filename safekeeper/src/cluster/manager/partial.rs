@@ -76,7 +76,7 @@ impl Manager {
     pub(super) async fn start_partial(&mut self) {
         // Not from the recorded (lagging) LSNs of a previous process, and not before the
         // archive's end is known (`audit.rs`): a version below it must never be uploaded.
-        if self.partial.in_flight.is_some() || !self.progress.live || self.audit.gate.is_some() {
+        if self.partial.in_flight.is_some() || !self.partial_uploads_ready() {
             return;
         }
         let Ok(st) = self.state() else { return };
@@ -190,10 +190,19 @@ impl Manager {
         }
     }
 
-    /// Waiters for a partial upload when none is running: nothing needed uploading, so the answer
-    /// is the newest existing one.
+    /// Step 0: the follower published its checked local end and the startup audit is done.
+    pub(super) fn partial_uploads_ready(&self) -> bool {
+        self.progress.live && self.audit.gate.is_none()
+    }
+
+    /// Waiters for a partial upload when none is running and uploads may start: nothing needed
+    /// uploading, so the answer is the newest existing one. Before step 0 they wait (the task
+    /// loop starts their upload once it is ready; a failed audit answers them with its error).
     pub(super) fn answer_idle_partial_waiters(&mut self) {
-        if self.partial.in_flight.is_none() && !self.partial.waiters.is_empty() {
+        if self.partial.in_flight.is_none()
+            && !self.partial.waiters.is_empty()
+            && self.partial_uploads_ready()
+        {
             let newest = self.newest_uploaded_partial();
             for w in self.partial.waiters.drain(..) {
                 let _ = w.send(Ok(newest.clone()));

@@ -22,6 +22,9 @@ use proptest::prelude::*;
 
 use super::*;
 
+#[cfg(test)]
+mod cases;
+
 const SEG: u32 = 1 << 20;
 const STEP: u64 = 256 << 10;
 const GRACE: u64 = 10;
@@ -476,7 +479,7 @@ impl Proc {
     /// A process starting on the control file `st` at `now` (`Manager::new`).
     fn start(st: &ClusterState, now: u64) -> Proc {
         Proc {
-            ledger: RequestLedger::new(now + GRACE),
+            ledger: RequestLedger::new(Some(st), now + GRACE),
             live: false,
             gate: true,
             commit: st.commit_lsn,
@@ -500,73 +503,4 @@ proptest! {
         }
         w.settle();
     }
-}
-
-/// Issue 13, case 1: the full segment is recorded while a partial PUT of that segment is slow;
-/// GC must not delete its key until the PUT ended, and then it is collected.
-#[test]
-fn gc_waits_for_a_slow_put_superseded_by_the_full_segment() {
-    let mut w = World::new();
-    for a in [Action::Write, Action::Follow, Action::StartPartial] {
-        w.step(&a);
-    }
-    let put = w.p.partial.expect("a partial upload started");
-    for a in [Action::Write, Action::Write, Action::Write, Action::Follow] {
-        w.step(&a);
-    }
-    w.step(&Action::FullUpload);
-    w.step(&Action::FullRecord);
-    w.step(&Action::Tick(GRACE + 1));
-    w.step(&Action::StartGc);
-    assert!(
-        w.p.gc.is_none(),
-        "GC started a delete of a key whose PUT is in flight"
-    );
-    w.land(put);
-    w.respond(put, true);
-    w.step(&Action::StartGc);
-    let gc =
-        w.p.gc
-            .expect("GC deletes the superseded version once its PUT ended");
-    w.respond(gc, true);
-    w.check();
-    assert!(!w.remote.keys().any(|k| matches!(k, Key::Partial(1, ..))));
-}
-
-/// Issue 13, case 2: after a crash the recorded commit LSN lags the newest uploaded version;
-/// the new process must neither upload below it nor delete it.
-#[test]
-fn a_restart_never_uploads_below_the_archive() {
-    let mut w = World::new();
-    for a in [
-        Action::Write,
-        Action::Follow,
-        Action::Persist,
-        Action::Write,
-        Action::Follow,
-    ] {
-        w.step(&a);
-    }
-    w.step(&Action::StartPartial);
-    let put = w.p.partial.expect("upload started");
-    w.respond(put, true);
-    let newest = w.end();
-    w.step(&Action::Crash);
-    assert!(
-        w.p.commit < newest,
-        "the recorded commit LSN lags the archive"
-    );
-    // Without the follower's checked position nothing is uploaded; with a stale one, nothing
-    // below the archive either.
-    w.step(&Action::StartPartial);
-    assert!(w.p.partial.is_none());
-    w.p.live = true;
-    w.step(&Action::AuditList);
-    w.step(&Action::AuditFinish);
-    w.step(&Action::StartPartial);
-    assert!(
-        w.p.partial.is_none(),
-        "a version below the archive's end was uploaded"
-    );
-    assert_eq!(w.end(), newest);
 }

@@ -1,0 +1,238 @@
+//! The superseded-partial rule on listings built in memory (every case an operator would ask
+//! about, and a property over random listings), and the content check on a real `LocalFs`.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use control_file::Lsn;
+use control_file::names::{PartialName, segment_file_name};
+use proptest::prelude::*;
+use remote_storage::{LocalFs, ObjectMeta, PutOptions, RemoteStorage, RemoteStorageExt};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const SEG: u32 = 1 << 20;
+
+fn meta(key: String, size: u64) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size,
+        crc32c: None,
+        metadata: Default::default(),
+        last_modified: Some(SystemTime::UNIX_EPOCH),
+    }
+}
+
+/// Partial of segment `segno` (timeline 1) ending `off` bytes into it.
+fn p(segno: u64, off: u64, term: u64, sk: u64) -> PartialName {
+    PartialName {
+        timeline: 1,
+        segno,
+        commit_lsn: Lsn::from_segment(segno, SEG) + off,
+        term,
+        sk_id: sk,
+    }
+}
+
+fn key(n: &PartialName) -> String {
+    format!("main/wal/{}", n.to_file_name(SEG))
+}
+
+fn full_key(segno: u64) -> String {
+    format!("main/wal/{}", segment_file_name(1, segno, SEG))
+}
+
+fn archive(fulls: &[u64], partials: &[&PartialName]) -> Archive {
+    let mut metas: Vec<ObjectMeta> = fulls
+        .iter()
+        .map(|&s| meta(full_key(s), SEG.into()))
+        .collect();
+    metas.extend(partials.iter().map(|n| meta(key(n), n.size(SEG))));
+    Archive::from_listing("main", metas, Some(SEG))
+}
+
+fn superseded(c: &Classification) -> Vec<(String, SupersededBy)> {
+    c.superseded
+        .iter()
+        .map(|s| (s.key.clone(), s.by.clone()))
+        .collect()
+}
+
+fn kept_keys(c: &Classification) -> Vec<String> {
+    c.kept.iter().map(|k| k.key.clone()).collect()
+}
+
+#[test]
+fn a_full_segment_supersedes_every_partial_of_its_segment() {
+    let (a, b, c) = (p(5, 100, 1, 1), p(5, 900, 1, 1), p(5, 500, 3, 2));
+    let next = p(6, 10, 1, 1); // the segment being written: restore serves it
+    let c1 = classify(&archive(&[4, 5], &[&a, &b, &c, &next]));
+    let by = SupersededBy::FullSegment(full_key(5));
+    let mut expected = vec![(key(&a), by.clone()), (key(&b), by.clone()), (key(&c), by)];
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(superseded(&c1), expected);
+    assert!(c1.kept.is_empty(), "{:?}", c1.kept);
+    assert_eq!(c1.superseded_bytes(), 100 + 900 + 500);
+}
+
+#[test]
+fn older_versions_of_one_safekeeper_are_superseded_by_its_newest() {
+    let (old1, old2, newest) = (p(5, 100, 1, 1), p(5, 200, 2, 1), p(5, 300, 2, 1));
+    let c = classify(&archive(&[4], &[&old1, &old2, &newest]));
+    let by = SupersededBy::NewerVersion(key(&newest));
+    assert_eq!(
+        superseded(&c),
+        vec![(key(&old1), by.clone()), (key(&old2), by)]
+    );
+    assert!(c.kept.is_empty());
+}
+
+#[test]
+fn another_safekeepers_version_is_kept_and_reported_never_superseded() {
+    // sk2 is behind sk1 (or retired): its only version is not superseded by sk1's.
+    let (sk1, sk2_old, sk2) = (p(5, 300, 1, 1), p(5, 100, 1, 2), p(5, 200, 1, 2));
+    let c = classify(&archive(&[], &[&sk1, &sk2_old, &sk2]));
+    assert_eq!(
+        superseded(&c),
+        vec![(key(&sk2_old), SupersededBy::NewerVersion(key(&sk2)))]
+    );
+    assert_eq!(kept_keys(&c), vec![key(&sk2)]);
+    assert!(c.kept[0].reason.contains("not superseded"), "{:?}", c.kept);
+    assert!(
+        c.kept[0].reason.contains(&key(&sk1)),
+        "names what restore serves"
+    );
+}
+
+#[test]
+fn versions_that_disagree_are_both_kept() {
+    // sk1's WAL was truncated: term 2 ends below what term 1 had uploaded.
+    let (t1_long, t2_short) = (p(5, 900, 1, 1), p(5, 400, 2, 1));
+    let c = classify(&archive(&[], &[&t1_long, &t2_short]));
+    assert!(c.superseded.is_empty(), "{:?}", c.superseded);
+    let served = best_partial(&archive(&[], &[&t1_long, &t2_short]).timelines[&1].partials[&5])
+        .map(|s| s.key.clone());
+    // Whichever restore serves stays silently; the other is reported as disagreeing.
+    let other: Vec<String> = [key(&t1_long), key(&t2_short)]
+        .into_iter()
+        .filter(|k| Some(k) != served.as_ref())
+        .collect();
+    assert_eq!(kept_keys(&c), other);
+    assert!(c.kept[0].reason.contains("disagree"), "{:?}", c.kept);
+}
+
+#[test]
+fn a_truncated_full_segment_or_a_wrong_size_partial_supersedes_nothing() {
+    let (a, b) = (p(5, 100, 1, 1), p(5, 200, 1, 1));
+    let mut metas = vec![meta(full_key(5), u64::from(SEG) - 1)];
+    metas.push(meta(key(&a), a.size(SEG)));
+    metas.push(meta(key(&b), 7)); // b's object is truncated
+    let c = classify(&Archive::from_listing("main", metas, Some(SEG)));
+    assert!(c.superseded.is_empty(), "{:?}", c.superseded);
+    // b is "best" by name but kept silently as served; a would be superseded only by a sound b.
+    assert_eq!(kept_keys(&c), vec![key(&a)]);
+}
+
+#[test]
+fn objects_that_are_not_wal_are_reported_not_deleted() {
+    let metas = vec![meta("main/wal/notes.txt".into(), 3)];
+    let c = classify(&Archive::from_listing("main", metas, Some(SEG)));
+    assert!(c.superseded.is_empty());
+    assert_eq!(kept_keys(&c), vec!["main/wal/notes.txt".to_string()]);
+}
+
+fn arb_partial() -> impl Strategy<Value = PartialName> {
+    (3u64..6, 1u64..2000, 1u64..4, 1u64..4).prop_map(|(s, off, t, sk)| p(s, off, t, sk))
+}
+
+proptest! {
+    /// Whatever the listing: restore's choice is never superseded; every superseded partial has a
+    /// superseder in the listing that survives the prune (or the full segment); and nothing of
+    /// another segment, nor another safekeeper's version, ever supersedes it.
+    #[test]
+    fn prune_never_removes_what_restore_needs(
+        fulls in proptest::collection::btree_set(3u64..6, 0..3),
+        partials in proptest::collection::vec(arb_partial(), 0..12),
+    ) {
+        let fulls: Vec<u64> = fulls.into_iter().collect();
+        let mut partials = partials;
+        partials.sort_by_key(key);
+        partials.dedup_by_key(|n| key(n));
+        let refs: Vec<&PartialName> = partials.iter().collect();
+        let a = archive(&fulls, &refs);
+        let c = classify(&a);
+        let gone: BTreeSet<&str> = c.superseded.iter().map(|s| s.key.as_str()).collect();
+        let empty = crate::archive::TimelineObjects::default();
+        let t = a.timelines.get(&1).unwrap_or(&empty);
+        for (segno, versions) in &t.partials {
+            if let Some(served) = t.served_partial(*segno) {
+                prop_assert!(!gone.contains(served.key.as_str()), "served {} pruned", served.key);
+            }
+            for v in versions {
+                let classified = gone.contains(v.key.as_str())
+                    || c.kept.iter().any(|k| k.key == v.key)
+                    || t.served_partial(*segno) == Some(v);
+                prop_assert!(classified, "{} neither pruned, kept nor served", v.key);
+            }
+        }
+        for s in &c.superseded {
+            let victim = partials.iter().find(|n| key(n) == s.key).expect("a listed partial");
+            match &s.by {
+                SupersededBy::FullSegment(k) => {
+                    prop_assert!(fulls.contains(&victim.segno));
+                    prop_assert_eq!(k, &full_key(victim.segno));
+                }
+                SupersededBy::NewerVersion(k) => {
+                    prop_assert!(!gone.contains(k.as_str()), "{} superseded by the pruned {}", s.key, k);
+                    let q = partials.iter().find(|n| &key(n) == k).expect("a listed superseder");
+                    prop_assert_eq!((q.timeline, q.segno, q.sk_id), (victim.timeline, victim.segno, victim.sk_id));
+                    prop_assert!(q.term >= victim.term && q.commit_lsn >= victim.commit_lsn);
+                }
+            }
+        }
+    }
+}
+
+async fn put(storage: &dyn RemoteStorage, key: &str, data: &[u8]) {
+    storage
+        .put(
+            key,
+            Bytes::copy_from_slice(data).into(),
+            &PutOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("put");
+}
+
+#[tokio::test]
+async fn only_a_prefix_of_its_superseder_is_confirmed_for_deletion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = LocalFs::new(dir.path()).expect("local storage");
+    let cancel = CancellationToken::new();
+    let wal: Vec<u8> = (0..SEG).map(|i| (i % 251) as u8).collect();
+    let (same, diverged, gone) = (p(5, 100, 1, 1), p(5, 200, 1, 2), p(5, 300, 1, 3));
+    put(&storage, &full_key(5), &wal).await;
+    put(&storage, &key(&same), &wal[..100]).await;
+    let mut other = wal[..200].to_vec();
+    other[150] ^= 0xff;
+    put(&storage, &key(&diverged), &other).await;
+    let listing = archive(&[5], &[&same, &diverged, &gone]);
+    let classes = classify(&listing);
+    assert_eq!(classes.superseded.len(), 3);
+    // `gone` is listed but deleted before the check (e.g. by its safekeeper's GC).
+    let plan = confirm(&storage, classes, &cancel).await.expect("confirm");
+    assert_eq!(
+        superseded(&plan),
+        vec![(key(&same), SupersededBy::FullSegment(full_key(5)))]
+    );
+    assert_eq!(kept_keys(&plan), vec![key(&diverged)]);
+    assert!(
+        plan.kept[0].reason.contains("differs from it at byte 150"),
+        "{:?}",
+        plan.kept
+    );
+    assert!(storage.get_bytes(&key(&diverged), &cancel).await.is_ok());
+}
