@@ -127,7 +127,7 @@ def stop_primary_and_check_the_log(primary: PgCluster, safekeeper: Safekeeper, a
                                                            if l.get("message", "").startswith("lost the primary")], timeout=60)
     assert len(lost) == 1, lost
     line = lost[0]
-    assert line["level"] == "WARN" and line["cluster"] == "main" and line["from"] == "streaming", line
+    assert line["level"] == "WARN" and line["cluster"] == "main" and line["from"] in ("streaming", "connecting"), line
     # The positions when it was lost: at least what was flushed before, nothing acknowledged beyond.
     assert parse_lsn(line["flush_lsn"]) >= parse_lsn(flush), (line, flush)
     assert parse_lsn(line["commit_lsn"]) <= parse_lsn(line["flush_lsn"]), line
@@ -136,6 +136,9 @@ def stop_primary_and_check_the_log(primary: PgCluster, safekeeper: Safekeeper, a
     primary.start()
     wait_until("primary back", lambda: any(l.get("message", "").startswith("primary back") for l in json_lines(safekeeper)),
                timeout=60)
+    # However many retries it took: one line when lost, one when back.
+    assert len([l for l in json_lines(safekeeper) if l.get("message", "").startswith("lost the primary")]) == 1
+    assert len([l for l in json_lines(safekeeper) if l.get("message", "").startswith("primary back")]) == 1
     wait_until("not listed any more", lambda: scrape(api).get("safekeeper_sync_standby", cluster="main") == 0, timeout=30)
     assert safekeeper.stop() == 0
     lines = json_lines(safekeeper)

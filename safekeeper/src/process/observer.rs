@@ -82,6 +82,8 @@ struct Seen {
     failures_before: u64,
     /// Since when the cluster has not been streaming after it was.
     lost_since: Option<Instant>,
+    /// The loss since `lost_since` has been logged.
+    lost_reported: bool,
 }
 
 /// Shared between the observer task (the writer) and the HTTP handlers (readers).
@@ -144,9 +146,9 @@ impl Observer {
                 bytes: lags.upload.bytes,
                 seconds: lags.upload.seconds,
             });
-            let now = Seen::of(&status, &offload, watched.seen.as_ref());
+            let mut now = Seen::of(&status, &offload, watched.seen.as_ref());
             if let Some(before) = &watched.seen {
-                log_transitions(entry.name(), before, &now, &status, &offload);
+                log_transitions(entry.name(), before, &mut now, &status, &offload);
             }
             // Every interval, and at once on a new session (after a failover it may be another
             // server, with another setting).
@@ -253,6 +255,7 @@ impl Seen {
             storage_failing_since: None,
             failures_before: offload.upload_failures,
             lost_since: None,
+            lost_reported: false,
         };
         if let Some(b) = before {
             let failed_now = offload.upload_failures > b.upload_failures;
@@ -276,6 +279,7 @@ impl Seen {
                 (_, None) if was_streaming => Some(Instant::now()),
                 (_, None) => None,
             };
+            seen.lost_reported = seen.lost_since.is_some() && b.lost_reported;
         }
         seen
     }
@@ -285,7 +289,7 @@ impl Seen {
 fn log_transitions(
     cluster: &str,
     before: &Seen,
-    now: &Seen,
+    now: &mut Seen,
     status: &ClusterStatus,
     offload: &OffloadStatus,
 ) {
@@ -293,28 +297,34 @@ fn log_transitions(
     let error = status.last_error.as_deref().unwrap_or("");
     if before.state != now.state {
         let (from, to) = (before.state.as_str(), now.state.as_str());
-        match to {
-            "streaming" => match before.lost_since {
-                Some(since) => info!(cluster, from, to, %flush_lsn, %commit_lsn,
-                    down_seconds = since.elapsed().as_secs_f64().round(),
-                    "primary back: streaming and acknowledging again"),
-                None => info!(cluster, from, to, %flush_lsn, %commit_lsn,
-                    "streaming: acknowledging the primary's WAL"),
-            },
-            "failed" => error!(
+        match (from, to) {
+            ("disk_full", _) => info!(cluster, from, to, "disk space available again"),
+            (_, "disk_full") => error!(cluster, from, to, %flush_lsn,
+                "disk full: acknowledgements stopped until space is freed"),
+            (_, "failed") => error!(
                 cluster,
                 from,
                 to,
                 error,
                 "cluster stopped on a permanent error: its WAL is no longer followed"
             ),
-            "disk_full" => error!(cluster, from, to, %flush_lsn,
-                "disk full: acknowledgements stopped until space is freed"),
-            _ if from == "disk_full" => info!(cluster, from, to, "disk space available again"),
-            _ if from == "streaming" && to != "stopped" => warn!(cluster, from, to, error,
-                %flush_lsn, %commit_lsn, "lost the primary: not streaming, so not acknowledging"),
-            _ => info!(cluster, from, to, "connection state changed"),
+            (_, "streaming") => {
+                if let Some(since) = before.lost_since {
+                    info!(cluster, from, to, %flush_lsn, %commit_lsn,
+                        down_seconds = since.elapsed().as_secs_f64().round(),
+                        "primary back: streaming and acknowledging again");
+                }
+            }
+            // Connecting and retrying alternate while the primary is away (the follower logs
+            // each attempt), a first connection is the follower's own "streaming" line, and
+            // stopped is the process's shutdown: the one line is "lost", below.
+            _ => {}
         }
+    }
+    if now.lost_since.is_some() && !now.lost_reported && now.state == "retrying" {
+        warn!(cluster, from = before.state.as_str(), error, %flush_lsn, %commit_lsn,
+            "lost the primary: not streaming, so not acknowledging");
+        now.lost_reported = true;
     }
     if now.gaps > before.gaps {
         // The follower logged the cause; this is the consequence, for whoever watches errors.
