@@ -43,6 +43,27 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 command -v openssl >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl >/dev/null; }
 
+# --- Operations tooling ---------------------------------------------------------------------
+# promtool (Debian's prometheus package) tests the alert rules in deploy/prometheus/; chromium
+# renders the status page in test_runner/test_status_page.py. About 70 s of apt-get the first
+# time (chromium is most of it); nothing when they are there. Under CI=true a missing one fails.
+ops_missing=()
+command -v promtool >/dev/null || ops_missing+=(prometheus)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || ops_missing+=(chromium)
+if [ "${#ops_missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing ${ops_missing[*]} with apt-get (promtool for the alert rules, chromium for the status page)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${ops_missing[@]}" >/dev/null
+  elif [ "${CI:-}" = true ]; then
+    echo "missing ${ops_missing[*]} (CI=true): install them, e.g. 'sudo apt-get install prometheus chromium'" >&2
+    exit 1
+  else
+    log "missing ${ops_missing[*]}: the alert rule tests and the status page's browser test are skipped"
+  fi
+fi
+
 # --- Python venv with pinned test dependencies ----------------------------------------------
 venv=test_runner/.venv
 req_stamp="$venv/.requirements.sha256"
@@ -75,6 +96,16 @@ install_pg_majors "$venv/bin/python"
 log "checking the shape of the source tree"
 python3 scripts/check_tree.py
 cargo fmt --all -- --check || { echo "cargo fmt: the tree is not formatted (run: cargo fmt --all)" >&2; exit 1; }
+
+# --- Alert rules ----------------------------------------------------------------------------
+# Each alert fires on the series that should fire it and not on its healthy neighbour
+# (deploy/prometheus/alerts_test.yml). That every metric they query is exported is checked
+# against a real scrape in test_runner/test_operations.py.
+if command -v promtool >/dev/null; then
+  log "alert rules (promtool)"
+  promtool check rules deploy/prometheus/alerts.yml
+  promtool test rules deploy/prometheus/alerts_test.yml
+fi
 
 # --- Build once, then test ------------------------------------------------------------------
 # One feature set for both commands, so cargo test reuses the build: failpoints compiled in (armed

@@ -264,7 +264,7 @@ def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safe
         assert api.request(method, path, body={} if method == "POST" else None).status != 401, (method, path)
     r = Api(port).request("GET", "/v1/clusters", headers={"Authorization": f"Basic {token}"}, token=None)
     assert_error(r, 401, "unauthorized")
-    for path in ("/metrics", "/v1/status"):
+    for path in ("/metrics", "/v1/status", "/"):
         assert Api(port).get(path).status == 200, path
     assert api.cluster()["connection"] == "streaming"
 
@@ -273,7 +273,7 @@ def test_a_token_guards_every_route_but_the_public_ones(primary: PgCluster, safe
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for path, item in doc["paths"].items():
         for method, op in item.items():
-            protected = path not in ("/metrics", "/v1/status")
+            protected = path not in ("/metrics", "/v1/status", "/")
             assert ("security" in op) == protected and ("401" in op["responses"]) == protected, (method, path)
 
     # Configurable: nothing public.

@@ -70,7 +70,10 @@ pub fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_logging();
+    // `run` sets up logging itself once its configuration says which format (`--log-format`).
+    if !matches!(cli.command, Command::Run(_)) {
+        crate::telemetry::log::init(crate::telemetry::log::LogFormat::Text);
+    }
     // Failpoints from the FAILPOINTS environment variable (only with the `testing` feature).
     let _failpoints = fail::FailScenario::setup();
     match cli.command {
@@ -97,17 +100,4 @@ fn usage_error(e: clap::Error) -> std::process::ExitCode {
         return std::process::ExitCode::from(restore_wal::EXIT_FATAL);
     }
     std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
-}
-
-/// Logs go to stderr (colored only on a terminal: restore-wal's end up in PostgreSQL's log);
-/// RUST_LOG selects levels (default: info).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

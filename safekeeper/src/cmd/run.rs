@@ -23,7 +23,7 @@ use crate::cluster::config::IngestOptions;
 use crate::http::{self, ApiState, Auth};
 use crate::process::cluster_set::{ClusterSet, Origin, Outcome, warn_shadowed};
 use crate::process::clusters_toml;
-use crate::process::config::{RunArgs, ServiceConfig};
+use crate::process::config::{LogFormat, RunArgs, ServiceConfig};
 use crate::telemetry;
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -34,6 +34,9 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    telemetry::log::init(config.log_format);
+    // In JSON mode every line on stderr is a JSON object: the final words go through the logger.
+    let plain_stderr = config.log_format == LogFormat::Text;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("safekeeper")
@@ -50,7 +53,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(e) => {
             let line = crate::hints::with_hint(&e);
             error!("{line}");
-            eprintln!("error: {line}");
+            if plain_stderr {
+                eprintln!("error: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -78,6 +83,7 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
 
     let set = start_clusters(&config, &cancel).await?;
     let state = ApiState::new(set.clone(), config.id, config.data_dir.clone(), recorder);
+    state.observer.clone().spawn(set.clone(), cancel.clone());
     let (app, _) = http::app(state, auth);
     let server = tokio::spawn(http::serve(listener, app, cancel.clone()));
     info!(
@@ -94,7 +100,7 @@ async fn serve(config: ServiceConfig) -> Result<ExitCode> {
         }
     }
     cancel.cancel();
-    shut_down(&set, server).await
+    shut_down(&set, server, config.log_format).await
 }
 
 /// Creates the data directory and takes its lock, held as long as the returned file is.
@@ -160,13 +166,22 @@ async fn start_clusters(
 
 /// After cancellation: waits for every cluster and the HTTP server, and picks the exit status
 /// (failure when every cluster stopped on a permanent error and there was at least one).
-async fn shut_down(set: &ClusterSet, server: JoinHandle<Result<()>>) -> Result<ExitCode> {
+async fn shut_down(
+    set: &ClusterSet,
+    server: JoinHandle<Result<()>>,
+    log_format: LogFormat,
+) -> Result<ExitCode> {
     let outcomes = set.wait_all().await;
     let mut failed = 0;
     for (name, outcome) in &outcomes {
         if let Outcome::Failed(e) = outcome {
             failed += 1;
-            eprintln!("error: cluster {name}: {e}");
+            match log_format {
+                LogFormat::Text => eprintln!("error: cluster {name}: {e}"),
+                LogFormat::Json => {
+                    error!(cluster = %name, error = %e, "cluster stopped on an error")
+                }
+            }
         }
     }
     match server.await {

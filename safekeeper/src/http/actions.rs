@@ -152,6 +152,8 @@ pub(crate) async fn term_bump(
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = crate::http::metrics::render(&state.clusters, state.sk_id, state.started);
+    text.push_str(&crate::http::disk::render(&state.data_dir));
+    text.push_str(&state.observer.render_metrics());
     if let Some(handle) = &state.recorder {
         text.push_str(&handle.render());
     }

@@ -1,7 +1,8 @@
 //! Bearer-token authentication of the admin API.
 //!
 //! With `--http-auth-token-file`, every request needs `Authorization: Bearer <token>` except on
-//! the public routes (`--http-auth-public-routes`, default `/metrics` and `/v1/status`). Without
+//! the public routes (`--http-auth-public-routes`, default `/metrics`, `/v1/status` and the status
+//! page's document at `/`, which holds no data: it reads the API with the token). Without
 //! it, nothing is checked (bind the API to a trusted address).
 //!
 //! Invariants: the token is compared in constant time (no early exit on the first differing
@@ -27,6 +28,7 @@ pub(crate) fn public_route_path(name: &str) -> Option<&'static str> {
         "metrics" => Some("/metrics"),
         "status" => Some("/v1/status"),
         "openapi" => Some("/v1/openapi.json"),
+        "page" => Some("/"),
         _ => None,
     }
 }

@@ -1,9 +1,10 @@
-//! The HTTP admin API (`--http-addr`): status, clusters, remote objects, the control file,
+//! The HTTP admin API (`--http-addr`): the status page at `/`, status, clusters, remote objects, the control file,
 //! actions (partial upload, GC, term bump), adding/removing clusters, `/metrics`, and its own
 //! OpenAPI document at `/v1/openapi.json`.
 //!
 //! Owns the router and the server's lifetime. Layout: `routes` (reads, add/remove), `actions`
-//! (manager commands, metrics, the document), `model`/`control_doc` (bodies), `error` (the one
+//! (manager commands, metrics, the document), `status_page` (the page and its chart's data),
+//! `disk` (the data directory's filesystem space), `model`/`control_doc` (bodies), `error` (the one
 //! error shape), `auth` (bearer token), `openapi` (document assembly).
 //!
 //! Invariants:
@@ -18,11 +19,13 @@
 pub(crate) mod actions;
 pub(crate) mod auth;
 pub(crate) mod control_doc;
+pub(crate) mod disk;
 pub(crate) mod error;
 pub(crate) mod metrics;
 pub(crate) mod model;
 mod openapi;
 pub(crate) mod routes;
+pub(crate) mod status_page;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +44,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::process::cluster_set::ClusterSet;
+use crate::process::observer::Observer;
 pub(crate) use auth::Auth;
 
 /// What every handler can see.
@@ -52,6 +56,8 @@ pub(crate) struct ApiState {
     pub started: Instant,
     /// The event metrics recorder; `None` when it could not be installed.
     pub recorder: Option<PrometheusHandle>,
+    /// Upload-lag history and storage state for the status page (sampled by its own task).
+    pub observer: Arc<Observer>,
     /// The rendered OpenAPI document, set once the router is built.
     openapi: Arc<OnceLock<String>>,
 }
@@ -69,6 +75,7 @@ impl ApiState {
             data_dir,
             started: Instant::now(),
             recorder,
+            observer: Arc::new(Observer::default()),
             openapi: Arc::new(OnceLock::new()),
         }
     }
@@ -77,11 +84,13 @@ impl ApiState {
 /// The complete application and its OpenAPI document (already adjusted to `auth`).
 pub(crate) fn app(state: ApiState, auth: Auth) -> (Router, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(status_page::page))
         .routes(routes!(routes::get_status))
         .routes(routes!(routes::list_clusters, routes::add_cluster))
         .routes(routes!(routes::get_cluster, routes::delete_cluster))
         .routes(routes!(routes::get_remote))
         .routes(routes!(routes::get_control_file))
+        .routes(routes!(status_page::lag_history))
         .routes(routes!(actions::partial_upload))
         .routes(routes!(actions::gc))
         .routes(routes!(actions::term_bump))

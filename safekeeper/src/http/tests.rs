@@ -72,6 +72,7 @@ async fn the_document_lists_exactly_the_served_routes() {
     let (app, doc) = app_with(Auth::off(), dir.path());
     let paths: BTreeSet<&str> = doc.paths.paths.keys().map(String::as_str).collect();
     let expected = BTreeSet::from([
+        "/",
         "/metrics",
         "/v1/openapi.json",
         "/v1/status",
@@ -82,6 +83,7 @@ async fn the_document_lists_exactly_the_served_routes() {
         "/v1/clusters/{name}/partial_upload",
         "/v1/clusters/{name}/gc",
         "/v1/clusters/{name}/term_bump",
+        "/v1/clusters/{name}/lag_history",
     ]);
     assert_eq!(paths, expected);
     let (status, _, served) = call(&app, "GET", "/v1/openapi.json", None).await;

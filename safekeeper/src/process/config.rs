@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::cluster::config::{ClusterConfig, OffloadSettings, validate_cluster};
 use crate::remote::S3Args;
+pub use crate::telemetry::log::LogFormat;
 
 mod setting;
 
@@ -58,8 +59,9 @@ pub struct RunArgs {
     pub http_auth_token_file: Option<PathBuf>,
 
     /// Routes served without the token when auth is on, comma-separated from `metrics`
-    /// (/metrics), `status` (/v1/status) and `openapi` (/v1/openapi.json); `none` for none
-    /// (default metrics,status).
+    /// (/metrics), `status` (/v1/status), `page` (the status page's document at /, which holds
+    /// no data and asks for the token) and `openapi` (/v1/openapi.json); `none` for none
+    /// (default metrics,status,page).
     #[arg(long, env = "SAFEKEEPER_HTTP_AUTH_PUBLIC_ROUTES", value_name = "LIST")]
     pub http_auth_public_routes: Option<String>,
 
@@ -105,6 +107,11 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
     pub local_retention: Option<u64>,
 
+    /// How log lines are written on stderr: `text` for people, `json` for log shippers (one
+    /// object per line; the cluster, LSNs and error are fields) (default text).
+    #[arg(long, env = "SAFEKEEPER_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -132,6 +139,7 @@ struct FileConfig {
     s3_region: Option<String>,
     #[serde(default)]
     s3_force_path_style: bool,
+    log_format: Option<LogFormat>,
     #[serde(default)]
     cluster: Vec<FileCluster>,
 }
@@ -170,6 +178,8 @@ pub struct ServiceConfig {
     pub s3: S3Args,
     pub offload: OffloadSettings,
     pub clusters: Vec<ClusterConfig>,
+    /// How log lines are written (`--log-format`).
+    pub log_format: LogFormat,
 }
 
 impl ServiceConfig {
@@ -201,7 +211,7 @@ impl ServiceConfig {
                 .transpose()?;
         let http_public_routes = parse_public_routes(
             &Setting::new(&args.http_auth_public_routes, &file.http_auth_public_routes)
-                .or_else(|| "metrics,status".into()),
+                .or_else(|| "metrics,status,page".into()),
         )?;
         let status_interval =
             Setting::new(&args.status_interval, &file.status_interval).or(Duration::from_secs(10));
@@ -218,8 +228,10 @@ impl ServiceConfig {
         let offload = resolve_offload(args, &file)?;
         // The S3 group merges the same way, flag (or env) over file, in `S3Args::or`.
         let s3 = args.s3.or(&file.s3());
+        let log_format = Setting::new(&args.log_format, &file.log_format).or(LogFormat::Text);
         let clusters = resolve_clusters(args, file.cluster, id)?;
         Ok(ServiceConfig {
+            log_format,
             id,
             data_dir,
             remote,
@@ -308,7 +320,7 @@ fn parse_http_addr(text: &str) -> Result<SocketAddr> {
 }
 
 /// Route names `--http-auth-public-routes` accepts.
-pub const PUBLIC_ROUTE_NAMES: [&str; 3] = ["metrics", "status", "openapi"];
+pub const PUBLIC_ROUTE_NAMES: [&str; 4] = ["metrics", "status", "page", "openapi"];
 
 fn parse_public_routes(text: &str) -> Result<BTreeSet<String>> {
     let mut routes = BTreeSet::new();
@@ -508,12 +520,12 @@ slot = "custom"
     }
 
     #[test]
-    fn auth_public_routes_default_to_metrics_and_status() {
+    fn auth_public_routes_default_to_metrics_status_and_the_page() {
         let c = ServiceConfig::resolve(&args()).unwrap();
         assert!(c.http_auth_token_file.is_none());
         assert_eq!(
             c.http_public_routes.iter().collect::<Vec<_>>(),
-            ["metrics", "status"]
+            ["metrics", "page", "status"]
         );
         let a = RunArgs {
             http_auth_public_routes: Some("none".into()),

@@ -1,4 +1,5 @@
-//! Prometheus metrics: what `GET /metrics` shows, and the names every other module records under.
+//! Prometheus metrics: what `GET /metrics` shows, and the names every other module records under;
+//! and the log output (`log`: text or JSON lines).
 //!
 //! Two sources, rendered one after the other into one text exposition:
 //! - **Events** (latencies, counts) are recorded where they happen through the `metrics` facade
@@ -14,6 +15,8 @@
 //! `safekeeper_`; histograms are true Prometheus histograms (fixed buckets), never summaries.
 //! Recording is cheap (an atomic push) so the synchronous-commit path can afford it; the
 //! recorder's upkeep task drains histogram samples even when nobody scrapes.
+
+pub(crate) mod log;
 
 use std::sync::OnceLock;
 use std::time::Duration;
