@@ -18,10 +18,12 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use control_file::Lsn;
+use remote_storage::RemoteStorage;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -142,8 +144,17 @@ fn emit(text: &str) {
 }
 
 async fn load(args: &ArchiveArgs, cancel: &CancellationToken) -> Result<Archive> {
+    Ok(open_and_load(args, cancel).await?.1)
+}
+
+/// The storage and the archive listed from it (`verify` and `prune` read objects afterwards).
+async fn open_and_load(
+    args: &ArchiveArgs,
+    cancel: &CancellationToken,
+) -> Result<(Arc<dyn RemoteStorage>, Archive)> {
     let storage = args.open().await?;
-    Ok(Archive::load(&*storage, &args.cluster, args.wal_segment_size, cancel).await?)
+    let archive = Archive::load(&*storage, &args.cluster, args.wal_segment_size, cancel).await?;
+    Ok((storage, archive))
 }
 
 fn size_source(s: SegmentSizeSource) -> &'static str {
@@ -403,14 +414,7 @@ fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
 }
 
 async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<Verdict> {
-    let storage = args.archive.open().await?;
-    let archive = Archive::load(
-        &*storage,
-        &args.archive.cluster,
-        args.archive.wal_segment_size,
-        cancel,
-    )
-    .await?;
+    let (storage, archive) = open_and_load(&args.archive, cancel).await?;
     let opts = VerifyOptions {
         jobs: args.jobs,
         system_identifier: args.system_identifier,
@@ -468,14 +472,7 @@ async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<Verdict
 
 /// `remote prune`: classify, confirm by content, print, and with `--delete` delete.
 async fn prune(args: &PruneArgs, cancel: &CancellationToken) -> Result<()> {
-    let storage = args.archive.open().await?;
-    let archive = Archive::load(
-        &*storage,
-        &args.archive.cluster,
-        args.archive.wal_segment_size,
-        cancel,
-    )
-    .await?;
+    let (storage, archive) = open_and_load(&args.archive, cancel).await?;
     let plan = prune::confirm(&*storage, prune::classify(&archive), cancel).await?;
     let keys: Vec<String> = plan.superseded.iter().map(|s| s.key.clone()).collect();
     let bytes = plan.superseded_bytes();
