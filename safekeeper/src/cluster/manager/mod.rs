@@ -158,6 +158,8 @@ struct Progress {
     /// The follower published the local WAL end it checked in this process: until then the LSNs
     /// are the control file's recorded ones, which lag, and no partial is uploaded from them.
     live: bool,
+    /// When `persist_lsns` last logged a failure (it logs at most once a minute).
+    persist_warned: Option<Instant>,
 }
 
 /// Back-off after a failure; no work is scheduled before `at`.
@@ -244,6 +246,7 @@ impl Manager {
                 commit_lsn,
                 timeline,
                 live: false,
+                persist_warned: None,
             },
             retry: Retry {
                 at: None,
@@ -531,7 +534,14 @@ impl Manager {
         let (flush, commit) = (self.progress.flush_lsn, self.progress.commit_lsn);
         if let Some(c) = self.control.as_mut() {
             if let Err(e) = c.record_lsns(flush, commit) {
-                warn!(error = %format!("{e:#}"), "cannot record LSNs in the control file");
+                // At most once a minute: on a full disk this fails every second until freed.
+                let p = &mut self.progress;
+                if p.persist_warned
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    warn!(error = %format!("{e:#}"), "cannot record LSNs in the control file");
+                    p.persist_warned = Some(Instant::now());
+                }
             }
         }
     }
