@@ -402,7 +402,7 @@ def _interrupted(*_) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 rates, 12 s windows, 30 s idle (about 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="3 rates, 12 s windows, 30 s idle (about 2.3 minutes)")
     ap.add_argument("--partial-interval", default="1s")
     ap.add_argument("--duration", type=float, help="measured window per rate phase, s (40; quick 12)")
     ap.add_argument("--warmup", type=float, default=10.0, help="workload runs this long before the window, s")

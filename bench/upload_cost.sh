@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bytes and requests sent to S3 per byte of WAL, upload lag, idle requests (issue 16; see
-# bench/upload_cost.py and bench/README.md). A full run takes about 8 minutes, --quick about 3;
+# bench/upload_cost.py and bench/README.md). A full run takes about 6 minutes, --quick about 2.3;
 # a hard limit (15 / 6 minutes, SIGTERM, then SIGKILL 60 s later) bounds a hung run, and the
 # Python side stops every process it started on SIGTERM.
 set -euo pipefail
