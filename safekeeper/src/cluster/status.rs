@@ -101,6 +101,7 @@ pub(crate) struct OffloadStatus {
     pub upload_failures: u64,
     pub full_uploaded: u64,
     pub partial_uploaded: u64,
+    /// Bytes sent by finished uploads (full segments and partial versions) in this process.
     pub bytes_uploaded: u64,
     pub gc_deleted: u64,
     /// Objects of this safekeeper that a listing found and the control file did not list

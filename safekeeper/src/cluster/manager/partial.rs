@@ -162,7 +162,11 @@ impl Manager {
                 fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
                     "partial-after-uploaded"
                 ));
-                self.io.offload_tx.send_modify(|o| o.partial_uploaded += 1);
+                let bytes = name.size(seg);
+                self.io.offload_tx.send_modify(|o| {
+                    o.partial_uploaded += 1;
+                    o.bytes_uploaded += bytes;
+                });
                 // Superseded while in flight (the full segment was recorded): the answer is the
                 // newest version that stays.
                 let stays = self.state().is_ok_and(|s| {
