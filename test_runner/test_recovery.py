@@ -370,8 +370,11 @@ def test_archive_written_by_a_safekeeper_lists_verifies_and_restores(primary, sa
     def listing():
         cp = sk("remote", "ls", *remote.args(), "--json")
         doc = json.loads(cp.stdout) if cp.returncode == 0 else None
-        return doc and doc["timelines"] and parse_lsn(doc["timelines"][0]["end_of_wal"]) >= end and doc
-    doc = wait_until("partial at the end of WAL uploaded", listing, timeout=60)
+        # The partial of the newest segment can go up before the full upload of the one before
+        # it has finished (they run independently): wait for both.
+        t = doc and doc["timelines"] and doc["timelines"][0]
+        return t and parse_lsn(t["end_of_wal"]) >= end and t["full_segments"] >= 1 and doc
+    doc = wait_until("full segment and partial at the end of WAL uploaded", listing, timeout=60)
     t1 = doc["timelines"][0]
     assert t1["gaps"] == [] and t1["full_segments"] >= 1
     best = [p for p in t1["partials"] if p["best"]]
