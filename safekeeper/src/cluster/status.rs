@@ -90,7 +90,8 @@ impl ClusterStatus {
 pub(crate) struct OffloadStatus {
     /// Every full segment below it is in remote storage.
     pub backup_lsn: Lsn,
-    /// Everything below it is in remote storage: `backup_lsn` or the newest partial's commit LSN.
+    /// Everything below it is in remote storage without a hole: `backup_lsn`, extended by the
+    /// newest uploaded partial of the segment starting there (`bookkeeping::remote_end`).
     pub remote_lsn: Lsn,
     /// Object name of the newest uploaded partial segment.
     pub newest_partial: Option<String>,

@@ -174,7 +174,8 @@ pub(crate) struct LsnSet {
     pub commit: ApiLsn,
     /// Every full segment below it is in remote storage.
     pub backup: ApiLsn,
-    /// Everything below it is in remote storage: `max(backup, newest partial's commit LSN)`.
+    /// Everything below it is in remote storage without a hole: `backup`, extended by the newest
+    /// uploaded partial of the segment that starts there.
     pub remote: ApiLsn,
 }
 
