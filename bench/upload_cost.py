@@ -5,7 +5,7 @@ of WAL, and how old the oldest acknowledged byte not yet remote gets, at WAL rat
 
 Setup (one of each, for the whole run): a PostgreSQL primary (initdb/pg_ctl on 127.0.0.1, as user
 postgres when root; `pgbench -i` done before the safekeeper attaches), moto's S3 server, a counting
-proxy in front of it (bench/lib/counting_proxy.py), and the safekeeper (`--partial-interval`, S3
+proxy in front of it (test_runner/fixtures/s3_counting.py), and the safekeeper (`--partial-interval`, S3
 through the proxy) as the primary's synchronous standby, so every commit is acknowledged by it.
 
 Each rate phase:
@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "test_runner"))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 
 import psycopg  # noqa: E402
-from counting_proxy import CountingProxy, Request  # noqa: E402
+from fixtures.s3_counting import CountingProxy, Request  # noqa: E402
 from fixtures.majors import pg_install  # noqa: E402
 from fixtures.pg import PgCluster  # noqa: E402
 from fixtures.s3 import MotoServer, new_bucket  # noqa: E402
@@ -179,7 +179,7 @@ class Bench:
         a = self.args
         self.server = MotoServer(self.base)
         self.proxy = CountingProxy(self.server.port)
-        bucket = ProxiedBucket(new_bucket(self.server), self.proxy)
+        bucket = self.bucket = ProxiedBucket(new_bucket(self.server), self.proxy)
         self.pg = PgCluster(self.base, "primary")
         self.pg.initdb("shared_buffers = 512MB\nmax_wal_size = 8GB\nmin_wal_size = 1GB\ncheckpoint_timeout = 1h\n").start()
         t = time.monotonic()
@@ -295,6 +295,36 @@ class Bench:
         ops, body = _tally(reqs)
         return Result(ph, start_off, window_off, t1 - t0, lsn1 - lsn0, ops, body, lag, own, (load0, loadavg()), reqs, up1 - up0)
 
+    def slow_segment(self, minutes: float) -> None:
+        """One segment written from its start at ~5 KB/s for `minutes`, then restored through the
+        proxy: prints the GETs `restore-wal` needed, the bytes the partial PUTs sent per byte of
+        WAL, and whether the restored bytes equal the primary's pg_wal file."""
+        self.pg.switch_wal()
+        lsn0 = self.lsn()
+        self.wait_archived(lsn0)
+        t0 = time.monotonic()
+        self.gen = Generator(self.pg, Phase("slow", "gen", 5_000, msg=500), self.pool, self.args.seed)
+        time.sleep(minutes * 60)
+        self.stop_workload()
+        lsn1 = self.lsn()
+        self.wait_archived(lsn1)
+        t1 = time.monotonic()
+        puts = [r for r in self.proxy.requests_between(t0, t1) if r.op == "PutObject" and partial_offset(r.key) is not None]
+        sent = sum(r.body_bytes for r in puts)
+        seg = f"{1:08X}{(lsn0 // SEG) >> 8:08X}{(lsn0 // SEG) & 0xFF:08X}"
+        out = os.path.join(self.base, "restored-" + seg)
+        env = {**os.environ, **self.bucket.env()}
+        r0 = time.monotonic()
+        subprocess.run([safekeeper_bin(), "restore-wal", *self.bucket.args(), "--cluster", "main", seg, out], env=env, check=True, timeout=120)
+        reqs = self.proxy.requests_between(r0, time.monotonic() + 0.5)
+        gets = sum(1 for r in reqs if r.op == "GetObject")
+        held = lsn1 - lsn0 // SEG * SEG
+        with open(out, "rb") as f, open(os.path.join(self.pg.datadir, "pg_wal", seg), "rb") as g:
+            same = f.read()[:held] == g.read()[:held]
+        print(f"\nslow segment {seg}: {minutes:g} min at ~5 KB/s from offset {lsn0 % SEG}, {fmt_bytes(lsn1 - lsn0)} of WAL, "
+              f"{len(puts)} partial PUTs sending {fmt_bytes(sent)} ({sent / max(1, lsn1 - lsn0):.2f}x the WAL); "
+              f"restore-wal: {gets} GETs + {len(reqs) - gets} other requests, restored bytes identical to pg_wal: {same}")
+
     def idle_phase(self) -> Result:
         a = self.args
         # Nothing left for autovacuum (pgbench's tables were just updated and would be vacuumed
@@ -340,11 +370,12 @@ def fmt_bytes(n: float) -> str:
 
 
 def partial_offset(key: str) -> Optional[int]:
-    """Offset in its segment of the commit LSN a partial's name holds."""
+    """Offset in its segment of the commit LSN a partial piece's name holds (a base
+    `..._skN.partial` or an increment `..._skN_START.delta`)."""
     name = key.rsplit("/", 1)[-1]
-    if not name.endswith(".partial"):
+    if not name.endswith((".partial", ".delta")):
         return None
-    parts = name[: -len(".partial")].split("_")
+    parts = name.rsplit(".", 1)[0].split("_")
     try:
         return int(parts[1], 16) % SEG
     except (IndexError, ValueError):
@@ -410,6 +441,8 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, data)")
+    ap.add_argument("--slow-segment", type=float, metavar="MINUTES",
+                    help="instead of the phases: one segment written at ~5 KB/s for MINUTES, then restored (GETs counted)")
     args = ap.parse_args()
     args.duration = args.duration or (12.0 if args.quick else 40.0)
     args.idle = args.idle or (30.0 if args.quick else 60.0)
@@ -422,9 +455,13 @@ def main() -> int:
     results: list[Result] = []
     try:
         bench.setup()
+        if args.slow_segment:
+            bench.slow_segment(args.slow_segment)
+            phases = []
         for ph in phases:
             results.append(bench.rate_phase(ph))
-        results.append(bench.idle_phase())
+        if phases:
+            results.append(bench.idle_phase())
     finally:
         bench.teardown()
         if results:

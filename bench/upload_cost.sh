@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/env.sh
 limit=900
-for a in "$@"; do [ "$a" = "--quick" ] && limit=360; done
+for a in "$@"; do [ "$a" = "--quick" ] && limit=360; [ "$a" = "--slow-segment" ] && limit=3000; done
 exec timeout -k 60 "$limit" test_runner/.venv/bin/python bench/upload_cost.py "$@"

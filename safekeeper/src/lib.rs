@@ -6,7 +6,8 @@
 //! enforces that no top-level modules import each other in a cycle):
 //! - [`wal`], [`pg`], [`telemetry`], [`failpoint`], [`hints`]: the WAL format and local store,
 //!   the PostgreSQL replication client, metric names, crash injection, advice for errors.
-//! - [`remote`]: the remote key layout and how to open object storage.
+//! - [`remote`]: the remote key layout and how to open object storage; [`object_format`]: the
+//!   bytes of every uploaded object; [`chain`]: partial versions as chains of pieces.
 //! - [`archive`]: reading an archive back (the recovery tooling's core).
 //! - [`cluster`]: one followed cluster: its follower thread and its manager task.
 //! - [`process`]: what exists once per `safekeeper run`: configuration, the cluster set, the
@@ -24,6 +25,7 @@
 #![warn(missing_debug_implementations)]
 
 pub(crate) mod archive;
+pub(crate) mod chain;
 pub(crate) mod cluster;
 pub mod cmd;
 pub(crate) mod failpoint;
@@ -32,5 +34,6 @@ pub(crate) mod http;
 pub mod pg;
 pub mod process;
 pub(crate) mod remote;
+pub(crate) mod object_format;
 pub(crate) mod telemetry;
 pub(crate) mod wal;

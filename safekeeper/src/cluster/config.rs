@@ -21,6 +21,8 @@ pub struct OffloadSettings {
     pub upload_parallelism: usize,
     pub partial_interval: Duration,
     pub local_retention: u64,
+    /// How uploaded objects are compressed.
+    pub compression: crate::object_format::Compression,
 }
 
 /// Knobs of the receive loop.

@@ -102,8 +102,11 @@ pub(crate) struct OffloadStatus {
     pub upload_failures: u64,
     pub full_uploaded: u64,
     pub partial_uploaded: u64,
-    /// Bytes sent by finished uploads (full segments and partial versions) in this process.
+    /// Bytes sent by finished uploads (full segments and partial pieces, as stored: compressed)
+    /// in this process.
     pub bytes_uploaded: u64,
+    /// WAL bytes the follower wrote in this process: what `bytes_uploaded` is compared with.
+    pub wal_bytes: u64,
     pub gc_deleted: u64,
     /// Objects of this safekeeper that a listing found and the control file did not list
     /// (requests that landed after every bound): listed again, then collected or kept.

@@ -181,7 +181,7 @@ const GAUGES: [PerCluster; 15] = [
 ];
 
 /// Per-cluster counters, in the order they are rendered.
-const COUNTERS: [PerCluster; 5] = [
+const COUNTERS: [PerCluster; 6] = [
     (
         "safekeeper_reconnects_total",
         "Connection attempts after a failed replication session.",
@@ -201,6 +201,11 @@ const COUNTERS: [PerCluster; 5] = [
         "safekeeper_remote_objects_adopted_total",
         "Objects of this safekeeper found in the archive that the control file did not list.",
         |c| c.offload.objects_adopted as f64,
+    ),
+    (
+        "safekeeper_wal_bytes_total",
+        "WAL bytes written locally (compare with safekeeper_upload_bytes_total).",
+        |c| c.offload.wal_bytes as f64,
     ),
     (
         "safekeeper_disk_full_stalls_total",
@@ -438,6 +443,10 @@ safekeeper_gc_deleted_objects_total{cluster="o\"ther"} 0
 # TYPE safekeeper_remote_objects_adopted_total counter
 safekeeper_remote_objects_adopted_total{cluster="main"} 0
 safekeeper_remote_objects_adopted_total{cluster="o\"ther"} 0
+# HELP safekeeper_wal_bytes_total WAL bytes written locally (compare with safekeeper_upload_bytes_total).
+# TYPE safekeeper_wal_bytes_total counter
+safekeeper_wal_bytes_total{cluster="main"} 0
+safekeeper_wal_bytes_total{cluster="o\"ther"} 0
 # HELP safekeeper_disk_full_stalls_total Times ingest stalled on a full data directory.
 # TYPE safekeeper_disk_full_stalls_total counter
 safekeeper_disk_full_stalls_total{cluster="main"} 0

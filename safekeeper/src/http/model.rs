@@ -227,7 +227,13 @@ pub(crate) struct OffloadInfo {
     pub listed_objects: usize,
     pub full_uploaded: u64,
     pub partial_uploaded: u64,
+    /// Bytes sent to object storage (objects as stored, compressed) in this process.
     pub bytes_uploaded: u64,
+    /// WAL bytes written locally in this process.
+    pub wal_bytes: u64,
+    /// `bytes_uploaded / wal_bytes`: what keeping the archive current costs per byte of WAL
+    /// (null before any WAL arrived).
+    pub upload_amplification: Option<f64>,
     pub upload_failures: u64,
     pub gc_deleted: u64,
     /// Objects of this safekeeper found in the archive that the control file did not list

@@ -137,6 +137,9 @@ fn detail(e: &Arc<ClusterEntry>) -> ClusterDetail {
             full_uploaded: offload.full_uploaded,
             partial_uploaded: offload.partial_uploaded,
             bytes_uploaded: offload.bytes_uploaded,
+            wal_bytes: offload.wal_bytes,
+            upload_amplification: (offload.wal_bytes > 0)
+                .then(|| offload.bytes_uploaded as f64 / offload.wal_bytes as f64),
             upload_failures: offload.upload_failures,
             gc_deleted: offload.gc_deleted,
             objects_adopted: offload.objects_adopted,

@@ -25,6 +25,7 @@ fn app_with(auth: Auth, dir: &std::path::Path) -> (Router, utoipa::openapi::Open
             upload_parallelism: 1,
             partial_interval: Duration::from_secs(10),
             local_retention: 1 << 30,
+            compression: Default::default(),
         },
         ingest: IngestOptions {
             status_interval: Duration::from_secs(10),

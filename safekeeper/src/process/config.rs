@@ -97,8 +97,9 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_UPLOAD_PARALLELISM", value_name = "N")]
     pub upload_parallelism: Option<usize>,
 
-    /// How often the segment being written is uploaded as a partial object while WAL arrives: how
-    /// far the archive may trail the newest commit (default 10s, at least 100ms).
+    /// How far the archive may trail the newest commit while WAL arrives: the segment being
+    /// written is uploaded (its new bytes, as an increment) when its oldest byte not yet remote
+    /// is this old (default 1s, at least 100ms).
     #[arg(long, env = "SAFEKEEPER_PARTIAL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub partial_interval: Option<Duration>,
 
@@ -106,6 +107,11 @@ pub struct RunArgs {
     /// when the disk runs short (see "Disk space" in the README) (default 1GiB).
     #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
     pub local_retention: Option<u64>,
+
+    /// How uploaded objects are compressed: `zstd` (level 3), `zstd:LEVEL` (1-22) or `none`
+    /// (default zstd). Restore reads every setting, and objects written before compression existed.
+    #[arg(long, env = "SAFEKEEPER_COMPRESSION", value_name = "CODEC", value_parser = crate::object_format::Compression::parse)]
+    pub compression: Option<crate::object_format::Compression>,
 
     /// How log lines are written on stderr: `text` for people, `json` for log shippers (one
     /// object per line; the cluster, LSNs and error are fields) (default text).
@@ -135,6 +141,7 @@ struct FileConfig {
     partial_interval: Option<Duration>,
     #[serde(default, deserialize_with = "bytes_opt")]
     local_retention: Option<u64>,
+    compression: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default)]
@@ -255,16 +262,25 @@ fn resolve_offload(args: &RunArgs, file: &FileConfig) -> Result<OffloadSettings>
         "--upload-parallelism must be between 1 and 64"
     );
     let partial_interval =
-        Setting::new(&args.partial_interval, &file.partial_interval).or(Duration::from_secs(10));
+        Setting::new(&args.partial_interval, &file.partial_interval).or(Duration::from_secs(1));
     ensure!(
         partial_interval >= Duration::from_millis(100),
         "--partial-interval must be at least 100ms"
     );
     let local_retention = Setting::new(&args.local_retention, &file.local_retention).or(1 << 30);
+    let from_file = match &file.compression {
+        Some(s) => Some(
+            crate::object_format::Compression::parse(s)
+                .map_err(|e| anyhow::anyhow!("config file: compression: {e}"))?,
+        ),
+        None => None,
+    };
+    let compression = Setting::new(&args.compression, &from_file).or(Default::default());
     Ok(OffloadSettings {
         upload_parallelism,
         partial_interval,
         local_retention,
+        compression,
     })
 }
 
@@ -428,7 +444,7 @@ mod tests {
         assert!(c.remote.starts_with("file:///"));
         assert!(c.remote.ends_with("/.safekeeper/remote"));
         assert_eq!(c.offload.upload_parallelism, 4);
-        assert_eq!(c.offload.partial_interval, Duration::from_secs(10));
+        assert_eq!(c.offload.partial_interval, Duration::from_secs(1));
         assert_eq!(c.offload.local_retention, 1 << 30);
     }
 

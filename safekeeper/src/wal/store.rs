@@ -497,26 +497,28 @@ pub(crate) fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<L
     Ok(out)
 }
 
-/// Reads the first `len` bytes of segment `segno` of `timeline` from a WAL directory, from the
-/// completed file or, while it is still being written, from its `.partial`. Bytes below the flush
-/// LSN are never rewritten, so reading them while the follower appends is safe.
-pub(crate) fn read_segment_prefix(
+/// Reads `len` bytes at byte `offset` of local segment `segno` (the `.partial` file while it is
+/// being written, else the completed one): the content of a partial piece or a full segment.
+pub(crate) fn read_segment_range(
     dir: &Path,
     timeline: u32,
     segno: u64,
     seg_size: u32,
+    offset: u64,
     len: usize,
 ) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
     let name = segment_file_name(timeline, segno, seg_size);
     let full = dir.join(&name);
     let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
     // The .partial may be renamed to the full name between the two attempts: try full last too.
-    let mut file = File::open(&partial)
+    let file = File::open(&partial)
         .or_else(|_| File::open(&full))
         .with_context(|| format!("cannot open local WAL segment {name} in {}", dir.display()))?;
     let mut buf = vec![0u8; len];
-    file.read_exact(&mut buf)
-        .with_context(|| format!("cannot read {len} bytes of local WAL segment {name}"))?;
+    file.read_exact_at(&mut buf, offset).with_context(|| {
+        format!("cannot read {len} bytes at offset {offset} of local WAL segment {name}")
+    })?;
     Ok(buf)
 }
 

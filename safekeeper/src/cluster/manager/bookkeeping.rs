@@ -5,11 +5,14 @@
 //! (`bookkeeping/model.rs`) drives them through every interleaving of uploads, lost responses,
 //! late requests, GC and crashes.
 //!
-//! Versions. All partial entries of a control file are this safekeeper's own. Two versions of one
-//! segment and timeline are ordered by `(term, commit LSN)`: terms order one safekeeper's own
-//! history (a newer term's WAL replaces an older one's from its start on), and within a term a
-//! higher commit LSN holds more of the same WAL. A version is *superseded* when the segment's
-//! full object is recorded or a higher version of the same segment is `Uploaded`.
+//! Versions and pieces. All partial entries of a control file are this safekeeper's own, each a
+//! *piece* holding `[start_lsn, commit_lsn)` of one segment (`chain.rs`). Pieces of one segment
+//! and timeline are ordered by their version `(term, commit LSN)`: terms order one safekeeper's
+//! own history (a newer term's WAL replaces an older one's from its start on), and within a term
+//! a higher commit LSN holds more of the same WAL. The segment's *best* version is the highest
+//! `(term, end)` that `Uploaded` pieces chain to from the segment start ([`best_uploaded`]); a
+//! piece is *superseded* when the segment's full object is recorded, or when it is not on the
+//! best version's chain and its own version is not above the best's.
 //!
 //! Invariants, each kept by one function here:
 //! - (a) An object exists remotely only if the control file lists it (or it is a full segment or
@@ -22,13 +25,17 @@
 //! - (b) The archive's end of WAL never decreases: only superseded versions are deleted
 //!   ([`deletable`]), and the best version of a segment is superseded only by a higher one that
 //!   is `Uploaded` or by the full segment.
-//! - (c) A partial is never uploaded at or below a version that may exist: [`may_upload`] admits
+//! - (c) A partial is never uploaded at or below a version that may exist: [`plan_piece`] admits
 //!   only a version above every listed one (or a retry of the listed best, same name and bytes).
+//! - (d) A restore never needs more than [`MAX_CHAIN`] pieces: new pieces extend or shorten the
+//!   best chain of their term ([`crate::chain::next_start`]), and only pieces off it are deleted.
 
 use std::collections::{HashMap, HashSet};
 
 use control_file::names::PartialName;
 use control_file::{ClusterState, Lsn, ObjectStatus, PartialObject};
+
+use crate::chain::{Chain, MAX_CHAIN, Tiered, best_chain, next_start};
 
 #[cfg(test)]
 mod model;
@@ -42,50 +49,96 @@ fn same_segment(a: &PartialName, b: &PartialName) -> bool {
     a.timeline == b.timeline && a.segno == b.segno
 }
 
-/// True when the segment's full object is recorded or a higher version is `Uploaded`.
+/// This safekeeper's best version of the segment of `name` over its `Uploaded` pieces: the
+/// highest `(term, end)` they chain to from the segment start, with the chain.
+pub(super) fn best_uploaded<'a>(st: &'a ClusterState, name: &PartialName) -> Option<Chain<'a>> {
+    let seg_start = Lsn::from_segment(name.segno, st.wal_segment_size);
+    let uploaded = || {
+        st.remote
+            .partials
+            .iter()
+            .filter(|p| p.status == ObjectStatus::Uploaded && same_segment(&p.name, name))
+            .map(|p| &p.name)
+    };
+    let mut terms: Vec<u64> = uploaded().map(|p| p.term).collect();
+    terms.sort_unstable();
+    terms.dedup();
+    // The highest term with a chain wins (a newer term replaces an older one's WAL).
+    terms.into_iter().rev().find_map(|term| {
+        best_chain(uploaded().filter(|p| p.term == term), seg_start)
+    })
+}
+
+/// True when the segment's full object is recorded, or `name` is off the best version's chain
+/// and not above it (see the module doc).
 pub(super) fn superseded(st: &ClusterState, name: &PartialName) -> bool {
-    st.remote.contains_full_segment(name.timeline, name.segno)
-        || st.remote.partials.iter().any(|p| {
-            p.status == ObjectStatus::Uploaded
-                && same_segment(&p.name, name)
-                && version(&p.name) > version(name)
-        })
-}
-
-/// What to do with a candidate version (invariant (c)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum UploadVerdict {
-    /// Above every listed version: upload it.
-    Upload,
-    /// The listed best, `InProgress` (its PUT failed or was cut off): upload the same bytes again.
-    Retry,
-    /// Already `Uploaded`: nothing to do.
-    AlreadyUploaded,
-    /// At or below a listed version, or the full segment is recorded: never.
-    Below,
-}
-
-/// Whether version `name` may be uploaded now (invariant (c)).
-pub(super) fn may_upload(st: &ClusterState, name: &PartialName) -> UploadVerdict {
     if st.remote.contains_full_segment(name.timeline, name.segno) {
-        return UploadVerdict::Below;
+        return true;
     }
-    let best = st
+    let Some(best) = best_uploaded(st, name) else {
+        return false;
+    };
+    let term = best.pieces.first().map(|p| p.term).unwrap_or(0);
+    !best.pieces.iter().any(|p| *p == name) && version(name) <= (term, best.end)
+}
+
+/// The next piece to upload for the WAL up to `base.commit_lsn` of term `base.term` (its segment
+/// is `base`'s), with its merge level; `None` when nothing may or need be uploaded. A retry of the
+/// listed best when it is `InProgress` at exactly this version (same name, same bytes);
+/// otherwise a piece above every listed version, extending this term's best chain
+/// ([`next_start`]: an increment, or a merge of low-level tail pieces when the chain is full),
+/// or a base when the term has no chain in this segment. `max_chain` is [`MAX_CHAIN`] in the
+/// service.
+pub(super) fn plan_piece(
+    st: &ClusterState,
+    base: &PartialName,
+    max_chain: usize,
+) -> Option<(PartialName, u8)> {
+    if st.remote.contains_full_segment(base.timeline, base.segno) {
+        return None;
+    }
+    let top = st
         .remote
         .partials
         .iter()
-        .filter(|p| same_segment(&p.name, name))
+        .filter(|p| same_segment(&p.name, base))
         .max_by_key(|p| version(&p.name));
-    match best {
-        None => UploadVerdict::Upload,
-        Some(b) if version(name) > version(&b.name) => UploadVerdict::Upload,
-        Some(b) if b.name == *name => match b.status {
-            ObjectStatus::Uploaded => UploadVerdict::AlreadyUploaded,
-            ObjectStatus::InProgress => UploadVerdict::Retry,
-            ObjectStatus::Deleting => UploadVerdict::Below,
-        },
-        Some(_) => UploadVerdict::Below,
+    if let Some(t) = top {
+        if version(&t.name) == version(base) {
+            return (t.status == ObjectStatus::InProgress).then(|| (t.name.clone(), t.level));
+        }
+        if version(&t.name) > version(base) {
+            return None;
+        }
     }
+    let mut name = base.clone();
+    let mut level = 0;
+    if let Some(chain) = best_uploaded(st, base).filter(|c| {
+        c.pieces.first().is_some_and(|p| p.term == base.term) && c.end < base.commit_lsn
+    }) {
+        let level_of = |n: &PartialName| {
+            st.remote
+                .partials
+                .iter()
+                .find(|p| p.name == *n)
+                .map_or(0, |p| p.level)
+        };
+        let tiered: Vec<Tiered<'_>> = chain
+            .pieces
+            .iter()
+            .map(|p| Tiered {
+                piece: p,
+                level: level_of(p),
+            })
+            .collect();
+        (name.start_lsn, level) = next_start(&tiered, max_chain);
+    }
+    Some((name, level))
+}
+
+/// [`plan_piece`] with the service's chain bound.
+pub(super) fn plan_next_piece(st: &ClusterState, base: &PartialName) -> Option<(PartialName, u8)> {
+    plan_piece(st, base, MAX_CHAIN)
 }
 
 /// Step 2 of the partial protocol: `entry` is listed `InProgress` before its PUT.
@@ -95,24 +148,30 @@ pub(super) fn record_intent(st: &mut ClusterState, entry: PartialObject) {
 }
 
 /// Step 3: the PUT of `name` succeeded. It becomes `Uploaded` — or `Deleting` when something
-/// superseded it meanwhile (the full segment was recorded while it was in flight) — and every
-/// lower `Uploaded` version of the segment becomes `Deleting`. Lower `InProgress` versions stay
-/// `InProgress` (superseded, so deletable once quiet): `Deleting` always means "its PUT
-/// completed", so no request of a previous process can still write it ([`RequestLedger::new`]).
+/// superseded it meanwhile (the full segment was recorded while it was in flight, or a higher
+/// version landed) — and every `Uploaded` piece of the segment that the new best version no
+/// longer needs becomes `Deleting`. `InProgress` pieces stay `InProgress` (superseded, so
+/// deletable once quiet): `Deleting` always means "its PUT completed", so no request of a
+/// previous process can still write it ([`RequestLedger::new`]).
 pub(super) fn record_uploaded(st: &mut ClusterState, name: &PartialName) {
-    let status = if superseded(st, name) {
-        ObjectStatus::Deleting
-    } else {
-        ObjectStatus::Uploaded
-    };
     for p in st.remote.partials.iter_mut() {
         if p.name == *name {
-            p.status = status;
-        } else if status == ObjectStatus::Uploaded
-            && p.status == ObjectStatus::Uploaded
-            && same_segment(&p.name, name)
-            && version(&p.name) < version(name)
-        {
+            p.status = ObjectStatus::Uploaded;
+        }
+    }
+    let now_superseded: Vec<PartialName> = st
+        .remote
+        .partials
+        .iter()
+        .filter(|p| {
+            p.status == ObjectStatus::Uploaded
+                && same_segment(&p.name, name)
+                && superseded(st, &p.name)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    for p in st.remote.partials.iter_mut() {
+        if now_superseded.contains(&p.name) {
             p.status = ObjectStatus::Deleting;
         }
     }
@@ -139,8 +198,9 @@ pub(super) fn record_full_segments(st: &mut ClusterState) {
 }
 
 /// The entries GC may delete now: superseded (or already `Deleting`), and no request for their
-/// key can still land (`ledger`). An `InProgress` best version is never deleted: its object may
-/// be the archive's end (invariant (b)); it stays until a higher version is `Uploaded`.
+/// key can still land (`ledger`). An `InProgress` piece above the best version is never deleted:
+/// its object may be the archive's end (invariant (b)); it stays until a version at or above it
+/// is `Uploaded`. Pieces on the best version's chain are never deleted.
 pub(super) fn deletable<T: Ord + Copy>(
     st: &ClusterState,
     ledger: &RequestLedger<T>,
@@ -180,6 +240,7 @@ pub(super) fn adopt_listed(
             status: ObjectStatus::InProgress,
             size: *size,
             crc32c: 0,
+            level: 0,
         });
         adopted.push(name.clone());
     }
@@ -187,16 +248,18 @@ pub(super) fn adopt_listed(
 }
 
 /// The end of the WAL the archive holds without a hole: the full segments below `backup_lsn`,
-/// then the newest `Uploaded` version of the segment that starts there. A partial of a later
+/// then the best `Uploaded` version of the segment that starts there. A partial of a later
 /// segment does not count while the segment before it is not up in full (its tail is nowhere).
 pub(super) fn remote_end(st: &ClusterState) -> Lsn {
     let segno = st.backup_lsn.segment_number(st.wal_segment_size);
-    st.remote
+    let probe = st
+        .remote
         .partials
         .iter()
-        .filter(|p| p.status == ObjectStatus::Uploaded && p.name.segno == segno)
-        .map(|p| p.name.commit_lsn)
-        .fold(st.backup_lsn, Lsn::max)
+        .find(|p| p.status == ObjectStatus::Uploaded && p.name.segno == segno);
+    probe
+        .and_then(|p| best_uploaded(st, &p.name))
+        .map_or(st.backup_lsn, |c| c.end.max(st.backup_lsn))
 }
 
 /// Which keys may still be written by a request this process sent or inherited, generic over
@@ -218,6 +281,10 @@ pub(super) struct RequestLedger<T> {
     /// `inherited_until` (start + grace) on.
     inherited: HashSet<PartialName>,
     inherited_until: T,
+    /// Keys that were inherited or had a request end without a clear answer, until deleted:
+    /// only their deletes need a listing after the grace (`audit.rs`); a key whose every request
+    /// answered clearly cannot come back after its delete.
+    doubtful: HashSet<PartialName>,
 }
 
 impl<T: Ord + Copy> RequestLedger<T> {
@@ -237,6 +304,7 @@ impl<T: Ord + Copy> RequestLedger<T> {
         RequestLedger {
             running: HashSet::new(),
             unsettled: HashMap::new(),
+            doubtful: inherited.clone(),
             inherited,
             inherited_until,
         }
@@ -252,6 +320,7 @@ impl<T: Ord + Copy> RequestLedger<T> {
     pub(super) fn ended(&mut self, key: &PartialName, settled: bool, until: T) {
         self.running.remove(key);
         if !settled {
+            self.doubtful.insert(key.clone());
             let e = self.unsettled.entry(key.clone()).or_insert(until);
             *e = (*e).max(until);
         }
@@ -262,6 +331,17 @@ impl<T: Ord + Copy> RequestLedger<T> {
         !self.running.contains(key)
             && (now >= self.inherited_until || !self.inherited.contains(key))
             && self.unsettled.get(key).is_none_or(|t| now >= *t)
+    }
+
+    /// True when a request for `key` may have landed unseen (see `doubtful`).
+    pub(super) fn doubtful(&self, key: &PartialName) -> bool {
+        self.doubtful.contains(key)
+    }
+
+    /// `key` was deleted: nothing more to remember about it.
+    pub(super) fn forget(&mut self, key: &PartialName) {
+        self.doubtful.remove(key);
+        self.inherited.remove(key);
     }
 
     /// Forget keys that are quiet for good (bounded memory).

@@ -10,9 +10,12 @@
 //!   a superset of what exists remotely; the segments are audited again after the grace.
 //! - At most one delete runs at a time; every GC request is answered (with the deleted names,
 //!   nothing, or the error).
+//! - Deletes are batched: a pass starts at most every [`GC_SPACING`] unless asked for (admin
+//!   API, shutdown), so superseded pieces of many uploads and segments go in one request and
+//!   deletes never double the request count of the uploads.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use control_file::ObjectStatus;
@@ -22,10 +25,15 @@ use tokio::sync::oneshot;
 use super::bookkeeping::{deletable, record_deleted};
 use super::{Manager, TaskDone};
 
+/// Least time between two GC passes nobody asked for (see the invariants).
+pub(super) const GC_SPACING: Duration = Duration::from_secs(10);
+
 /// The GC pass: whether one runs, who waits for it, and whether another is due.
 pub(super) struct Gc {
     /// Names being deleted now: set by `start_gc`, cleared by `finish_gc`.
     pub(super) in_flight: Option<Vec<String>>,
+    /// When the last pass that deleted something started: set by `start_gc`; reset at shutdown.
+    pub(super) last_started: Option<Instant>,
     /// Admin requests (`GcNow`) answered by the pass that finishes next: pushed by
     /// `handle_command`, drained by `start_gc` (nothing to delete) or `finish_gc`.
     pub(super) waiters: Vec<oneshot::Sender<Result<Vec<String>>>>,
@@ -37,11 +45,16 @@ pub(super) struct Gc {
 impl Manager {
     /// GC (step 4): deletes `Deleting` entries and `InProgress` ones with no upload in flight.
     pub(super) fn start_gc(&mut self) {
-        self.gc.wanted = false;
-        if self.gc.in_flight.is_some() {
+        let now = Instant::now();
+        let spaced = self
+            .gc
+            .last_started
+            .is_none_or(|t| now.saturating_duration_since(t) >= GC_SPACING);
+        if self.gc.in_flight.is_some() || (!spaced && self.gc.waiters.is_empty()) {
+            // Due again later (the task loop asks on every turn while `wanted`).
             return;
         }
-        let now = Instant::now();
+        self.gc.wanted = false;
         self.ledger.prune(now);
         let Ok(st) = self.state() else {
             for w in self.gc.waiters.drain(..) {
@@ -76,6 +89,7 @@ impl Manager {
             return;
         };
         self.gc.in_flight = Some(names.clone());
+        self.gc.last_started = Some(now);
         let cancel = self.storage_cancel.clone();
         self.tasks.spawn(async move {
             let result = o.delete(&names, &cancel).await;
@@ -105,8 +119,14 @@ impl Manager {
                             .collect()
                     })
                     .unwrap_or_default();
-                // A request that outlived every bound could bring a version back: look again.
-                self.audit.after_grace(deleted.iter(), Instant::now());
+                // A request that outlived every bound could bring a version back: look again
+                // where a request ended without a clear answer (or a previous process's might).
+                let doubtful: Vec<&PartialName> =
+                    deleted.iter().filter(|n| self.ledger.doubtful(n)).collect();
+                self.audit.after_grace(doubtful.into_iter(), Instant::now());
+                for n in &deleted {
+                    self.ledger.forget(n);
+                }
                 let r = self.update(Box::new(move |s| {
                     record_deleted(s, &deleted);
                     s.remote

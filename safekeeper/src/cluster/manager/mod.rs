@@ -117,7 +117,8 @@ enum TaskDone {
     },
     Partial {
         name: PartialName,
-        result: Result<()>,
+        /// Bytes sent.
+        result: Result<u64>,
     },
     History {
         timeline: TimelineId,
@@ -260,6 +261,7 @@ impl Manager {
             },
             gc: Gc {
                 in_flight: None,
+                last_started: None,
                 waiters: Vec::new(),
                 wanted: true,
             },
@@ -276,8 +278,6 @@ impl Manager {
         persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut progress_tick = interval(PROGRESS_SAMPLE);
         progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut partial_tick = interval(self.wiring.settings.partial_interval);
-        partial_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut follower_running = true;
         self.schedule();
         while follower_running {
@@ -304,7 +304,6 @@ impl Manager {
                     // Superseded versions wait for their keys to be quiet (`gc.rs`): look again.
                     self.gc.wanted = true;
                 }
-                _ = partial_tick.tick(), if !cancel.is_cancelled() => self.start_partial().await,
                 _ = sleep_until(retry_at.into()), if self.retry.at.is_some() => {
                     self.retry.at = None;
                 }
@@ -313,7 +312,8 @@ impl Manager {
             let held = !self.partial.waiters.is_empty()
                 && self.partial.in_flight.is_none()
                 && self.partial_uploads_ready();
-            if std::mem::take(&mut self.partial.kick) || held {
+            let due = !cancel.is_cancelled() && self.partial_due(Instant::now());
+            if std::mem::take(&mut self.partial.kick) || held || due {
                 self.start_partial().await;
                 self.answer_idle_partial_waiters();
             }
@@ -371,6 +371,7 @@ impl Manager {
         }
         let p = self.io.progress.borrow_and_update();
         let progress = &mut self.progress;
+        let was_live = progress.live;
         progress.live |= p.local_end_checked;
         if p.timeline.is_some() && p.timeline != progress.timeline {
             // A new timeline may start below the old end (a fork): take its LSNs as they are.
@@ -381,8 +382,16 @@ impl Manager {
             }
             return;
         }
+        let wrote = p.flush_lsn.0.saturating_sub(progress.flush_lsn.0);
         progress.flush_lsn = progress.flush_lsn.max(p.flush_lsn);
         progress.commit_lsn = progress.commit_lsn.max(p.commit_lsn);
+        drop(p);
+        if wrote > 0 && was_live {
+            self.io.offload_tx.send_modify(|o| o.wal_bytes += wrote);
+        }
+        let commit = self.progress.commit_lsn.min(self.progress.flush_lsn);
+        let seg_size = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
+        self.note_commit_progress(commit, seg_size, Instant::now());
     }
 
     fn handle_request(&mut self, req: ControlRequest) {
@@ -488,6 +497,8 @@ impl Manager {
                     cluster: self.wiring.cluster.clone(),
                     wal_dir: self.wiring.wal_dir.clone(),
                     seg_size: st.wal_segment_size,
+                    compression: self.wiring.settings.compression,
+                    head_below: st.flush_lsn.segment_number(st.wal_segment_size) + 1,
                 });
             }
         }
@@ -580,6 +591,7 @@ impl Manager {
             }
             // Leave no superseded version behind on a clean stop.
             if self.gc.wanted {
+                self.gc.last_started = None;
                 self.start_gc();
                 while let Some(done) = self.tasks.join_next().await {
                     self.on_task_done(done);

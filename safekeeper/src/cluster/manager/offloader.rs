@@ -6,13 +6,17 @@
 //! cluster's manager (`cluster::manager`), which is the only caller.
 //!
 //! Invariants kept here:
-//! - A full segment object is exactly the 16 MiB (wal_segment_size) local file; a partial object
-//!   is exactly the WAL bytes `[segment start, commit_lsn)`: its content is a function of its name,
-//!   so a retried upload rewrites identical bytes.
-//! - Every object carries its crc32c (verified by the storage on put) and the tag
-//!   `safekeeper-kind=full|partial|history`.
-//! - An upload of a full segment that already exists with the same size and crc32c is skipped:
-//!   uploads are idempotent and a restart does not re-send the archive.
+//! - Every object is encoded by `object_format` (header, zstd or plain payload, crc32c of the
+//!   WAL bytes). A full segment object decodes to exactly the wal_segment_size local file; a
+//!   partial piece to exactly the WAL bytes `[start_lsn, commit_lsn)` of its name: its WAL content
+//!   is a function of its name, so a retried upload rewrites identical bytes.
+//! - Every object carries the crc32c of its stored bytes (verified by the storage on put) and the
+//!   tag `safekeeper-kind=full|partial|history`.
+//! - No request but the PUT on the hot path: a full segment that an earlier process may have
+//!   uploaded (at or below the flush LSN recorded at start) is checked with a HEAD first and
+//!   skipped when identical, so a restart does not re-send the archive; later ones are new by
+//!   construction (recorded segments are never scheduled again).
+//! - Compression runs on the blocking pool, never on the manager's task.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,13 +29,17 @@ use remote_storage::{ErrorKind, PutOptions, PutPayload, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::object_format::{Compression, encode};
 use crate::remote::{KIND_TAG, history_key, partial_key, segment_key};
-use crate::wal::store::read_segment_prefix;
+use crate::wal::store::read_segment_range;
 
 /// What an upload did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Uploaded {
+    /// Bytes sent (the encoded object), 0 when skipped.
     pub bytes: u64,
+    /// WAL (or history) bytes the object holds.
+    pub wal_bytes: u64,
     pub crc32c: u32,
     /// The identical object was already there.
     pub skipped: bool,
@@ -44,6 +52,22 @@ pub(super) struct Offloader {
     pub cluster: String,
     pub wal_dir: PathBuf,
     pub seg_size: u32,
+    pub compression: Compression,
+    /// Full segments below this number may have been uploaded by an earlier process (they are
+    /// at or below the flush LSN recorded when this offloader was made): checked with a HEAD
+    /// first. Above it, every segment is new (see the invariants).
+    pub head_below: u64,
+}
+
+/// `data` encoded on the blocking pool, with the crc32c of the encoded bytes.
+async fn encode_blocking(data: Bytes, compression: Compression) -> Result<(Bytes, u32)> {
+    tokio::task::spawn_blocking(move || {
+        let obj = encode(&data, &compression);
+        let crc = crc32c::crc32c(&obj);
+        (obj, crc)
+    })
+    .await
+    .context("encode task failed")
 }
 
 fn options(kind: &str, crc32c: u32) -> PutOptions {
@@ -73,40 +97,48 @@ impl Offloader {
             path.display(),
             data.len()
         );
-        let crc = crc32c::crc32c(&data);
+        let wal_crc = crc32c::crc32c(&data);
         let key = segment_key(&self.cluster, timeline, segno, seg_size);
-        match self.storage.head(&key, cancel).await {
-            Ok(meta) if meta.size == u64::from(seg_size) && meta.crc32c == Some(crc) => {
-                debug!(segment = %name, "identical full segment already uploaded");
-                return Ok(Uploaded {
-                    bytes: data.len() as u64,
-                    crc32c: crc,
-                    skipped: true,
-                });
+        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        if segno < self.head_below {
+            match self.storage.head(&key, cancel).await {
+                Ok(meta) if meta.size == obj.len() as u64 && meta.crc32c == Some(obj_crc) => {
+                    debug!(segment = %name, "identical full segment already uploaded");
+                    return Ok(Uploaded {
+                        bytes: 0,
+                        wal_bytes: u64::from(seg_size),
+                        crc32c: wal_crc,
+                        skipped: true,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot check {key}")),
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot check {key}")),
         }
-        let opts = options("full", crc);
+        let sent = obj.len() as u64;
+        let opts = options("full", obj_crc);
         self.storage
-            .put(&key, PutPayload::Bytes(data), &opts, cancel)
+            .put(&key, PutPayload::Bytes(obj), &opts, cancel)
             .await
             .with_context(|| format!("cannot upload full segment {name}"))?;
-        info!(segment = %name, elapsed_ms = started.elapsed().as_millis() as u64, "uploaded full segment");
+        info!(segment = %name, bytes = sent, elapsed_ms = started.elapsed().as_millis() as u64, "uploaded full segment");
         Ok(Uploaded {
-            bytes: u64::from(seg_size),
-            crc32c: crc,
+            bytes: sent,
+            wal_bytes: u64::from(seg_size),
+            crc32c: wal_crc,
             skipped: false,
         })
     }
 
-    /// Reads the content of partial version `name` from local WAL: `[segment start, commit_lsn)`.
-    pub(super) async fn read_partial(&self, name: &PartialName) -> Result<(Bytes, u32)> {
+    /// Reads the WAL of piece `name` from local WAL: `[start_lsn, commit_lsn)`, with its crc32c.
+    pub(super) async fn read_piece(&self, name: &PartialName) -> Result<(Bytes, u32)> {
         let (dir, seg_size, name) = (self.wal_dir.clone(), self.seg_size, name.clone());
         tokio::task::spawn_blocking(move || {
-            let len = name.size(seg_size) as usize;
-            let data = read_segment_prefix(&dir, name.timeline, name.segno, seg_size, len)?;
+            let offset = name.start_lsn.segment_offset(seg_size);
+            let len = (name.commit_lsn.0 - name.start_lsn.0) as usize;
+            let data =
+                read_segment_range(&dir, name.timeline, name.segno, seg_size, offset, len)?;
             let crc = crc32c::crc32c(&data);
             Ok((Bytes::from(data), crc))
         })
@@ -114,24 +146,25 @@ impl Offloader {
         .context("partial read task failed")?
     }
 
-    /// Uploads a partial version whose content was read by [`Offloader::read_partial`].
+    /// Uploads a piece whose WAL was read by [`Offloader::read_piece`]; returns the bytes sent.
     pub(super) async fn upload_partial(
         &self,
         name: &PartialName,
         data: Bytes,
-        crc32c: u32,
         cancel: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let started = Instant::now();
         let key = partial_key(&self.cluster, name, self.seg_size);
-        let bytes = data.len();
-        let opts = options("partial", crc32c);
+        let wal_bytes = data.len();
+        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        let sent = obj.len() as u64;
+        let opts = options("partial", obj_crc);
         self.storage
-            .put(&key, PutPayload::Bytes(data), &opts, cancel)
+            .put(&key, PutPayload::Bytes(obj), &opts, cancel)
             .await
             .with_context(|| format!("cannot upload partial segment {key}"))?;
-        info!(object = %key, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "uploaded partial segment");
-        Ok(())
+        info!(object = %key, wal_bytes, bytes = sent, elapsed_ms = started.elapsed().as_millis() as u64, "uploaded partial segment");
+        Ok(sent)
     }
 
     /// Uploads the local `<TLI>.history` file.
@@ -142,17 +175,20 @@ impl Offloader {
     ) -> Result<Uploaded> {
         let path = self.wal_dir.join(history_file_name(timeline));
         let data = read_whole(path).await?;
-        let crc = crc32c::crc32c(&data);
+        let wal_crc = crc32c::crc32c(&data);
+        let wal_bytes = data.len() as u64;
         let key = history_key(&self.cluster, timeline);
-        let opts = options("history", crc);
-        let bytes = data.len() as u64;
+        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        let bytes = obj.len() as u64;
+        let opts = options("history", obj_crc);
         self.storage
-            .put(&key, PutPayload::Bytes(data), &opts, cancel)
+            .put(&key, PutPayload::Bytes(obj), &opts, cancel)
             .await
             .with_context(|| format!("cannot upload history file {key}"))?;
         Ok(Uploaded {
             bytes,
-            crc32c: crc,
+            wal_bytes,
+            crc32c: wal_crc,
             skipped: false,
         })
     }

@@ -2,29 +2,40 @@
 //! object at least every `--partial-interval` while commits arrive, on an explicit request (admin
 //! API, the follower before a timeline switch or a gap), and once more at shutdown.
 //!
-//! A partial object holds exactly the WAL `[segment start, commit_lsn)` of one segment of one
-//! timeline; its name `SEGMENT_COMMITLSN_TERM_skID.partial` says which (`PartialName`), so its
-//! content is a function of its name and a retried PUT rewrites identical bytes. The control file
-//! lists every partial this safekeeper may have created, each `InProgress`, `Uploaded` or
+//! A partial *version* of a segment (`SEGMENT_COMMITLSN_TERM_skID.partial` in every listing) is
+//! stored as a chain of *pieces* (`chain.rs`): each upload sends only WAL the chain does not hold
+//! yet (an increment `[chain end, commit_lsn)`), or, when the chain is full, that plus a run of
+//! small tail pieces it replaces (a merge), or the whole prefix when the term has no chain in the
+//! segment yet (a base). Each piece's name says which WAL it holds (`PartialName`), so its WAL
+//! content is a function of its name and a retried PUT rewrites identical bytes. The control
+//! file lists every piece this safekeeper may have created, each `InProgress`, `Uploaded` or
 //! `Deleting`, and the control file is always written *before* the storage is touched, so it
 //! describes a superset of what exists remotely whatever the crash point.
+//!
+//! When: an upload is *due* (`partial_due`) when the oldest acknowledged byte of the segment being
+//! written that no upload covers is nearly `--partial-interval` old, unless the segment is about
+//! to complete (its full upload will cover it sooner, at a fraction of the cost); so about one PUT
+//! per interval while WAL arrives, none while it does not, none for a segment filled within
+//! the interval. Explicit requests (admin API, the follower before a timeline switch) and
+//! shutdown upload at once.
 //!
 //! The protocol, for one new version `N` of the segment holding `commit_lsn` (the decisions are
 //! the pure functions of `bookkeeping.rs`, which also states the invariants they keep):
 //! 0. Nothing before the follower published the local WAL end it checked in this process
 //!    (`progress.live`), and nothing before the first audit learned what the archive holds of
 //!    the newest segment (`audit.rs`).
-//! 1. Choose `N` (`start_partial`): the current timeline, segment and term of `commit_lsn`
-//!    (clamped to the flush LSN), this safekeeper's id. `N` is uploaded only when it is above
-//!    every listed version of its segment, or is the listed best still `InProgress` (a retry of
-//!    identical bytes): never at a segment boundary, never when the segment's full object is
-//!    recorded, never before the timeline's history file is up.
+//! 1. Choose `N` (`start_partial`, `bookkeeping::plan_piece`): the current timeline, segment and
+//!    term of `commit_lsn` (clamped to the flush LSN), this safekeeper's id, and where the piece
+//!    starts. `N` is uploaded only when it is above every listed version of its segment, or is
+//!    the listed best still `InProgress` (a retry of identical bytes): never at a segment
+//!    boundary, never when the segment's full object is recorded, never before the timeline's
+//!    history file is up.
 //! 2. Persist the intent: `N` is listed `InProgress` (with its size and crc32c) in the control
 //!    file, then the PUT starts. At most one partial upload runs at a time (`in_flight`), and the
 //!    request ledger knows its key is being written.
 //! 3. On success (`finish_partial`), in one control file update: `N` becomes `Uploaded` (or
-//!    `Deleting` when the full segment was recorded meanwhile), and every lower version of the
-//!    segment becomes `Deleting`. On failure `N` stays `InProgress`: the object may exist and be
+//!    `Deleting` when the full segment was recorded meanwhile), and every `Uploaded` piece the
+//!    new best version's chain does not need becomes `Deleting`. On failure `N` stays `InProgress`: the object may exist and be
 //!    the archive's end; its key is not deleted before the grace for late requests passed.
 //! 4. GC (`gc.rs`) deletes superseded versions whose key no request can still write, and drops
 //!    them from the control file only once the delete succeeded.
@@ -45,7 +56,7 @@
 //! - The newest `Uploaded` partial (highest term, then commit LSN) is what `remote_lsn` and
 //!   `newest_partial` report.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use control_file::names::PartialName;
@@ -53,7 +64,7 @@ use control_file::{Lsn, ObjectStatus, PartialObject};
 use tokio::sync::oneshot;
 
 use super::audit::LATE_REQUEST_GRACE;
-use super::bookkeeping::{UploadVerdict, may_upload, record_intent, record_uploaded};
+use super::bookkeeping::{plan_next_piece, record_intent, record_uploaded};
 use super::history::history_uploaded;
 use super::{Manager, TaskDone};
 
@@ -69,7 +80,24 @@ pub(super) struct PartialUploads {
     /// The follower asked for an upload: set by `handle_request`, taken by the task loop, which
     /// then starts one.
     pub(super) kick: bool,
+    /// The end of the WAL the last started upload covers: set by `start_partial`.
+    pub(super) covered: Lsn,
+    /// When the acknowledged WAL first went past `covered` (or past the start of a new segment):
+    /// set by `note_commit_progress`, cleared when an upload covering it starts.
+    pub(super) pending_since: Option<Instant>,
+    /// Where and when the acknowledged WAL entered the segment being written, for the estimate of
+    /// when that segment completes: set by `note_commit_progress`.
+    pub(super) segment_entered: Option<(u64, Lsn, Instant)>,
 }
+
+/// An upload is due this much before the interval is up, so that with the sampling period and
+/// the PUT itself the archive trails the newest commit by about the interval.
+const DUE_EARLY: Duration = Duration::from_millis(100);
+/// A segment predicted to complete within this fraction of the interval gets no partial upload
+/// (its full upload covers the same bytes), unless its oldest pending byte is older than
+/// `interval * MAX_DEFER` already.
+const COMPLETES_SOON: f64 = 0.3;
+const MAX_DEFER: f64 = 1.2;
 
 impl Manager {
     /// Steps 1-2 of the partial protocol: choose the name, persist the intent, start the PUT.
@@ -90,21 +118,21 @@ impl Manager {
         if !history_uploaded(st, st.timeline) {
             return;
         }
-        let name = PartialName {
+        let base = PartialName {
             timeline: st.timeline,
             segno,
             commit_lsn: commit,
             term: st.term_at(Lsn(commit.0 - 1)),
             sk_id: self.wiring.sk_id,
+            start_lsn: Lsn::from_segment(segno, seg_size),
         };
-        match may_upload(st, &name) {
-            UploadVerdict::Upload | UploadVerdict::Retry => {}
-            UploadVerdict::AlreadyUploaded | UploadVerdict::Below => return,
-        }
+        let Some((name, level)) = plan_next_piece(st, &base) else {
+            return;
+        };
         let Some(o) = self.offloader.clone() else {
             return;
         };
-        let (data, crc) = match o.read_partial(&name).await {
+        let (data, crc) = match o.read_piece(&name).await {
             Ok(x) => x,
             Err(e) => {
                 self.note_failure("reading the partial segment", &e);
@@ -116,6 +144,7 @@ impl Manager {
             status: ObjectStatus::InProgress,
             size: data.len() as u64,
             crc32c: crc,
+            level,
         };
         if let Err(e) = self.update(Box::new(move |s| record_intent(s, entry))) {
             self.note_failure("recording a partial upload", &e);
@@ -125,32 +154,40 @@ impl Manager {
             "partial-after-intent"
         ));
         self.partial.in_flight = Some(name.clone());
+        self.partial.covered = commit;
+        self.partial.pending_since = None;
         self.ledger.started(&name);
         let cancel = self.storage_cancel.clone();
         self.tasks.spawn(async move {
-            let result = o.upload_partial(&name, data, crc, &cancel).await;
+            let result = o.upload_partial(&name, data, &cancel).await;
             TaskDone::Partial { name, result }
         });
     }
 
     /// Step 3 of the partial protocol: the new version is Uploaded, every lower one Deleting.
-    pub(super) fn finish_partial(&mut self, name: PartialName, result: Result<()>) {
+    pub(super) fn finish_partial(&mut self, name: PartialName, result: Result<u64>) {
         self.partial.in_flight = None;
         // A failed PUT may still land (an attempt the client gave up on): its key is not
         // deleted before the grace has passed.
         let until = Instant::now() + LATE_REQUEST_GRACE;
         self.ledger.ended(&name, result.is_ok(), until);
         let seg = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
-        if let Err(e) = result {
-            let msg = format!("{e:#}");
+        let sent = match result {
+            Ok(sent) => sent,
+            Err(e) => {
+                let msg = format!("{e:#}");
             self.note_failure("partial upload", &e);
-            for w in self.partial.waiters.drain(..) {
-                let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+                for w in self.partial.waiters.drain(..) {
+                    let _ = w.send(Err(anyhow::anyhow!("{msg}")));
+                }
+                // The InProgress entry stays listed: the object may exist and be the archive's
+                // end. It is retried under the same name, or superseded by the next version; the
+                // WAL it was to cover is pending again.
+                self.partial.covered = name.start_lsn;
+                self.partial.pending_since.get_or_insert(Instant::now());
+                return;
             }
-            // The InProgress entry stays listed: the object may exist and be the archive's end.
-            // It is retried under the same name, or superseded by the next version.
-            return;
-        }
+        };
         fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
             "partial-after-put"
         ));
@@ -162,10 +199,9 @@ impl Manager {
                 fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
                     "partial-after-uploaded"
                 ));
-                let bytes = name.size(seg);
                 self.io.offload_tx.send_modify(|o| {
                     o.partial_uploaded += 1;
-                    o.bytes_uploaded += bytes;
+                    o.bytes_uploaded += sent;
                 });
                 // Superseded while in flight (the full segment was recorded): the answer is the
                 // newest version that stays.
@@ -176,7 +212,7 @@ impl Manager {
                         .any(|p| p.name == name && p.status == ObjectStatus::Uploaded)
                 });
                 let answer = if stays {
-                    Some(name.to_file_name(seg))
+                    Some(version_file_name(&name, seg))
                 } else {
                     self.newest_uploaded_partial()
                 };
@@ -226,10 +262,72 @@ impl Manager {
         })
     }
 
-    /// The object name of [`Manager::newest_uploaded_partial_entry`].
+    /// The version name (`…skID.partial`) of [`Manager::newest_uploaded_partial_entry`].
     pub(super) fn newest_uploaded_partial(&self) -> Option<String> {
         let seg = self.state().ok()?.wal_segment_size;
         self.newest_uploaded_partial_entry()
-            .map(|p| p.name.to_file_name(seg))
+            .map(|p| version_file_name(&p.name, seg))
     }
+
+    /// Takes in a new acknowledged end (from `on_progress`): WAL past what uploads cover becomes
+    /// pending, and entering a new segment restarts the completion estimate.
+    pub(super) fn note_commit_progress(&mut self, commit: Lsn, seg_size: u32, now: Instant) {
+        if commit == Lsn::INVALID || seg_size == 0 {
+            return;
+        }
+        let segno = commit.segment_number(seg_size);
+        let seg_start = Lsn::from_segment(segno, seg_size);
+        let p = &mut self.partial;
+        if p.segment_entered.is_none_or(|(s, _, _)| s != segno) {
+            p.segment_entered = Some((segno, commit, now));
+            p.pending_since = None;
+        }
+        let covered = if p.covered >= seg_start { p.covered } else { seg_start };
+        if commit > covered && p.pending_since.is_none() {
+            p.pending_since = Some(now);
+        }
+    }
+
+    /// Whether a partial upload is due now (see the module doc, "When").
+    pub(super) fn partial_due(&self, now: Instant) -> bool {
+        let Some(since) = self.partial.pending_since else {
+            return false;
+        };
+        if self.partial.in_flight.is_some() || self.retry.at.is_some_and(|t| t > now) {
+            return false;
+        }
+        let interval = self.wiring.settings.partial_interval;
+        let age = now.saturating_duration_since(since);
+        if age + DUE_EARLY < interval {
+            return false;
+        }
+        if age.as_secs_f64() >= interval.as_secs_f64() * MAX_DEFER {
+            return true;
+        }
+        !self.segment_completes_soon(now, interval)
+    }
+
+    /// The segment being written will be complete within `COMPLETES_SOON` of the interval, at
+    /// the rate the acknowledged WAL has been entering it.
+    fn segment_completes_soon(&self, now: Instant, interval: Duration) -> bool {
+        let (Some((segno, entered_at_lsn, entered)), Ok(st)) =
+            (self.partial.segment_entered, self.state())
+        else {
+            return false;
+        };
+        let commit = self.progress.commit_lsn;
+        let elapsed = now.saturating_duration_since(entered).as_secs_f64();
+        let written = commit.0.saturating_sub(entered_at_lsn.0) as f64;
+        if elapsed <= 0.0 || written <= 0.0 {
+            return false;
+        }
+        let end = Lsn::from_segment(segno + 1, st.wal_segment_size);
+        let remaining = end.0.saturating_sub(commit.0) as f64;
+        remaining / (written / elapsed) <= interval.as_secs_f64() * COMPLETES_SOON
+    }
+}
+
+/// The name every listing shows for the version a piece ends: `SEGMENT_COMMITLSN_TERM_skID.partial`.
+pub(super) fn version_file_name(piece: &PartialName, seg_size: u32) -> String {
+    piece.as_version(seg_size).to_file_name(seg_size)
 }

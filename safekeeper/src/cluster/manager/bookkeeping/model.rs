@@ -4,11 +4,17 @@
 //! are checked against what the storage really holds:
 //! - (a) every partial object that exists, and every PUT that may still land, is listed in the
 //!   durable control file; every full object is implied by the recorded flush LSN;
-//! - (b) the archive's end (its highest object) never decreases;
+//! - (b) the archive's end (what restore reaches: full segments, and partial versions whose pieces
+//!   chain from the segment start, `chain.rs`) never decreases, and no chain a restore would use
+//!   is longer than the writer's bound;
 //! - (c) no PUT starts at or below a version that exists (except a retry of the same name), and
 //!   none for a key that a delete may still hit;
 //! - an `Uploaded` entry always exists remotely;
-//! - after the storage settles, exactly the current version is left and every listed entry exists.
+//! - after the storage settles, exactly the pieces of the current version are left and every
+//!   listed entry exists.
+//!
+//! The chain bound is [`MODEL_CHAIN`] (3) instead of the service's 19, and a segment takes 16
+//! writes, so increments, merges and new bases all happen within a hundred steps.
 //!
 //! The model replays the manager's orchestration (`partial.rs`, `gc.rs`, `full.rs`, `audit.rs`)
 //! step by step with the same bookkeeping functions; time is a counter, and a request abandoned
@@ -26,19 +32,34 @@ use super::*;
 mod cases;
 
 const SEG: u32 = 1 << 20;
-const STEP: u64 = 256 << 10;
+const STEP: u64 = 64 << 10;
+const MODEL_CHAIN: usize = 3;
 const GRACE: u64 = 10;
 const SK: u64 = 1;
 
-/// A remote object: a partial version or a full segment.
+/// A remote object: a partial piece (segment, commit, term, start) or a full segment.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
-    Partial(u64, Lsn, u64),
+    Partial(u64, Lsn, u64, Lsn),
     Full(u64),
 }
 
 fn key(n: &PartialName) -> Key {
-    Key::Partial(n.segno, n.commit_lsn, n.term)
+    Key::Partial(n.segno, n.commit_lsn, n.term, n.start_lsn)
+}
+
+fn piece_of(k: &Key) -> Option<PartialName> {
+    match k {
+        Key::Partial(segno, commit, term, start) => Some(PartialName {
+            timeline: 1,
+            segno: *segno,
+            commit_lsn: *commit,
+            term: *term,
+            sk_id: SK,
+            start_lsn: *start,
+        }),
+        Key::Full(_) => None,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -200,19 +221,7 @@ impl World {
                 let listed = self
                     .remote
                     .keys()
-                    .filter_map(|k| match k {
-                        Key::Partial(segno, commit, term) => Some((
-                            PartialName {
-                                timeline: 1,
-                                segno: *segno,
-                                commit_lsn: *commit,
-                                term: *term,
-                                sk_id: SK,
-                            },
-                            0,
-                        )),
-                        Key::Full(_) => None,
-                    })
+                    .filter_map(|k| piece_of(k).map(|n| (n, 0)))
                     .collect();
                 self.p.listing = Some(listed);
             }
@@ -243,20 +252,21 @@ impl World {
         if commit.is_segment_start(SEG) {
             return;
         }
-        let name = PartialName {
+        let segno = commit.segment_number(SEG);
+        let base = PartialName {
             timeline: 1,
-            segno: commit.segment_number(SEG),
+            segno,
             commit_lsn: commit,
             term: self.st.term_at(Lsn(commit.0 - 1)),
             sk_id: SK,
+            start_lsn: Lsn::from_segment(segno, SEG),
         };
-        let verdict = may_upload(&self.st, &name);
-        if !matches!(verdict, UploadVerdict::Upload | UploadVerdict::Retry) {
+        let Some((name, level)) = plan_piece(&self.st, &base, MODEL_CHAIN) else {
             return;
-        }
+        };
         // (c): never at or below a version that exists, unless the very same name.
         for k in self.remote.keys() {
-            if let Key::Partial(segno, c, t) = k {
+            if let Key::Partial(segno, c, t, _) = k {
                 assert!(
                     *segno != name.segno
                         || (name.term, name.commit_lsn) > (*t, *c)
@@ -284,6 +294,7 @@ impl World {
                 status: ObjectStatus::InProgress,
                 size: 0,
                 crc32c: 0,
+                level,
             },
         );
         self.p.ledger.started(&name);
@@ -364,15 +375,17 @@ impl World {
         record_full_segments(&mut self.st);
     }
 
-    fn end(&self) -> Lsn {
-        self.remote
-            .keys()
-            .map(|k| match k {
-                Key::Partial(_, c, _) => *c,
-                Key::Full(s) => Lsn::from_segment(s + 1, SEG),
-            })
-            .max()
-            .unwrap_or(Lsn::INVALID)
+    /// What a restore reaches, and the longest chain it would use.
+    fn end(&self) -> (Lsn, usize) {
+        let pieces: Vec<PartialName> = self.remote.keys().filter_map(piece_of).collect();
+        let chains = crate::chain::best_chains(&pieces, SEG);
+        let full = self.remote.keys().filter_map(|k| match k {
+            Key::Full(s) => Some(Lsn::from_segment(s + 1, SEG)),
+            Key::Partial(..) => None,
+        });
+        let end = chains.values().map(|c| c.end).chain(full).max();
+        let longest = chains.values().map(|c| c.pieces.len()).max().unwrap_or(0);
+        (end.unwrap_or(Lsn::INVALID), longest)
     }
 
     fn check(&mut self) {
@@ -408,7 +421,12 @@ impl World {
                 );
             }
         }
-        let end = self.end();
+        let (end, longest) = self.end();
+        assert!(
+            longest <= MODEL_CHAIN,
+            "a restore would need {longest} pieces\n{}",
+            t()
+        );
         assert!(
             end >= self.end_seen,
             "(b) archive end {end} < {}\n{}",
@@ -451,21 +469,19 @@ impl World {
                 }
             }
         }
-        let partials: Vec<&Key> = self
-            .remote
-            .keys()
-            .filter(|k| matches!(k, Key::Partial(..)))
-            .collect();
+        let partials: Vec<PartialName> = self.remote.keys().filter_map(piece_of).collect();
         let t = self.trace.join("\n");
         if self.p.commit.is_segment_start(SEG) {
             assert!(partials.is_empty(), "left {partials:?}\n{t}");
         } else {
-            let want = Key::Partial(
-                self.p.commit.segment_number(SEG),
-                self.p.commit,
-                self.st.term_at(Lsn(self.p.commit.0 - 1)),
-            );
-            assert_eq!(partials, vec![&want], "left over\n{t}");
+            // Exactly the pieces of the current version: one chain, ending at the commit LSN.
+            let chains = crate::chain::best_chains(&partials, SEG);
+            assert_eq!(chains.len(), 1, "left {partials:?}\n{t}");
+            let chain = chains.values().next().expect("one chain");
+            assert_eq!(chain.end, self.p.commit, "left {partials:?}\n{t}");
+            assert_eq!(chain.pieces.len(), partials.len(), "left over {partials:?}\n{t}");
+            let term = self.st.term_at(Lsn(self.p.commit.0 - 1));
+            assert!(chain.pieces.iter().all(|p| p.term == term), "{t}");
         }
         assert_eq!(
             self.st.remote.partials.len(),
