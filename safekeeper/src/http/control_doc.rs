@@ -97,6 +97,9 @@ pub(crate) struct CfPartialName {
     pub commit_lsn: u64,
     pub term: u64,
     pub sk_id: u64,
+    /// First LSN the piece holds: the segment start for a base piece (`.partial`), inside the
+    /// segment for an increment (`.delta`).
+    pub start_lsn: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -245,6 +248,7 @@ impl From<PartialObject> for CfPartial {
                 commit_lsn: name.commit_lsn.0,
                 term: name.term,
                 sk_id: name.sk_id,
+                start_lsn: name.start_lsn.0,
             },
             status: status(st),
             size,
@@ -402,13 +406,7 @@ mod tests {
         s.remote.add_full_segment(1, 3);
         s.remote.add_full_segment(1, 4);
         s.remote.partials.push(PartialObject {
-            name: PartialName {
-                timeline: 2,
-                segno: 5,
-                commit_lsn: Lsn(0x500_0800),
-                term: 2,
-                sk_id: 1,
-            },
+            name: PartialName::base(2, 5, Lsn(0x500_0800), 2, 1, 1 << 24),
             status: ObjectStatus::Uploaded,
             size: 0x800,
             crc32c: 42,

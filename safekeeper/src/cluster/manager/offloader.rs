@@ -105,7 +105,7 @@ impl Offloader {
     pub(super) async fn read_partial(&self, name: &PartialName) -> Result<(Bytes, u32)> {
         let (dir, seg_size, name) = (self.wal_dir.clone(), self.seg_size, name.clone());
         tokio::task::spawn_blocking(move || {
-            let len = name.size(seg_size) as usize;
+            let len = name.commit_offset(seg_size) as usize;
             let data = read_segment_prefix(&dir, name.timeline, name.segno, seg_size, len)?;
             let crc = crc32c::crc32c(&data);
             Ok((Bytes::from(data), crc))

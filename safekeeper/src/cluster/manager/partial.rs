@@ -90,13 +90,14 @@ impl Manager {
         if !history_uploaded(st, st.timeline) {
             return;
         }
-        let name = PartialName {
-            timeline: st.timeline,
+        let name = PartialName::base(
+            st.timeline,
             segno,
-            commit_lsn: commit,
-            term: st.term_at(Lsn(commit.0 - 1)),
-            sk_id: self.wiring.sk_id,
-        };
+            commit,
+            st.term_at(Lsn(commit.0 - 1)),
+            self.wiring.sk_id,
+            seg_size,
+        );
         match may_upload(st, &name) {
             UploadVerdict::Upload | UploadVerdict::Retry => {}
             UploadVerdict::AlreadyUploaded | UploadVerdict::Below => return,
@@ -162,7 +163,7 @@ impl Manager {
                 fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
                     "partial-after-uploaded"
                 ));
-                let bytes = name.size(seg);
+                let bytes = name.bytes();
                 self.io.offload_tx.send_modify(|o| {
                     o.partial_uploaded += 1;
                     o.bytes_uploaded += bytes;

@@ -201,16 +201,9 @@ impl World {
                     .remote
                     .keys()
                     .filter_map(|k| match k {
-                        Key::Partial(segno, commit, term) => Some((
-                            PartialName {
-                                timeline: 1,
-                                segno: *segno,
-                                commit_lsn: *commit,
-                                term: *term,
-                                sk_id: SK,
-                            },
-                            0,
-                        )),
+                        Key::Partial(segno, commit, term) => {
+                            Some((PartialName::base(1, *segno, *commit, *term, SK, SEG), 0))
+                        }
                         Key::Full(_) => None,
                     })
                     .collect();
@@ -243,13 +236,14 @@ impl World {
         if commit.is_segment_start(SEG) {
             return;
         }
-        let name = PartialName {
-            timeline: 1,
-            segno: commit.segment_number(SEG),
-            commit_lsn: commit,
-            term: self.st.term_at(Lsn(commit.0 - 1)),
-            sk_id: SK,
-        };
+        let name = PartialName::base(
+            1,
+            commit.segment_number(SEG),
+            commit,
+            self.st.term_at(Lsn(commit.0 - 1)),
+            SK,
+            SEG,
+        );
         let verdict = may_upload(&self.st, &name);
         if !matches!(verdict, UploadVerdict::Upload | UploadVerdict::Retry) {
             return;
