@@ -4,13 +4,21 @@
 //! - full segments: `TTTTTTTTXXXXXXXXYYYYYYYY` (timeline, then `segno / (2^32 / seg_size)` and
 //!   `segno % (2^32 / seg_size)`, 8 uppercase hex digits each), as in `pg_wal`;
 //! - history files: `TTTTTTTT.history`;
-//! - partial segments: `<SEGMENT>_<COMMITLSN>_<TERM>_sk<ID>.partial`, `COMMITLSN` and `TERM` as 16
-//!   uppercase hex digits, `ID` in decimal.
+//! - partial segment pieces (docs/architecture.md, "In object storage"), each holding the
+//!   WAL `[START, COMMITLSN)` of one term of one safekeeper:
+//!   - a *base* piece, `START` = segment start: `<SEGMENT>_<COMMITLSN>_<TERM>_sk<ID>.partial`;
+//!   - an *increment* piece, `START` strictly inside the segment:
+//!     `<SEGMENT>_<COMMITLSN>_<TERM>_sk<ID>_<START>.delta`;
+//!
+//!   `COMMITLSN`, `TERM` and `START` as 16 uppercase hex digits, `ID` in decimal. The *version*
+//!   `[segment start, COMMITLSN)` that restore serves is always shown under the base spelling
+//!   ([`PartialName::as_version`]), whichever pieces store it.
 //!
 //! Invariants: formatting and parsing are exact inverses, and parsing is strict (uppercase hex only, no
-//! leading zeros in `ID`, no timeline/term/sk id 0), so every object has exactly one name. A parsed
-//! partial name always has `commit_lsn` in `(segment start, segment end]`, so it holds 1 to `seg_size`
-//! bytes. Parsing never panics; formatting expects a valid segment size.
+//! leading zeros in `ID`, no timeline/term/sk id 0, an increment never starts at the segment start),
+//! so every object has exactly one name. A parsed piece name always has `commit_lsn` in
+//! `(segment start, segment end]` and `start_lsn` in `[segment start, commit_lsn)`, so it holds 1 to
+//! `seg_size` bytes. Parsing never panics; formatting expects a valid segment size.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +47,7 @@ fn name_error(name: &str, reason: impl Into<String>) -> NameError {
 const SEGMENT_NAME_LEN: usize = 24;
 const HISTORY_SUFFIX: &str = ".history";
 const PARTIAL_SUFFIX: &str = ".partial";
+const DELTA_SUFFIX: &str = ".delta";
 
 /// Segments per 4 GiB "xlogid" for this segment size (`XLogSegmentsPerXLogId`).
 fn segments_per_xlog_id(seg_size: u32) -> u64 {
@@ -142,8 +151,13 @@ pub fn parse_history_file_name(name: &str) -> Result<TimelineId, NameError> {
     parse_timeline(name, tli)
 }
 
-/// The identity of one partial segment object: WAL `[segment start, commit_lsn)` of `timeline`,
-/// whose last byte belongs to `term`, uploaded by safekeeper `sk_id`.
+/// The identity of one partial segment piece: WAL `[start_lsn, commit_lsn)` of `timeline`, whose
+/// last byte belongs to `term`, uploaded by safekeeper `sk_id`. A *base* piece starts at the
+/// segment start (and is itself a whole version); an *increment* starts inside the segment and
+/// extends a chain of pieces of the same (timeline, segno, term, sk_id).
+///
+/// Versions of one safekeeper's segment are ordered by `(term, commit_lsn)`; `start_lsn` only says
+/// which bytes one object holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PartialName {
     pub timeline: TimelineId,
@@ -151,37 +165,128 @@ pub struct PartialName {
     pub commit_lsn: Lsn,
     pub term: u64,
     pub sk_id: u64,
+    /// First LSN held: the segment start for a base piece, inside the segment for an increment.
+    pub start_lsn: Lsn,
 }
 
 impl PartialName {
-    /// `SEGMENT_COMMITLSN_TERM_skID.partial`, e.g.
-    /// `000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1.partial`.
+    /// The base piece (= the version) `[segment start, commit_lsn)` of segment `segno`.
+    ///
+    /// # Panics
+    /// When `seg_size` is not a valid segment size or `segno` is above [`max_segno`].
+    pub fn base(
+        timeline: TimelineId,
+        segno: u64,
+        commit_lsn: Lsn,
+        term: u64,
+        sk_id: u64,
+        seg_size: u32,
+    ) -> PartialName {
+        PartialName {
+            timeline,
+            segno,
+            commit_lsn,
+            term,
+            sk_id,
+            start_lsn: Lsn::from_segment(segno, seg_size),
+        }
+    }
+
+    /// The same name with `start_lsn` at the segment start: the logical version
+    /// `[segment start, commit_lsn)` this piece ends, as listings and restore name it.
+    ///
+    /// # Panics
+    /// When `seg_size` is not a valid segment size or `segno` is above [`max_segno`].
+    pub fn as_version(&self, seg_size: u32) -> PartialName {
+        PartialName {
+            start_lsn: Lsn::from_segment(self.segno, seg_size),
+            ..self.clone()
+        }
+    }
+
+    /// First LSN of this piece's segment (`Lsn::MAX` for a segment number that does not exist).
+    pub fn segment_start(&self, seg_size: u32) -> Lsn {
+        Lsn::checked_from_segment(self.segno, seg_size).unwrap_or(Lsn::MAX)
+    }
+
+    /// True for a base piece: it starts at the segment start, so it is a whole version on its own.
+    pub fn is_base(&self, seg_size: u32) -> bool {
+        self.start_lsn == self.segment_start(seg_size)
+    }
+
+    /// WAL bytes this object holds: `commit_lsn - start_lsn` (0 if `commit_lsn` is below it).
+    pub fn bytes(&self) -> u64 {
+        self.commit_lsn.checked_sub(self.start_lsn).unwrap_or(0)
+    }
+
+    /// Offset of `commit_lsn` in its segment, `commit_lsn - segment start` (0 if below it): the
+    /// length of the version this piece ends, whatever the piece itself holds ([`Self::bytes`]).
+    pub fn commit_offset(&self, seg_size: u32) -> u64 {
+        self.commit_lsn
+            .checked_sub(self.segment_start(seg_size))
+            .unwrap_or(0)
+    }
+
+    /// Offset of `start_lsn` in its segment (0 for a base, and if below the segment start).
+    pub fn start_offset(&self, seg_size: u32) -> u64 {
+        self.start_lsn
+            .checked_sub(self.segment_start(seg_size))
+            .unwrap_or(0)
+    }
+
+    /// A base piece: `SEGMENT_COMMITLSN_TERM_skID.partial`, e.g.
+    /// `000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1.partial`; an increment:
+    /// `SEGMENT_COMMITLSN_TERM_skID_START.delta`, e.g.
+    /// `000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1_0000000003400000.delta`.
     ///
     /// # Panics
     /// When `seg_size` is not a valid segment size.
     pub fn to_file_name(&self, seg_size: u32) -> String {
-        format!(
-            "{}_{:016X}_{:016X}_sk{}{PARTIAL_SUFFIX}",
+        let stem = format!(
+            "{}_{:016X}_{:016X}_sk{}",
             segment_file_name(self.timeline, self.segno, seg_size),
             self.commit_lsn.0,
             self.term,
             self.sk_id
-        )
+        );
+        if self.is_base(seg_size) {
+            format!("{stem}{PARTIAL_SUFFIX}")
+        } else {
+            format!("{stem}_{:016X}{DELTA_SUFFIX}", self.start_lsn.0)
+        }
     }
 
-    /// Inverse of [`PartialName::to_file_name`]. Rejects a `commit_lsn` outside
-    /// `(segment start, segment end]`, term 0 and sk id 0.
+    /// Inverse of [`PartialName::to_file_name`], for both spellings. Rejects a `commit_lsn` outside
+    /// `(segment start, segment end]`, an increment start outside `(segment start, commit_lsn)`,
+    /// term 0 and sk id 0.
     pub fn parse(name: &str, seg_size: u32) -> Result<PartialName, NameError> {
         check_seg_size(name, seg_size)?;
-        let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) else {
-            return Err(name_error(name, "a partial segment name ends in .partial"));
-        };
-        let parts: Vec<&str> = stem.split('_').collect();
-        let &[segment, commit, term, sk] = parts.as_slice() else {
+        let (stem, is_delta) = if let Some(stem) = name.strip_suffix(PARTIAL_SUFFIX) {
+            (stem, false)
+        } else if let Some(stem) = name.strip_suffix(DELTA_SUFFIX) {
+            (stem, true)
+        } else {
             return Err(name_error(
                 name,
-                "expected SEGMENT_COMMITLSN_TERM_skID.partial",
+                "a partial segment piece name ends in .partial or .delta",
             ));
+        };
+        let parts: Vec<&str> = stem.split('_').collect();
+        let (segment, commit, term, sk, start) = match (parts.as_slice(), is_delta) {
+            (&[segment, commit, term, sk], false) => (segment, commit, term, sk, None),
+            (&[segment, commit, term, sk, start], true) => (segment, commit, term, sk, Some(start)),
+            (_, false) => {
+                return Err(name_error(
+                    name,
+                    "expected SEGMENT_COMMITLSN_TERM_skID.partial",
+                ));
+            }
+            (_, true) => {
+                return Err(name_error(
+                    name,
+                    "expected SEGMENT_COMMITLSN_TERM_skID_STARTLSN.delta",
+                ));
+            }
         };
         let (timeline, segno) =
             parse_segment_file_name(segment, seg_size).map_err(|e| name_error(name, e.reason))?;
@@ -203,14 +308,20 @@ impl PartialName {
                 "safekeeper id must be 'sk' and a positive decimal number without leading zeros",
             )
         })?;
+        let seg_start = Lsn::from_segment(segno, seg_size);
+        let start_lsn = match start {
+            Some(s) => Lsn(hex16(s, "start LSN")?),
+            None => seg_start,
+        };
         let partial = PartialName {
             timeline,
             segno,
             commit_lsn,
             term,
             sk_id,
+            start_lsn,
         };
-        let size = commit_lsn.checked_sub(Lsn::from_segment(segno, seg_size));
+        let size = commit_lsn.checked_sub(seg_start);
         if !matches!(size, Some(s) if s >= 1 && s <= u64::from(seg_size)) {
             return Err(name_error(
                 name,
@@ -219,13 +330,17 @@ impl PartialName {
                 ),
             ));
         }
+        if is_delta && !(seg_start < start_lsn && start_lsn < commit_lsn) {
+            return Err(name_error(
+                name,
+                format!(
+                    "start LSN {start_lsn} of an increment must be after the start of segment \
+                     {segment} ({seg_start}; a piece starting there is a .partial) and before its \
+                     commit LSN {commit_lsn}"
+                ),
+            ));
+        }
         Ok(partial)
-    }
-
-    /// Bytes of WAL in this object: `commit_lsn - segment start` (0 if `commit_lsn` is below it).
-    pub fn size(&self, seg_size: u32) -> u64 {
-        let start = Lsn::checked_from_segment(self.segno, seg_size).unwrap_or(Lsn::MAX);
-        self.commit_lsn.checked_sub(start).unwrap_or(0)
     }
 
     /// Name of the full segment this partial belongs to.
@@ -246,7 +361,11 @@ fn parse_sk_id(s: &str) -> Option<u64> {
 /// Any WAL object name found under `<root>/<cluster>/wal/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WalObjectName {
-    Segment { timeline: TimelineId, segno: u64 },
+    Segment {
+        timeline: TimelineId,
+        segno: u64,
+    },
+    /// A partial segment piece: a base (`.partial`) or an increment (`.delta`).
     Partial(PartialName),
     History(TimelineId),
 }
@@ -254,7 +373,7 @@ pub enum WalObjectName {
 impl WalObjectName {
     /// Classifies and parses `name` (a file name, without directories).
     pub fn parse(name: &str, seg_size: u32) -> Result<WalObjectName, NameError> {
-        if name.ends_with(PARTIAL_SUFFIX) {
+        if name.ends_with(PARTIAL_SUFFIX) || name.ends_with(DELTA_SUFFIX) {
             PartialName::parse(name, seg_size).map(WalObjectName::Partial)
         } else if name.ends_with(HISTORY_SUFFIX) {
             parse_history_file_name(name).map(WalObjectName::History)
@@ -296,11 +415,37 @@ mod tests {
                 segno: 3,
                 commit_lsn: Lsn(0x03A1_B2C8),
                 term: 1,
-                sk_id: 1
+                sk_id: 1,
+                start_lsn: Lsn(0x0300_0000),
             }
         );
+        assert_eq!(p, PartialName::base(1, 3, Lsn(0x03A1_B2C8), 1, 1, SEG16));
         assert_eq!(p.to_file_name(SEG16), name);
-        assert_eq!(p.size(SEG16), 0x03A1_B2C8 - 3 * u64::from(SEG16));
+        assert!(p.is_base(SEG16));
+        assert_eq!(p.commit_offset(SEG16), 0x03A1_B2C8 - 3 * u64::from(SEG16));
+        assert_eq!(p.bytes(), p.commit_offset(SEG16));
+        assert_eq!(p.as_version(SEG16), p);
+
+        let name =
+            "000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1_0000000003400000.delta";
+        let d = PartialName::parse(name, SEG16).unwrap();
+        assert_eq!(
+            d,
+            PartialName {
+                start_lsn: Lsn(0x0340_0000),
+                ..p.clone()
+            }
+        );
+        assert_eq!(d.to_file_name(SEG16), name);
+        assert!(!d.is_base(SEG16));
+        assert_eq!(d.bytes(), 0x03A1_B2C8 - 0x0340_0000);
+        assert_eq!(d.start_offset(SEG16), 0x40_0000);
+        assert_eq!(d.commit_offset(SEG16), p.commit_offset(SEG16));
+        assert_eq!(d.as_version(SEG16), p);
+        assert_eq!(
+            WalObjectName::parse(name, SEG16),
+            Ok(WalObjectName::Partial(d))
+        );
     }
 
     #[test]
@@ -336,13 +481,37 @@ mod tests {
             format!("{seg}_3A1B2C8_0000000000000001_sk1.partial"),
             format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_x.partial"),
             format!("{seg}_0000000003A1B2C8_0000000000000001_sk1"),
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003400000.partial"),
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1.delta"), // no start
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003000000.delta"), // at segment start
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000002FFFFFF.delta"), // before it
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003A1B2C8.delta"), // = commit
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003A1B2C9.delta"), // > commit
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003a00000.delta"),
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_3400000.delta"),
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003400000_x.delta"),
+            format!("{seg}_0000000004000001_0000000000000001_sk1_0000000003400000.delta"),
+            format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003400000"),
         ] {
             assert!(PartialName::parse(&bad, SEG16).is_err(), "{bad}");
         }
         let end = format!("{seg}_0000000004000000_0000000000000001_sk1.partial");
         assert_eq!(
-            PartialName::parse(&end, SEG16).unwrap().size(SEG16),
+            PartialName::parse(&end, SEG16)
+                .unwrap()
+                .commit_offset(SEG16),
             u64::from(SEG16)
+        );
+        let last = format!("{seg}_0000000004000000_0000000000000001_sk1_0000000003FFFFFF.delta");
+        assert_eq!(PartialName::parse(&last, SEG16).unwrap().bytes(), 1);
+        let err = PartialName::parse(
+            &format!("{seg}_0000000003A1B2C8_0000000000000001_sk1_0000000003000000.delta"),
+            SEG16,
+        )
+        .unwrap_err();
+        assert!(
+            err.reason.contains("a piece starting there is a .partial"),
+            "{err}"
         );
     }
 

@@ -4,7 +4,9 @@
 //! a valid `wal_segment_size`; non-zero sk id, timelines and terms; a non-empty term history with
 //! strictly increasing terms and non-decreasing start LSNs whose last entry is the current term and
 //! timeline; `commit_lsn <= flush_lsn`; full segment ranges non-empty, sorted and non-overlapping per
-//! timeline; every partial object's size equal to the WAL its name covers (1 to `seg_size` bytes).
+//! timeline; every partial piece names WAL `[start_lsn, commit_lsn)` with `commit_lsn` in
+//! `(segment start, segment end]` and `start_lsn` in `[segment start, commit_lsn)`, and its size is
+//! the WAL bytes it names (1 to `seg_size`).
 //!
 //! `wal_page_magic` and `pg_major_version` are stored as given: which page magic belongs to which
 //! PostgreSQL major is the service's knowledge, so no invariant ties them together here.
@@ -47,13 +49,18 @@ pub struct SegmentRange {
     pub end_segno: u64,
 }
 
-/// One partial segment object this safekeeper may have created.
+/// One partial segment piece (base or increment) this safekeeper may have created.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialObject {
     pub name: PartialName,
     pub status: ObjectStatus,
+    /// WAL bytes the piece holds, [`PartialName::bytes`] (not the stored, possibly compressed, size).
     pub size: u64,
+    /// crc32c of those WAL bytes.
     pub crc32c: u32,
+    /// Merge level: how many times the bytes in it were merged into a bigger piece (0 for an
+    /// increment or a base); the writer's chain policy uses it (`safekeeper/src/chain.rs`).
+    pub level: u8,
 }
 
 /// One timeline history file this safekeeper may have uploaded.
@@ -309,18 +316,19 @@ impl ClusterState {
         let mut names = HashSet::new();
         for p in &self.remote.partials {
             let n = &p.name;
-            let expected = n.size(seg);
-            if n.timeline == 0
-                || n.term == 0
-                || n.segno > max_segno(seg)
-                || expected == 0
-                || expected > u64::from(seg)
-            {
+            let end = n.commit_offset(seg);
+            let inside = n.segno <= max_segno(seg)
+                && end >= 1
+                && end <= u64::from(seg)
+                && n.start_lsn >= n.segment_start(seg)
+                && n.start_lsn < n.commit_lsn;
+            if n.timeline == 0 || n.term == 0 || !inside {
                 return Err(format!(
                     "partial object {:?} does not name 1 to {seg} bytes of a segment",
                     n
                 ));
             }
+            let expected = n.bytes();
             if p.size != expected {
                 return Err(format!(
                     "partial object {} has size {} but its name covers {expected} bytes",

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::{fixture_path, v3_fixture_state};
+use common::{fixture_path, v4_fixture_state};
 use control_file::{ControlFileError, format, load, save};
 use proptest::prelude::*;
 
@@ -13,7 +13,7 @@ use proptest::prelude::*;
 fn every_single_bit_flip_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let original = dir.path().join("safekeeper.control");
-    save(&original, &v3_fixture_state()).expect("save");
+    save(&original, &v4_fixture_state()).expect("save");
     let bytes = fs::read(&original).expect("read");
     assert!(load(&original).is_ok());
 
@@ -73,7 +73,7 @@ fn every_truncation_of_every_fixture_is_rejected() {
 fn every_truncation_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("safekeeper.control");
-    save(&path, &v3_fixture_state()).expect("save");
+    save(&path, &v4_fixture_state()).expect("save");
     let bytes = fs::read(&path).expect("read");
     for len in 0..bytes.len() {
         fs::write(&path, &bytes[..len]).expect("write");

@@ -54,7 +54,7 @@ fn read_only_leftover_temp_file_does_not_block_save() {
 fn save_load_round_trip_and_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("safekeeper.control");
-    let mut state = common::v3_fixture_state();
+    let mut state = common::v4_fixture_state();
     save(&path, &state).expect("save");
     assert_eq!(
         control_file::load_versioned(&path).expect("load"),

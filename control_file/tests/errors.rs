@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{simple_state, v3_fixture_state};
+use common::{simple_state, v4_fixture_state};
 use control_file::format::{self, CURRENT_FORMAT_VERSION, current, v1};
 use control_file::{ControlFileError, load, load_versioned, save, temp_path};
 
@@ -32,7 +32,7 @@ fn check_message(err: &ControlFileError, path: &Path) {
 
 /// A payload of the newest format.
 fn current_payload() -> Vec<u8> {
-    format::encode_payload(&current::to_wire(&v3_fixture_state())).expect("encode")
+    format::encode_payload(&current::to_wire(&v4_fixture_state())).expect("encode")
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn bad_checksum() {
 
     // The checksum covers the header: a corrupted version is corruption, not a "newer" file.
     let mut bytes = format::encode_file(&simple_state(1)).expect("encode");
-    bytes[4] ^= 0x01; // version 3 -> 2
+    bytes[4] ^= 0x01; // version 4 -> 5
     let err = load_bytes(&path, &bytes);
     assert!(
         matches!(err, ControlFileError::BadChecksum { .. }),
@@ -178,18 +178,24 @@ fn decode_errors() {
     // (u32 status, u64 size, u32 crc): make it variant 9.
     let at = bad_status.len() - 16;
     bad_status[at..at + 4].copy_from_slice(&9u32.to_le_bytes());
+    let v3_payload = format::encode_payload(&common::v3_fixture_wire()).expect("encode v3");
     let cases: Vec<(u32, Vec<u8>, &str)> = vec![
+        (4, b"garbage".to_vec(), ""),
+        (4, longer, "unused bytes"),
+        (4, payload[..payload.len() - 1].to_vec(), ""), // half of the trailing u16
+        (4, v3_payload.clone(), ""), // a v3 payload labelled v4 lacks 8 bytes per partial
+        (4, v2_payload.clone(), ""), // a v2 payload labelled v4 is too short
         (3, b"garbage".to_vec(), ""),
-        (3, longer, "unused bytes"),
-        (3, payload[..payload.len() - 1].to_vec(), ""), // half of the trailing u16
+        (3, v3_payload[..v3_payload.len() - 1].to_vec(), ""), // half of the trailing u16
+        (3, payload.clone(), ""), // a v4 payload labelled v3: start_lsn read as a status
         (3, v2_payload.clone(), ""), // a v2 payload labelled v3 is 2 bytes too short
         (3, v1_payload.clone(), ""), // a v1 payload labelled v3 is too short
         (2, b"garbage".to_vec(), ""),
         (2, v2_payload[..v2_payload.len() - 3].to_vec(), ""),
         (2, v1_payload.clone(), ""), // a v1 payload labelled v2 is too short
-        (2, payload.clone(), "unused bytes"), // a v3 payload labelled v2 has 2 extra bytes
+        (2, v3_payload.clone(), "unused bytes"), // a v3 payload labelled v2 has 2 extra bytes
         (1, v2_payload.clone(), "unused bytes"), // a v2 payload labelled v1 has 16 extra bytes
-        (1, payload.clone(), "unused bytes"), // a v3 payload labelled v1 has 18 extra bytes
+        (1, v3_payload.clone(), "unused bytes"), // a v3 payload labelled v1 has 18 extra bytes
         (1, bad_status, ""),
     ];
     for (version, payload, needle) in cases {
@@ -205,7 +211,12 @@ fn decode_errors() {
         }
     }
     // Sanity: the untouched payloads decode under their own versions.
-    for (version, payload) in [(1, &v1_payload), (2, &v2_payload), (3, &payload)] {
+    for (version, payload) in [
+        (1, &v1_payload),
+        (2, &v2_payload),
+        (3, &v3_payload),
+        (4, &payload),
+    ] {
         fs::write(&path, format::frame(version, payload)).expect("write");
         assert_eq!(load_versioned(&path).expect("loads").1, version);
     }

@@ -10,10 +10,10 @@ mod common;
 use std::fs;
 
 use common::{
-    fixture_path, fixture_state, v1_fixture_upgraded, v1_fixture_wire, v2_fixture_state,
-    v2_fixture_wire, v3_fixture_state,
+    SEG16, V4_DELTA_START, fixture_path, fixture_state, v1_fixture_upgraded, v1_fixture_wire,
+    v2_fixture_state, v2_fixture_wire, v3_fixture_state, v3_fixture_wire, v4_fixture_state,
 };
-use control_file::format::{self, CURRENT_FORMAT_VERSION, current, v1, v2, v3};
+use control_file::format::{self, CURRENT_FORMAT_VERSION, current, v1, v2, v3, v4};
 use control_file::{UpgradeOutcome, load, load_versioned, upgrade_in_place, with_suffix};
 
 /// The v1 fixture, encoded by v1's frozen structs.
@@ -28,9 +28,15 @@ fn v2_bytes() -> Vec<u8> {
     format::frame(2, &payload)
 }
 
-/// The v3 fixture, encoded by the real save path (v3 is the newest format).
+/// The v3 fixture, encoded by v3's frozen structs.
 fn v3_bytes() -> Vec<u8> {
-    format::encode_file(&v3_fixture_state()).expect("encode v3")
+    let payload = format::encode_payload(&v3_fixture_wire()).expect("encode v3");
+    format::frame(3, &payload)
+}
+
+/// The v4 fixture, encoded by the real save path (v4 is the newest format).
+fn v4_bytes() -> Vec<u8> {
+    format::encode_file(&v4_fixture_state()).expect("encode v4")
 }
 
 /// The bytes every fixture must hold.
@@ -39,6 +45,7 @@ fn fixture_bytes(version: u32) -> Vec<u8> {
         1 => v1_bytes(),
         2 => v2_bytes(),
         3 => v3_bytes(),
+        4 => v4_bytes(),
         _ => panic!("no fixture for format version {version}"),
     }
 }
@@ -122,7 +129,7 @@ fn v3_fixture_loads_and_encoding_is_frozen() {
     );
     let (_, payload) = format::unframe(&path, &on_disk).expect("frame");
     let decoded: v3::ClusterState = format::decode_payload(payload).expect("decode v3");
-    assert_eq!(decoded, current::to_wire(&v3_fixture_state()));
+    assert_eq!(decoded, v3_fixture_wire());
     // v3 = v2 plus a trailing u16: the payload is exactly two bytes longer than v2's.
     let v2_len = format::encode_payload(&v2_fixture_wire())
         .expect("encode v2")
@@ -134,22 +141,61 @@ fn v3_fixture_loads_and_encoding_is_frozen() {
 }
 
 #[test]
+fn v4_fixture_loads_and_encoding_is_frozen() {
+    let path = fixture_path(4);
+    let (state, version) = load_versioned(&path).expect("load v4 fixture");
+    assert_eq!(version, 4);
+    assert_eq!(state, v4_fixture_state());
+    let delta = &state.remote.partials[2].name;
+    assert!(!delta.is_base(SEG16), "the v4 fixture holds an increment");
+    assert_eq!(delta.start_lsn.0, V4_DELTA_START);
+    let on_disk = fs::read(&path).expect("read v4 fixture");
+    assert_eq!(
+        on_disk,
+        v4_bytes(),
+        "the v4 encoder no longer reproduces the v4 fixture"
+    );
+    let (_, payload) = format::unframe(&path, &on_disk).expect("frame");
+    let decoded: v4::ClusterState = format::decode_payload(payload).expect("decode v4");
+    assert_eq!(decoded, current::to_wire(&v4_fixture_state()));
+    // v4 = v3 plus a trailing u64 in each partial's name and a trailing u8 (the merge level) in
+    // each partial: 9 bytes longer per partial object.
+    let v3 = v3_fixture_wire();
+    let partials = v3.remote.partials.len();
+    let v3_len = format::encode_payload(&v3).expect("encode v3").len();
+    let v3_as_v4 = format::encode_payload(&v3.upgrade())
+        .expect("encode v4")
+        .len();
+    assert_eq!(v3_as_v4, v3_len + 9 * partials);
+}
+
+#[test]
 fn upgrade_chain_steps() {
     // Each step keeps every field and defaults only the new ones.
     let v2 = v1_fixture_wire().upgrade();
     assert_eq!((v2.last_gc_at_unix_ms, v2.partial_interval_ms), (0, 0));
     let v3 = v2.upgrade();
     assert_eq!(v3.wal_page_magic, 0);
-    assert_eq!(current::from_wire(v3), v1_fixture_upgraded());
+    assert_eq!(current::from_wire(v3.upgrade()), v1_fixture_upgraded());
 
     let v3 = v2_fixture_wire().upgrade();
     assert_eq!(v3.wal_page_magic, 0);
     assert_eq!(v3.last_gc_at_unix_ms, 1_767_225_600_000);
     assert_eq!(v3.partial_interval_ms, 500);
-    assert_eq!(current::from_wire(v3), v2_fixture_state());
+    assert_eq!(current::from_wire(v3.upgrade()), v2_fixture_state());
+
+    // v3 -> v4: every v3 partial is a base piece, starting at its segment's start.
+    let v4 = v3_fixture_wire().upgrade();
+    assert_eq!(v4.wal_page_magic, 0xD110);
+    for p in &v4.remote.partials {
+        assert_eq!(p.name.start_lsn, p.name.segno * u64::from(SEG16));
+    }
+    let state = current::from_wire(v4);
+    assert!(state.remote.partials.iter().all(|p| p.name.is_base(SEG16)));
+    assert_eq!(state, v3_fixture_state());
 
     // The newest wire struct round-trips the in-memory state exactly.
-    let s = v3_fixture_state();
+    let s = v4_fixture_state();
     assert_eq!(current::from_wire(current::to_wire(&s)), s);
 }
 

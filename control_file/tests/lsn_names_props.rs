@@ -38,7 +38,7 @@ fn lsn() -> impl Strategy<Value = Lsn> {
     ]
 }
 
-/// A valid partial name: commit LSN in (segment start, segment end].
+/// A valid base piece name: commit LSN in (segment start, segment end].
 fn partial_name() -> impl Strategy<Value = (u32, PartialName)> {
     seg_and_segno().prop_flat_map(|(seg, segno)| {
         // The very last segment ends at 2^64, which is not an LSN: its partials hold at most seg-1.
@@ -49,17 +49,39 @@ fn partial_name() -> impl Strategy<Value = (u32, PartialName)> {
                 let commit_lsn = Lsn::from_segment(segno, seg) + size;
                 (
                     seg,
-                    PartialName {
-                        timeline,
-                        segno,
-                        commit_lsn,
-                        term,
-                        sk_id,
-                    },
+                    PartialName::base(timeline, segno, commit_lsn, term, sk_id, seg),
                 )
             },
         )
     })
+}
+
+/// A valid increment piece name: a base name with a start LSN strictly between the segment start
+/// and the commit LSN (so the commit offset is at least 2).
+fn delta_name() -> impl Strategy<Value = (u32, PartialName)> {
+    partial_name()
+        .prop_filter("an increment needs 2 bytes of room", |(seg, p)| {
+            p.commit_offset(*seg) >= 2
+        })
+        .prop_flat_map(|(seg, p)| {
+            let end = p.commit_offset(seg);
+            let start = prop_oneof![Just(1u64), Just(end - 1), 1..end];
+            start.prop_map(move |start| {
+                let start_lsn = p.segment_start(seg) + start;
+                (
+                    seg,
+                    PartialName {
+                        start_lsn,
+                        ..p.clone()
+                    },
+                )
+            })
+        })
+}
+
+/// Either kind of piece name.
+fn piece_name() -> impl Strategy<Value = (u32, PartialName)> {
+    prop_oneof![partial_name(), delta_name()]
 }
 
 proptest! {
@@ -159,12 +181,53 @@ proptest! {
         let name = p.to_file_name(seg);
         prop_assert_eq!(PartialName::parse(&name, seg), Ok(p.clone()));
         prop_assert_eq!(WalObjectName::parse(&name, seg), Ok(WalObjectName::Partial(p.clone())));
-        let size = p.size(seg);
+        let size = p.commit_offset(seg);
         prop_assert!(size >= 1 && size <= u64::from(seg));
         prop_assert_eq!(Lsn::from_segment(p.segno, seg) + size, p.commit_lsn);
+        prop_assert!(p.is_base(seg));
+        prop_assert_eq!(p.bytes(), size);
+        prop_assert_eq!(p.as_version(seg), p.clone());
         prop_assert!(name.starts_with(&p.segment_file_name(seg)));
         let suffix = format!("_sk{}.partial", p.sk_id);
         prop_assert!(name.ends_with(&suffix));
+    }
+
+    #[test]
+    fn delta_name_round_trip((seg, d) in delta_name()) {
+        let name = d.to_file_name(seg);
+        prop_assert_eq!(PartialName::parse(&name, seg), Ok(d.clone()));
+        prop_assert_eq!(WalObjectName::parse(&name, seg), Ok(WalObjectName::Partial(d.clone())));
+        prop_assert!(!d.is_base(seg));
+        prop_assert_eq!(d.start_lsn + d.bytes(), d.commit_lsn);
+        prop_assert!(d.bytes() >= 1 && d.bytes() < d.commit_offset(seg));
+        prop_assert_eq!(d.start_offset(seg) + d.bytes(), d.commit_offset(seg));
+        let suffix = format!("_sk{}_{:016X}.delta", d.sk_id, d.start_lsn.0);
+        prop_assert!(name.ends_with(&suffix), "{}", name);
+        // The version it ends is named by the base spelling of the same segment, commit and term.
+        let version = d.as_version(seg);
+        prop_assert!(version.is_base(seg));
+        prop_assert_eq!(version.commit_lsn, d.commit_lsn);
+        let version_name = version.to_file_name(seg);
+        prop_assert_eq!(&name[..version_name.len() - ".partial".len()], &version_name[..version_name.len() - ".partial".len()]);
+    }
+
+    /// An increment that would start at or before the segment start, or at or after its commit
+    /// LSN, is rejected: a piece holds at least one byte and a base is spelled `.partial`.
+    #[test]
+    fn delta_name_rejects_bad_start((seg, d) in delta_name(), past in 0u64..=1 << 20) {
+        let seg_start = d.segment_start(seg);
+        let delta_of = |start_lsn: Lsn| {
+            let stem = PartialName { start_lsn: seg_start, ..d.clone() }.to_file_name(seg);
+            format!("{}_{:016X}.delta", stem.trim_end_matches(".partial"), start_lsn.0)
+        };
+        prop_assert!(PartialName::parse(&delta_of(d.start_lsn), seg).is_ok());
+        prop_assert!(PartialName::parse(&delta_of(seg_start), seg).is_err());
+        if let Some(below) = seg_start.0.checked_sub(1 + past) {
+            prop_assert!(PartialName::parse(&delta_of(Lsn(below)), seg).is_err());
+        }
+        if let Some(at_or_after) = d.commit_lsn.checked_add(past) {
+            prop_assert!(PartialName::parse(&delta_of(at_or_after), seg).is_err());
+        }
     }
 
     /// A commit LSN exactly at the segment start (nothing partial) or past its end is rejected.
@@ -186,7 +249,7 @@ proptest! {
     /// Any mutation of a valid name either fails to parse or is itself canonical: one object, one name.
     #[test]
     fn mutated_partial_names_are_canonical(
-        (seg, p) in partial_name(),
+        (seg, p) in piece_name(),
         at in any::<prop::sample::Index>(),
         ch in prop::char::range('+', 'z'),
     ) {
@@ -228,16 +291,19 @@ fn boundary_examples() {
     assert_eq!(segment_file_name(1, 4, 1 << 30), "000000010000000100000000");
     assert_eq!(Lsn(0x16_B374_D848).segment_number(seg), 0x16B3);
     assert_eq!(Lsn(0x0100_0000).to_string(), "0/1000000");
-    let last = PartialName {
-        timeline: 1,
-        segno: max_segno(seg),
-        commit_lsn: Lsn::MAX,
-        term: 1,
-        sk_id: 1,
-    };
+    let last = PartialName::base(1, max_segno(seg), Lsn::MAX, 1, 1, seg);
     assert_eq!(
         PartialName::parse(&last.to_file_name(seg), seg),
         Ok(last.clone())
     );
-    assert_eq!(last.size(seg), u64::from(seg) - 1);
+    assert_eq!(last.commit_offset(seg), u64::from(seg) - 1);
+    let last_delta = PartialName {
+        start_lsn: Lsn(Lsn::MAX.0 - 1),
+        ..last.clone()
+    };
+    assert_eq!(
+        PartialName::parse(&last_delta.to_file_name(seg), seg),
+        Ok(last_delta.clone())
+    );
+    assert_eq!(last_delta.bytes(), 1);
 }

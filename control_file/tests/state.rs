@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{SEG16, simple_state, v3_fixture_state};
+use common::{SEG16, simple_state, v4_fixture_state};
 use control_file::format::{self, CURRENT_FORMAT_VERSION};
 use control_file::{
     ClusterState, HistoryObject, Lsn, ObjectStatus, PartialName, PartialObject, RemoteObjects,
@@ -139,6 +139,22 @@ fn invariants_are_enforced() {
             s.remote.partials.push(partial(1, 0x0100_0010, 0x10));
             s.remote.partials.push(partial(1, 0x0100_0010, 0x10));
         }),
+        ("name covers", |s| {
+            // An increment's size is what it holds, not its commit offset.
+            let mut p = partial(1, 0x0100_0010, 0x10);
+            p.name.start_lsn = Lsn(0x0100_0008);
+            s.remote.partials.push(p);
+        }),
+        ("does not name", |s| {
+            let mut p = partial(1, 0x0100_0010, 0);
+            p.name.start_lsn = Lsn(0x0100_0010); // empty: start = commit
+            s.remote.partials.push(p);
+        }),
+        ("does not name", |s| {
+            let mut p = partial(1, 0x0100_0010, 0x11);
+            p.name.start_lsn = Lsn(0x00FF_FFFF); // before the segment start
+            s.remote.partials.push(p);
+        }),
         ("listed twice", |s| {
             let h = HistoryObject {
                 timeline: 2,
@@ -173,16 +189,31 @@ fn partial(segno: u64, commit: u64, size: u64) -> PartialObject {
             commit_lsn: Lsn(commit),
             term: 1,
             sk_id: 1,
+            start_lsn: Lsn::from_segment(segno, SEG16),
         },
         status: ObjectStatus::InProgress,
         size,
         crc32c: 0,
+        level: 0,
     }
+}
+
+/// A base and an increment of one segment and term are two objects: both may be listed.
+#[test]
+fn base_and_increment_with_one_commit_lsn_are_distinct() {
+    let mut s = simple_state(1);
+    let base = partial(1, 0x0100_0010, 0x10);
+    let mut delta = base.clone();
+    delta.name.start_lsn = Lsn(0x0100_0008);
+    delta.size = 8;
+    s.remote.partials.push(base);
+    s.remote.partials.push(delta);
+    s.validate().expect("valid");
 }
 
 #[test]
 fn json_round_trip() {
-    let s = v3_fixture_state();
+    let s = v4_fixture_state();
     let json = serde_json::to_string(&s).expect("json");
     assert_eq!(
         serde_json::from_str::<ClusterState>(&json).expect("parse"),
@@ -214,8 +245,16 @@ fn valid_state() -> impl Strategy<Value = ClusterState> {
     let seg = (20u32..=30).prop_map(|s| 1u32 << s);
     let steps = proptest::collection::vec((1u64..5, 0u32..3, 0u64..1 << 32), 0..6);
     let segments = proptest::collection::vec((1u32..4, 0u64..200), 0..40);
-    let partials =
-        proptest::collection::vec((0u64..200, 1u64..=1 << 20, 0u8..3, any::<u32>()), 0..6);
+    let partials = proptest::collection::vec(
+        (
+            0u64..200,
+            1u64..=1 << 20,
+            0u8..3,
+            any::<u32>(),
+            any::<prop::sample::Index>(),
+        ),
+        0..6,
+    );
     (
         seg,
         any::<u64>(),
@@ -248,21 +287,25 @@ fn valid_state() -> impl Strategy<Value = ClusterState> {
                     ObjectStatus::Uploaded,
                     ObjectStatus::Deleting,
                 ];
-                for (i, (segno, size, status, crc32c)) in partials.into_iter().enumerate() {
-                    let size = size.min(u64::from(seg));
-                    let commit_lsn = Lsn::from_segment(segno, seg) + size;
+                for (i, (segno, end, status, crc32c, start)) in partials.into_iter().enumerate() {
+                    // A piece [start, end) of the segment: a base when start is 0.
+                    let end = end.min(u64::from(seg));
+                    let start = start.index(end as usize) as u64;
+                    let seg_start = Lsn::from_segment(segno, seg);
                     let name = PartialName {
                         timeline: 1,
                         segno,
-                        commit_lsn,
+                        commit_lsn: seg_start + end,
                         term: i as u64 + 1,
                         sk_id,
+                        start_lsn: seg_start + start,
                     };
                     s.remote.partials.push(PartialObject {
                         name,
                         status: statuses[status as usize],
-                        size,
+                        size: end - start,
                         crc32c,
+                        level: (crc32c % 4) as u8,
                     });
                 }
                 s.remote.history.push(HistoryObject {

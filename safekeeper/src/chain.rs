@@ -60,7 +60,7 @@ pub(crate) struct GroupKey {
 impl GroupKey {
     pub(crate) fn of(p: &PartialName) -> GroupKey {
         GroupKey {
-            timeline: p.timeline.0,
+            timeline: p.timeline,
             segno: p.segno,
             sk_id: p.sk_id,
             term: p.term,
@@ -157,7 +157,11 @@ impl Tiered<'_> {
     /// higher (so a large piece, e.g. a burst uploaded in one go, is not merged with small ones
     /// while smaller runs can still be).
     fn effective(&self) -> u32 {
-        let bytes = self.piece.commit_lsn.0.saturating_sub(self.piece.start_lsn.0);
+        let bytes = self
+            .piece
+            .commit_lsn
+            .0
+            .saturating_sub(self.piece.start_lsn.0);
         u32::from(self.level).max(level(bytes))
     }
 }

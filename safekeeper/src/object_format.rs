@@ -46,7 +46,7 @@ pub(crate) const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// How the payload is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Codec {
+pub enum Codec {
     /// The bytes as they are (compression off).
     None,
     /// One zstd frame.
@@ -72,7 +72,7 @@ impl Codec {
 
 /// What `encode` does: the codec and, for zstd, its level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Compression {
+pub struct Compression {
     pub codec: Codec,
     pub level: i32,
 }
@@ -88,7 +88,7 @@ impl Default for Compression {
 
 impl Compression {
     /// Parses the `--compression` value: `none`, `zstd` or `zstd:LEVEL` (1..=22).
-    pub(crate) fn parse(s: &str) -> Result<Compression, String> {
+    pub fn parse(s: &str) -> Result<Compression, String> {
         let (codec, level) = match s.split_once(':') {
             Some((c, l)) => (c, Some(l)),
             None => (s, None),
@@ -129,7 +129,9 @@ pub(crate) enum FormatError {
     ShortHeader(usize),
     #[error("object header checksum mismatch (damaged header)")]
     HeaderChecksum,
-    #[error("object format version {0} is newer than this safekeeper reads ({FORMAT_VERSION}): upgrade it")]
+    #[error(
+        "object format version {0} is newer than this safekeeper reads ({FORMAT_VERSION}): upgrade it"
+    )]
     NewerVersion(u8),
     #[error("object uses codec {0}, unknown to this safekeeper")]
     UnknownCodec(u8),
@@ -217,7 +219,8 @@ pub(crate) fn peek_header(object: &[u8]) -> Result<Option<Header>, FormatError> 
     if object.len() < HEADER_LEN {
         return Err(FormatError::ShortHeader(object.len()));
     }
-    let u32_at = |o: usize| u32::from_le_bytes([object[o], object[o + 1], object[o + 2], object[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([object[o], object[o + 1], object[o + 2], object[o + 3]]);
     let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
     if crc32c::crc32c(&object[..36]) != u32_at(36) {
         return Err(FormatError::HeaderChecksum);
@@ -270,7 +273,9 @@ pub(crate) fn decode(object: Bytes) -> Result<Decoded, FormatError> {
         Codec::None => payload,
         Codec::Zstd => {
             // The header bounds the allocation; a lying header fails the length check below.
-            let capacity = usize::try_from(h.wal_len).unwrap_or(usize::MAX).min(1 << 30);
+            let capacity = usize::try_from(h.wal_len)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             let out = zstd::bulk::decompress(&payload, capacity)
                 .map_err(|e| FormatError::Decompress(e.to_string()))?;
             Bytes::from(out)

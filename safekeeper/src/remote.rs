@@ -155,16 +155,18 @@ mod tests {
             segment_key("main", 1, 3, seg),
             "main/wal/000000010000000000000003"
         );
-        let p = PartialName {
-            timeline: 1,
-            segno: 3,
-            commit_lsn: Lsn(0x0000_0000_03A1_B2C8),
-            term: 1,
-            sk_id: 1,
-        };
+        let p = PartialName::base(1, 3, Lsn(0x0000_0000_03A1_B2C8), 1, 1, seg);
         assert_eq!(
             partial_key("main", &p, seg),
             "main/wal/000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1.partial"
+        );
+        let d = PartialName {
+            start_lsn: Lsn(0x0340_0000),
+            ..p
+        };
+        assert_eq!(
+            partial_key("main", &d, seg),
+            "main/wal/000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1_0000000003400000.delta"
         );
         assert_eq!(history_key("main", 2), "main/wal/00000002.history");
     }

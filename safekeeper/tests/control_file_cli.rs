@@ -63,7 +63,7 @@ fn verify_ok() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.starts_with(&format!("ok: {p} format v3")),
+        stdout.starts_with(&format!("ok: {p} format v4")),
         "{stdout}"
     );
     assert!(stdout.contains("flush 0/3345678"), "{stdout}");
@@ -110,7 +110,7 @@ fn verify_rejects_newer_format() {
     let path = dir.path().join("safekeeper.control");
     fs::write(&path, control_file::format::frame(99, b"whatever")).expect("write");
     let out = safekeeper(&["control-file", "verify", path.to_str().expect("utf-8")]);
-    assert_one_line_failure(&out, "written by a newer safekeeper (format 99 > 3)");
+    assert_one_line_failure(&out, "written by a newer safekeeper (format 99 > 4)");
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn show_text_and_json() {
     let out = safekeeper(&["control-file", "show", p, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
-    assert_eq!(doc["format_version"], 3);
+    assert_eq!(doc["format_version"], 4);
     assert_eq!(doc["path"], p);
     assert_eq!(doc["lsns"]["flush"], "0/3345678");
     let state: ClusterState = serde_json::from_value(doc["state"].clone()).expect("state");
@@ -156,7 +156,7 @@ fn upgrade_v1_fixture() {
     let out = safekeeper(&["control-file", "upgrade", p]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("from format v1 to v3"),
+        text(&out.stdout).contains("from format v1 to v4"),
         "{}",
         text(&out.stdout)
     );
@@ -164,7 +164,7 @@ fn upgrade_v1_fixture() {
 
     let out = safekeeper(&["control-file", "verify", p]);
     assert!(
-        text(&out.stdout).starts_with(&format!("ok: {p} format v3,")),
+        text(&out.stdout).starts_with(&format!("ok: {p} format v4,")),
         "{}",
         text(&out.stdout)
     );

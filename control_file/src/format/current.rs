@@ -1,14 +1,14 @@
 //! Conversion between the newest frozen wire structs and the in-memory [`ClusterState`].
 //!
-//! This is the only place that knows which version is the newest. When a version 4 is added: add a
-//! frozen `v4.rs`, point `Wire` at `v4::ClusterState`, rewrite these two functions for it, give
-//! `v3::ClusterState` an `upgrade()` (the v3 definitions themselves stay untouched), extend the
-//! chain in `decode_and_upgrade`, and commit a `tests/fixtures/v4.control` written by the
-//! regenerator test.
+//! This is the only place that knows which version is the newest. When a version 5 is added: add a
+//! frozen `v5.rs`, point `Wire` at `v5::ClusterState`, rewrite these two functions for it, give
+//! `v4::ClusterState` an `upgrade()` (the v4 definitions themselves stay untouched), extend the
+//! chain in `decode_and_upgrade`, and commit a `tests/fixtures/v5.control` written by the
+//! regenerator test (v4 was added exactly so: see `v3::ClusterState::upgrade`).
 //!
 //! Invariant: `from_wire(to_wire(s)) == s` for every state (no field is dropped or defaulted).
 
-use super::v3 as wire;
+use super::v4 as wire;
 use crate::lsn::Lsn;
 use crate::names::PartialName;
 use crate::state::{
@@ -17,7 +17,7 @@ use crate::state::{
 };
 
 /// The newest format version; a save always writes it.
-pub const CURRENT_FORMAT_VERSION: u32 = 3;
+pub const CURRENT_FORMAT_VERSION: u32 = 4;
 
 /// The payload struct of [`CURRENT_FORMAT_VERSION`].
 pub type Wire = wire::ClusterState;
@@ -82,10 +82,12 @@ pub fn to_wire(s: &ClusterState) -> Wire {
                         commit_lsn: p.name.commit_lsn.0,
                         term: p.name.term,
                         sk_id: p.name.sk_id,
+                        start_lsn: p.name.start_lsn.0,
                     },
                     status: status_to_wire(p.status),
                     size: p.size,
                     crc32c: p.crc32c,
+                    level: p.level,
                 })
                 .collect(),
             history: s
@@ -150,10 +152,12 @@ pub fn from_wire(w: Wire) -> ClusterState {
                         commit_lsn: Lsn(p.name.commit_lsn),
                         term: p.name.term,
                         sk_id: p.name.sk_id,
+                        start_lsn: Lsn(p.name.start_lsn),
                     },
                     status: status_from_wire(p.status),
                     size: p.size,
                     crc32c: p.crc32c,
+                    level: p.level,
                 })
                 .collect(),
             history: w

@@ -1,8 +1,8 @@
 //! The bytes of a control file: a version-independent frame around a versioned bincode payload.
 //!
 //! Owns the frame ([`frame`], [`unframe`]), the one bincode configuration ([`CONFIG`]), the frozen
-//! payload structs of every released version ([`v1`], [`v2`], [`v3`]), the upgrade chain between
-//! them, and the conversion of the newest one to and from [`ClusterState`] ([`current`]).
+//! payload structs of every released version ([`v1`], [`v2`], [`v3`], [`v4`]), the upgrade chain
+//! between them, and the conversion of the newest one to and from [`ClusterState`] ([`current`]).
 //!
 //! ```text
 //! offset  size  field
@@ -29,6 +29,7 @@ pub mod current;
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 use std::path::Path;
 
@@ -171,10 +172,15 @@ fn decode_and_upgrade(version: u32, payload: &[u8]) -> Result<current::Wire, Str
         None => None,
     };
     let v3 = match v2 {
-        Some(s) => s.upgrade(),
-        None => decode_payload::<v3::ClusterState>(payload)?,
+        Some(s) => Some(s.upgrade()),
+        None if version == 3 => Some(decode_payload::<v3::ClusterState>(payload)?),
+        None => None,
     };
-    Ok(v3)
+    let v4 = match v3 {
+        Some(s) => s.upgrade(),
+        None => decode_payload::<v4::ClusterState>(payload)?,
+    };
+    Ok(v4)
 }
 
 /// Verifies and decodes a whole file: `(state in the newest format, version found on disk)`.

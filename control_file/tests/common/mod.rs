@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use control_file::format::{v1, v2};
+use control_file::format::{v1, v2, v3};
 use control_file::{
     ClusterState, HistoryObject, Lsn, ObjectStatus, PartialName, PartialObject, RemoteObjects,
     SegmentRange, TermSwitch,
@@ -119,10 +119,12 @@ fn partial(commit: u64, status: ObjectStatus, crc32c: u32) -> PartialObject {
             commit_lsn: Lsn(commit),
             term: 3,
             sk_id: 1,
+            start_lsn: Lsn(7 * u64::from(SEG16)),
         },
         status,
         size: commit - 7 * u64::from(SEG16),
         crc32c,
+        level: 0,
     }
 }
 
@@ -228,12 +230,46 @@ pub fn v3_fixture_state() -> ClusterState {
     s
 }
 
+/// The v3 payload stored in `tests/fixtures/v3.control`, spelled in v3's own frozen types.
+pub fn v3_fixture_wire() -> v3::ClusterState {
+    let mut v3 = v2_fixture_wire().upgrade();
+    v3.sk_id = 3;
+    for p in &mut v3.remote.partials {
+        p.name.sk_id = 3;
+    }
+    v3.wal_page_magic = 0xD110;
+    v3
+}
+
+/// The WAL start of the increment piece in the v4 fixture.
+pub const V4_DELTA_START: u64 = 0x0734_5000;
+
+/// The state stored in `tests/fixtures/v4.control`: the v3 fixture's state with another safekeeper
+/// and its in-progress piece an increment `[0/7345000, 0/7345678)` on top of the uploaded base
+/// `[0/7000000, 0/7345000)` (the v4 field, `start_lsn`, inside the segment).
+pub fn v4_fixture_state() -> ClusterState {
+    let mut s = v3_fixture_state();
+    s.sk_id = 4;
+    for p in &mut s.remote.partials {
+        p.name.sk_id = 4;
+    }
+    let delta = &mut s.remote.partials[2];
+    assert_eq!(delta.status, ObjectStatus::InProgress);
+    delta.name.start_lsn = Lsn(V4_DELTA_START);
+    delta.size = delta.name.commit_lsn.0 - V4_DELTA_START;
+    delta.crc32c = 0x0BAD_F00D;
+    // The other v4 field: the merge level of a piece.
+    delta.level = 2;
+    s
+}
+
 /// The fixture state of every format version, as loading that fixture must produce it.
 pub fn fixture_state(version: u32) -> ClusterState {
     match version {
         1 => v1_fixture_upgraded(),
         2 => v2_fixture_state(),
         3 => v3_fixture_state(),
+        4 => v4_fixture_state(),
         _ => panic!("no fixture for format version {version}"),
     }
 }

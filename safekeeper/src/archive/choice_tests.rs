@@ -34,7 +34,7 @@ fn objects(names: &[PartialName]) -> Vec<PartialObject> {
         .iter()
         .map(|n| PartialObject {
             key: n.to_file_name(MIB),
-            size: n.size(MIB),
+            size: n.bytes(),
             name: n.clone(),
         })
         .collect()

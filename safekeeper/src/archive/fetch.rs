@@ -378,11 +378,13 @@ fn serve_agreed(
 
 /// Parses a partial's file name when the segment size is not known yet. Term, commit LSN and
 /// safekeeper id do not depend on the segment size; the name is parsed again once the object's
-/// first page header tells the size.
+/// first page header tells the size. Only base pieces (whole versions) are candidates here:
+/// increment pieces (`.delta`) are not assembled into versions yet.
 fn parse_partial_any_size(file: &str, seg_size: Option<u32>) -> Option<PartialName> {
+    let base = |s: u32| PartialName::parse(file, s).ok().filter(|p| p.is_base(s));
     match seg_size {
-        Some(s) => PartialName::parse(file, s).ok(),
-        None => (20..=30).find_map(|bits| PartialName::parse(file, 1u32 << bits).ok()),
+        Some(s) => base(s),
+        None => (20..=30).find_map(|bits| base(1u32 << bits)),
     }
 }
 
@@ -446,7 +448,7 @@ fn check_partial(
     };
     let file = key.rsplit('/').next().unwrap_or(&key);
     let name = PartialName::parse(file, size).map_err(|e| corrupt(e.reason))?;
-    let expected = name.size(size);
+    let expected = name.bytes();
     if data.len() as u64 != expected {
         return Err(corrupt(format!(
             "{} bytes, but its name says [segment start, {}) = {expected} bytes",

@@ -67,7 +67,7 @@ pub(crate) enum SegmentSizeSource {
 pub(crate) struct PartialObject {
     pub name: PartialName,
     pub key: String,
-    /// Object size as listed; should equal `name.size(seg_size)`.
+    /// Object size as listed; should equal `name.bytes()`.
     pub size: u64,
 }
 
@@ -175,6 +175,11 @@ impl Archive {
                         .or_default()
                         .segments
                         .insert(segno, meta);
+                }
+                Ok(WalObjectName::Partial(name)) if !name.is_base(seg_size) => {
+                    // Not assembled into versions yet: kept visible, never served or pruned.
+                    let reason = "an increment piece (.delta), not read by this version".into();
+                    archive.unrecognized.push((meta, reason));
                 }
                 Ok(WalObjectName::Partial(name)) => {
                     let partial = PartialObject {

@@ -85,7 +85,7 @@ impl Classification {
 /// Classifies every partial and unrecognized object of a listing (see the module docs).
 pub(crate) fn classify(archive: &Archive) -> Classification {
     let seg_size = archive.seg_size;
-    let sound = |p: &PartialObject| p.size == p.name.size(seg_size);
+    let sound = |p: &PartialObject| p.size == p.name.bytes();
     let mut out = Classification::default();
     for t in archive.timelines.values() {
         for (segno, versions) in &t.partials {
@@ -107,7 +107,7 @@ pub(crate) fn classify(archive: &Archive) -> Classification {
                     let reason = format!(
                         "{} bytes, but its name says {}: left for inspection (see remote verify)",
                         p.size,
-                        p.name.size(seg_size)
+                        p.name.bytes()
                     );
                     out.kept.push(Kept { key, size, reason });
                 } else if let Some(full) = full {

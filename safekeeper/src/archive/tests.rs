@@ -41,13 +41,14 @@ pub(super) fn partial(
     sk: u64,
     seg: u32,
 ) -> PartialName {
-    PartialName {
-        timeline: tli,
+    PartialName::base(
+        tli,
         segno,
-        commit_lsn: Lsn::from_segment(segno, seg) + commit_off,
+        Lsn::from_segment(segno, seg) + commit_off,
         term,
-        sk_id: sk,
-    }
+        sk,
+        seg,
+    )
 }
 
 pub(super) fn listing(seg: u32, full: &[(u32, u64)], partials: &[PartialName]) -> Vec<ObjectMeta> {
@@ -63,7 +64,7 @@ pub(super) fn listing(seg: u32, full: &[(u32, u64)], partials: &[PartialName]) -
     out.extend(
         partials
             .iter()
-            .map(|p| meta(&format!("main/wal/{}", p.to_file_name(seg)), p.size(seg))),
+            .map(|p| meta(&format!("main/wal/{}", p.to_file_name(seg)), p.bytes())),
     );
     out
 }
@@ -103,6 +104,41 @@ fn full_segment_beats_every_partial() {
     let metas = listing(seg, &[(1, 3)], &[partial(1, 3, 500, 9, 1, seg)]);
     let a = Archive::from_listing("main", metas, None);
     assert_eq!(a.timelines[&1].served_partial(3), None);
+}
+
+/// Until versions are assembled from pieces, an increment piece is listed but never a candidate:
+/// its bytes do not start at the segment start.
+#[tokio::test]
+async fn increment_pieces_are_never_served_as_versions() {
+    let seg3 = wal_segment(3, SYSID);
+    let base = partial(1, 3, 0x2_0000, 1, 1, MIB);
+    let delta = PartialName {
+        start_lsn: base.commit_lsn,
+        ..partial(1, 3, 0x4_0000, 1, 1, MIB)
+    };
+    let a = Archive::from_listing(
+        "main",
+        listing(MIB, &[], &[base.clone(), delta.clone()]),
+        Some(MIB),
+    );
+    assert_eq!(
+        a.timelines[&1].served_partial(3).map(|p| &p.name),
+        Some(&base)
+    );
+    assert_eq!(a.unrecognized.len(), 1);
+    assert!(a.unrecognized[0].0.key.ends_with(&delta.to_file_name(MIB)));
+
+    let t = TestArchive::new();
+    t.put_partial(&seg3, &base).await;
+    t.put_partial(&seg3, &delta).await;
+    match t.fetch(&segment_file_name(1, 3, MIB)).await {
+        Ok(Some(Fetched::Partial {
+            object, candidates, ..
+        })) => {
+            assert_eq!((object.name, candidates), (base, 1));
+        }
+        other => panic!("expected the base, got {other:?}"),
+    }
 }
 
 pub(super) fn arb_partial() -> impl Strategy<Value = PartialName> {
@@ -217,8 +253,11 @@ impl TestArchive {
     }
 
     pub(super) async fn put_partial(&self, full: &[u8], name: &PartialName) {
-        let len = name.size(MIB) as usize;
-        self.put(&name.to_file_name(MIB), full[..len].to_vec())
+        let (start, end) = (
+            name.start_offset(MIB) as usize,
+            name.commit_offset(MIB) as usize,
+        );
+        self.put(&name.to_file_name(MIB), full[start..end].to_vec())
             .await;
     }
 

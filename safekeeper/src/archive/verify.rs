@@ -149,7 +149,7 @@ pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
             }
         }
         for p in objects.partials.values().flatten() {
-            let expected = p.name.size(archive.seg_size);
+            let expected = p.name.bytes();
             if p.size != expected {
                 out.push(Problem::error(
                     &p.key,
@@ -326,7 +326,7 @@ async fn check_unit(
                 let Some(data) = read(storage, &p.key, &mut f, cancel).await? else {
                     continue;
                 };
-                if data.len() as u64 != p.name.size(seg_size) {
+                if data.len() as u64 != p.name.bytes() {
                     continue; // reported by the structural check
                 }
                 check_wal(&p.key, &data, start, seg_size, &mut f);

@@ -2,7 +2,7 @@
 //! re-sent) simulated over whole segments at the rates of `bench/upload_cost`.
 
 use control_file::Lsn;
-use control_file::names::{PartialName, TimelineId};
+use control_file::names::PartialName;
 use proptest::prelude::*;
 
 use super::*;
@@ -11,7 +11,7 @@ const SEG: u32 = 16 << 20;
 
 fn piece(start: u64, end: u64) -> PartialName {
     PartialName {
-        timeline: TimelineId(1),
+        timeline: 1,
         segno: 0,
         commit_lsn: Lsn(end),
         term: 1,
@@ -76,7 +76,10 @@ fn simulate(first: u64, sizes: impl Fn(u64) -> u64) -> (f64, usize, u64) {
         let add = sizes(tick).min(u64::from(SEG) - end).max(1);
         let tiered: Vec<Tiered<'_>> = chain
             .iter()
-            .map(|(p, l)| Tiered { piece: p, level: *l })
+            .map(|(p, l)| Tiered {
+                piece: p,
+                level: *l,
+            })
             .collect();
         let (start, lvl) = next_start(&tiered, MAX_CHAIN);
         let start = start.0;

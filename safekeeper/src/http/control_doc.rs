@@ -97,14 +97,21 @@ pub(crate) struct CfPartialName {
     pub commit_lsn: u64,
     pub term: u64,
     pub sk_id: u64,
+    /// First LSN the piece holds: the segment start for a base piece (`.partial`), inside the
+    /// segment for an increment (`.delta`).
+    pub start_lsn: u64,
 }
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct CfPartial {
     pub name: CfPartialName,
     pub status: CfStatus,
+    /// WAL bytes the piece holds.
     pub size: u64,
+    /// crc32c of those WAL bytes.
     pub crc32c: u32,
+    /// Merge level (0 for an increment or a base).
+    pub level: u8,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -237,6 +244,7 @@ impl From<PartialObject> for CfPartial {
             status: st,
             size,
             crc32c,
+            level,
         } = p;
         CfPartial {
             name: CfPartialName {
@@ -245,10 +253,12 @@ impl From<PartialObject> for CfPartial {
                 commit_lsn: name.commit_lsn.0,
                 term: name.term,
                 sk_id: name.sk_id,
+                start_lsn: name.start_lsn.0,
             },
             status: status(st),
             size,
             crc32c,
+            level,
         }
     }
 }
@@ -402,16 +412,11 @@ mod tests {
         s.remote.add_full_segment(1, 3);
         s.remote.add_full_segment(1, 4);
         s.remote.partials.push(PartialObject {
-            name: PartialName {
-                timeline: 2,
-                segno: 5,
-                commit_lsn: Lsn(0x500_0800),
-                term: 2,
-                sk_id: 1,
-            },
+            name: PartialName::base(2, 5, Lsn(0x500_0800), 2, 1, 1 << 24),
             status: ObjectStatus::Uploaded,
             size: 0x800,
             crc32c: 42,
+            level: 1,
         });
         s.remote.history.push(HistoryObject {
             timeline: 2,

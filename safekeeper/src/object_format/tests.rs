@@ -37,10 +37,22 @@ fn zstd_round_trip_and_compresses() {
 
 #[test]
 fn incompressible_input_is_stored_plain() {
-    let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    // xorshift64: no structure a compressor can use.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
     let obj = encode(&data, &zstd());
     assert_eq!(obj.len(), data.len() + HEADER_LEN);
-    assert_eq!(decode(obj).expect("decode").stored, Stored::Encoded(Codec::None));
+    assert_eq!(
+        decode(obj).expect("decode").stored,
+        Stored::Encoded(Codec::None)
+    );
 }
 
 #[test]
@@ -53,7 +65,10 @@ fn empty_input_round_trips() {
 #[test]
 fn raw_objects_pass_through() {
     // A WAL page starts with xlp_magic (PostgreSQL 15: 0xD110), a history file with a digit.
-    for raw in [vec![0x10, 0xD1, 2, 0, 1, 0, 0, 0], b"1\t0/3000000\tno recovery target\n".to_vec()] {
+    for raw in [
+        vec![0x10, 0xD1, 2, 0, 1, 0, 0, 0],
+        b"1\t0/3000000\tno recovery target\n".to_vec(),
+    ] {
         let d = decode(Bytes::from(raw.clone())).expect("raw");
         assert_eq!(d.stored, Stored::Raw);
         assert_eq!(d.data, raw);
@@ -61,11 +76,14 @@ fn raw_objects_pass_through() {
     }
 }
 
+/// A damaged object never decodes to wrong bytes: every single flipped byte is an error, or (a
+/// bit zstd does not use, in its frame header) decodes to exactly the original.
 #[test]
 fn every_flipped_byte_is_detected() {
     let data = walish(20_000);
     for c in [zstd(), none()] {
         let obj = encode(&data, &c).to_vec();
+        let mut errors = 0;
         for i in 0..obj.len() {
             let mut bad = obj.clone();
             bad[i] ^= 0x40;
@@ -73,10 +91,15 @@ fn every_flipped_byte_is_detected() {
                 // Damage to the magic turns the object "raw": it is then not WAL of the right
                 // length, which the callers check (a segment or a named range has a known size).
                 Ok(d) if i < MAGIC.len() => assert_eq!(d.stored, Stored::Raw),
-                Ok(_) => panic!("{c}: flipped byte {i} not detected"),
-                Err(_) => {}
+                Ok(d) => assert_eq!(d.data, data, "{c}: flipped byte {i} decoded to other bytes"),
+                Err(_) => errors += 1,
             }
         }
+        assert!(
+            errors + MAGIC.len() + 8 >= obj.len(),
+            "{c}: only {errors} of {} detected",
+            obj.len()
+        );
     }
 }
 
@@ -121,7 +144,10 @@ fn compression_flag_parses() {
     assert_eq!(Compression::parse("none").map(|c| c.codec), Ok(Codec::None));
     assert!(Compression::parse("zstd:0").is_err());
     assert!(Compression::parse("gzip").is_err());
-    assert_eq!(Compression::parse("zstd:7").map(|c| c.to_string()), Ok("zstd:7".into()));
+    assert_eq!(
+        Compression::parse("zstd:7").map(|c| c.to_string()),
+        Ok("zstd:7".into())
+    );
 }
 
 /// The golden objects committed under `tests/fixtures/objects/` (written by format version 1):
@@ -129,7 +155,7 @@ fn compression_flag_parses() {
 #[test]
 fn golden_objects_of_version_1_decode() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects");
-    let expected = walish(100_000);
+    let expected = walish(30_000);
     for name in ["v1_zstd3.obj", "v1_none.obj"] {
         let path = dir.join(name);
         let obj = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -146,7 +172,7 @@ fn golden_objects_of_version_1_decode() {
 #[ignore = "rewrites the committed golden objects"]
 fn regenerate_golden_objects() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects");
-    let data = walish(100_000);
+    let data = walish(30_000);
     std::fs::write(dir.join("v1_zstd3.obj"), encode(&data, &zstd())).expect("write");
     std::fs::write(dir.join("v1_none.obj"), encode(&data, &none())).expect("write");
 }

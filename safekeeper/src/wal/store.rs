@@ -497,6 +497,17 @@ pub(crate) fn list_completed_segments(dir: &Path, seg_size: u32) -> Result<Vec<L
     Ok(out)
 }
 
+/// Reads the first `len` bytes of local segment `segno` (see [`read_segment_range`]).
+pub(crate) fn read_segment_prefix(
+    dir: &Path,
+    timeline: u32,
+    segno: u64,
+    seg_size: u32,
+    len: usize,
+) -> Result<Vec<u8>> {
+    read_segment_range(dir, timeline, segno, seg_size, 0, len)
+}
+
 /// Reads `len` bytes at byte `offset` of local segment `segno` (the `.partial` file while it is
 /// being written, else the completed one): the content of a partial piece or a full segment.
 pub(crate) fn read_segment_range(

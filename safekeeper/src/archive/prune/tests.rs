@@ -27,13 +27,7 @@ fn meta(key: String, size: u64) -> ObjectMeta {
 
 /// Partial of segment `segno` (timeline 1) ending `off` bytes into it.
 fn p(segno: u64, off: u64, term: u64, sk: u64) -> PartialName {
-    PartialName {
-        timeline: 1,
-        segno,
-        commit_lsn: Lsn::from_segment(segno, SEG) + off,
-        term,
-        sk_id: sk,
-    }
+    PartialName::base(1, segno, Lsn::from_segment(segno, SEG) + off, term, sk, SEG)
 }
 
 fn key(n: &PartialName) -> String {
@@ -49,7 +43,7 @@ fn archive(fulls: &[u64], partials: &[&PartialName]) -> Archive {
         .iter()
         .map(|&s| meta(full_key(s), SEG.into()))
         .collect();
-    metas.extend(partials.iter().map(|n| meta(key(n), n.size(SEG))));
+    metas.extend(partials.iter().map(|n| meta(key(n), n.bytes())));
     Archive::from_listing("main", metas, Some(SEG))
 }
 
@@ -127,7 +121,7 @@ fn versions_that_disagree_are_both_kept() {
 fn a_truncated_full_segment_or_a_wrong_size_partial_supersedes_nothing() {
     let (a, b) = (p(5, 100, 1, 1), p(5, 200, 1, 1));
     let mut metas = vec![meta(full_key(5), u64::from(SEG) - 1)];
-    metas.push(meta(key(&a), a.size(SEG)));
+    metas.push(meta(key(&a), a.bytes()));
     metas.push(meta(key(&b), 7)); // b's object is truncated
     let c = classify(&Archive::from_listing("main", metas, Some(SEG)));
     assert!(c.superseded.is_empty(), "{:?}", c.superseded);

@@ -64,9 +64,10 @@ pub(super) fn best_uploaded<'a>(st: &'a ClusterState, name: &PartialName) -> Opt
     terms.sort_unstable();
     terms.dedup();
     // The highest term with a chain wins (a newer term replaces an older one's WAL).
-    terms.into_iter().rev().find_map(|term| {
-        best_chain(uploaded().filter(|p| p.term == term), seg_start)
-    })
+    terms
+        .into_iter()
+        .rev()
+        .find_map(|term| best_chain(uploaded().filter(|p| p.term == term), seg_start))
 }
 
 /// True when the segment's full object is recorded, or `name` is off the best version's chain
@@ -291,7 +292,7 @@ impl<T: Ord + Copy> RequestLedger<T> {
     /// A ledger for a process that found `st` at start: the PUTs of its `InProgress` entries may
     /// land until `inherited_until`.
     pub(super) fn new(st: Option<&ClusterState>, inherited_until: T) -> RequestLedger<T> {
-        let inherited = st
+        let inherited: HashSet<PartialName> = st
             .map(|s| {
                 s.remote
                     .partials

@@ -137,8 +137,7 @@ impl Offloader {
         tokio::task::spawn_blocking(move || {
             let offset = name.start_lsn.segment_offset(seg_size);
             let len = (name.commit_lsn.0 - name.start_lsn.0) as usize;
-            let data =
-                read_segment_range(&dir, name.timeline, name.segno, seg_size, offset, len)?;
+            let data = read_segment_range(&dir, name.timeline, name.segno, seg_size, offset, len)?;
             let crc = crc32c::crc32c(&data);
             Ok((Bytes::from(data), crc))
         })

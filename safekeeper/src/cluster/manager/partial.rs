@@ -176,7 +176,7 @@ impl Manager {
             Ok(sent) => sent,
             Err(e) => {
                 let msg = format!("{e:#}");
-            self.note_failure("partial upload", &e);
+                self.note_failure("partial upload", &e);
                 for w in self.partial.waiters.drain(..) {
                     let _ = w.send(Err(anyhow::anyhow!("{msg}")));
                 }
@@ -282,7 +282,11 @@ impl Manager {
             p.segment_entered = Some((segno, commit, now));
             p.pending_since = None;
         }
-        let covered = if p.covered >= seg_start { p.covered } else { seg_start };
+        let covered = if p.covered >= seg_start {
+            p.covered
+        } else {
+            seg_start
+        };
         if commit > covered && p.pending_since.is_none() {
             p.pending_since = Some(now);
         }

@@ -479,7 +479,11 @@ impl World {
             assert_eq!(chains.len(), 1, "left {partials:?}\n{t}");
             let chain = chains.values().next().expect("one chain");
             assert_eq!(chain.end, self.p.commit, "left {partials:?}\n{t}");
-            assert_eq!(chain.pieces.len(), partials.len(), "left over {partials:?}\n{t}");
+            assert_eq!(
+                chain.pieces.len(),
+                partials.len(),
+                "left over {partials:?}\n{t}"
+            );
             let term = self.st.term_at(Lsn(self.p.commit.0 - 1));
             assert!(chain.pieces.iter().all(|p| p.term == term), "{t}");
         }
