@@ -28,11 +28,13 @@ import pytest
 from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.bookkeeping import archive_end, listed_partial_names, unexplained
 from fixtures.pg import PgCluster
-from fixtures.restore import recover, restore_wal_command, take_base_backup
+from fixtures.objects import decode
+from fixtures.restore import assemble, recover, restore_wal_command, take_base_backup
 from fixtures.s3_faults import FaultProxy, ProxiedBucket
 from fixtures.safekeeper import Safekeeper, safekeeper_bin
 from fixtures.utils import run
-from fixtures.wal import MIB, SEG_SIZE, format_lsn, is_segment_name, parse_partial_name, partial_name, segment_name
+from fixtures.wal import (MIB, SEG_SIZE, format_lsn, is_segment_name, parse_partial_name, partial_name, partial_versions,
+                          segment_name)
 
 WAL = "main/wal/"
 SEED = int(os.environ.get("SK_TEST_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 31)
@@ -161,13 +163,16 @@ def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
         local = [p for p in (os.path.join(primary.pg_wal, n), os.path.join(safekeeper.wal_dir(), n)) if os.path.exists(p)]
         assert local, f"{n}: neither the primary nor the safekeeper has it to compare with"
         with open(local[0], "rb") as f:
-            assert bucket.get(WAL + n) == f.read(), f"full segment {n} differs from {local[0]}"
-    assert len(partials) == 1, f"{len(partials)} partials left: {partials}"
-    assert partials == [n for n, s in listed_partial_names(cf).items() if s == "Uploaded"], (partials, cf["remote"])
-    p = parse_partial_name(partials[0])
-    assert p.commit_lsn == cf["commit_lsn"], (format_lsn(p.commit_lsn), format_lsn(cf["commit_lsn"]))
-    with open(os.path.join(primary.pg_wal, p.segment), "rb") as f:
-        assert bucket.get(WAL + partials[0]) == f.read(p.commit_lsn % SEG_SIZE)
+            assert decode(bucket.get(WAL + n)) == f.read(), f"full segment {n} differs from {local[0]}"
+    # One version left (its pieces, all listed Uploaded), ending at the commit LSN, holding the
+    # primary's WAL.
+    versions = partial_versions(partials)
+    assert len(versions) == 1, f"{len(versions)} partial versions left: {partials}"
+    assert sorted(partials) == sorted(n for n, s in listed_partial_names(cf).items() if s == "Uploaded"), (partials, cf["remote"])
+    (seg, sk_id, term), end = next(iter(versions.items()))
+    assert end == cf["commit_lsn"], (format_lsn(end), format_lsn(cf["commit_lsn"]))
+    with open(os.path.join(primary.pg_wal, seg), "rb") as f:
+        assert assemble(bucket, WAL, listed, seg, sk_id, term, end) == f.read(end % SEG_SIZE)
     assert verify_rc == 0, f"remote verify --strict exited {verify_rc}"
     assert faulted >= 0.9 * baseline, f"sync TPS fell to {faulted:.0f} with faults, fault-free {baseline:.0f}"
 

@@ -22,6 +22,7 @@ import pytest
 from fixtures.api import scrape
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
+from fixtures.objects import decode
 from fixtures.restore import copy_archive, recover, take_base_backup
 from fixtures.safekeeper import Safekeeper, safekeeper_bin
 from fixtures.utils import is_root, run, wait_until
@@ -307,7 +308,7 @@ def test_full_remote_does_not_stop_ingest(primary: PgCluster, safekeeper: Safeke
     assert set(switched) <= keys, (switched, sorted(keys))
     for seg in switched:
         with open(os.path.join(primary.pg_wal, seg), "rb") as f:
-            assert remote.get(f"main/wal/{seg}") == f.read()
+            assert decode(remote.get(f"main/wal/{seg}")) == f.read()
     verify = subprocess.run([safekeeper_bin(), "remote", "verify", *remote.args()], capture_output=True, text=True,
                             timeout=120, env={**os.environ, **remote.env()})
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -23,18 +23,23 @@ from fixtures.bookkeeping import full_implied, listed_partial_names
 from fixtures.majors import pg_matrix
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
-from fixtures.restore import copy_archive, recover, restore_wal_command, take_base_backup
+from fixtures.restore import assemble, copy_archive, recover, restore_wal_command, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
 from fixtures.safekeeper import Safekeeper
 from fixtures.utils import run, wait_until
-from fixtures.wal import SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, segment_name, segno_of
+from fixtures.objects import decode
+from fixtures.wal import (SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, partial_versions, segment_name,
+                          segno_of)
 
 WAL = "main/wal/"
 
 
 def partials(remote) -> list[tuple[str, int, int, int, str]]:
-    """(segment, commit_lsn, term, sk_id, key) of every partial object."""
-    return [(*p, k) for k in remote.keys(WAL) if (p := parse_partial_name(k[len(WAL):]))]
+    """(segment, end LSN, term, sk_id, version name) of every partial version: the end its pieces
+    chain to from the segment start (fixtures/wal.py `partial_versions`), named as listings name it."""
+    names = [k[len(WAL):] for k in remote.keys(WAL)]
+    return [(seg, end, term, sk, f"{seg}_{end:016X}_{term:016X}_sk{sk}.partial")
+            for (seg, sk, term), end in sorted(partial_versions(names).items())]
 
 
 def fulls(remote) -> list[str]:
@@ -78,19 +83,23 @@ def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, 
     segnos = [parse_segment_name(n)[1] for n in names]
     assert segnos == list(range(segnos[0], segnos[0] + len(segnos))), names
     for n in names:
-        data = remote.get(f"main/wal/{n}")
+        data = decode(remote.get(f"main/wal/{n}"))
         assert len(data) == SEG_SIZE
         if os.path.exists(os.path.join(primary.pg_wal, n)):
             assert data == primary_bytes(primary, n), f"{n} differs from the primary's"
         assert remote.tags(f"main/wal/{n}") == {"safekeeper-kind": "full"}
 
-    # Exactly one partial: the current segment, bytes = primary's WAL up to its commit LSN.
+    # Exactly one partial version: the current segment, its pieces assembled = the primary's WAL up
+    # to its end, every piece tagged.
     assert seg == segment_name(1, segno_of(commit)) and parse_segment_name(seg)[1] == segnos[-1] + 1
     assert (term, sk_id) == (1, 1)
-    data = remote.get(key)
+    listed = [k[len(WAL):] for k in remote.keys(WAL)]
+    data = assemble(remote, WAL, listed, seg, sk_id, term, commit)
     assert len(data) == commit % SEG_SIZE
     assert data == primary_bytes(primary, seg)[: len(data)]
-    assert remote.tags(key) == {"safekeeper-kind": "partial"}
+    for n in listed:
+        if (p := parse_partial_name(n)) and p.segment == seg:
+            assert remote.tags(WAL + n) == {"safekeeper-kind": "partial"}, n
 
     # The control file lists what exists (and nothing is listed twice).
     assert safekeeper.stop() == 0
@@ -243,7 +252,7 @@ def test_storage_outage_does_not_stall_commits(primary: PgCluster, safekeeper: S
         assert segnos == list(range(segnos[0], segnos[0] + len(segnos)))
         for n in names:
             if os.path.exists(os.path.join(primary.pg_wal, n)):
-                assert remote.get(f"main/wal/{n}") == primary_bytes(primary, n)
+                assert decode(remote.get(f"main/wal/{n}")) == primary_bytes(primary, n)
         assert safekeeper.stop() == 0
     finally:
         server.stop()
