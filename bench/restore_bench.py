@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fixtures.archive import ArchiveWriter, synthetic_segment  # noqa: E402
 from fixtures.s3 import MotoServer, new_bucket  # noqa: E402
-from fixtures.utils import segment_name  # noqa: E402
+from fixtures.wal import segment_name  # noqa: E402
 
 
 def run_restores(binary: str, writer: ArchiveWriter, names: list[str], expected: dict, prefetch: int, workdir: str) -> float:
