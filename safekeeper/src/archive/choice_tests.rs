@@ -32,11 +32,7 @@ fn reference_best(names: &[PartialName]) -> PartialName {
 fn objects(names: &[PartialName]) -> Vec<PartialObject> {
     names
         .iter()
-        .map(|n| PartialObject {
-            key: n.to_file_name(MIB),
-            size: n.bytes(),
-            name: n.clone(),
-        })
+        .map(|n| PartialObject::single(n.clone(), n.to_file_name(MIB), n.bytes()))
         .collect()
 }
 

@@ -3,10 +3,13 @@
 //!
 //! Owns the lookup order and its race handling. A segment costs one GET when its full object
 //! exists (the common case during replay); otherwise one LIST of the keys starting with the
-//! segment name (which shows the full object too, should it have appeared meanwhile) and one GET
-//! of the chosen partial. The safekeeper uploads the full segment *before* it deletes that
-//! segment's partials, so when a partial vanishes between LIST and GET, or the full object shows
-//! up in the LIST, the lookup starts over and finds the full segment.
+//! segment name (which shows the full object too, should it have appeared meanwhile) and the GETs
+//! of the chosen version's pieces (at most `chain::MAX_CHAIN`, concurrently). Without
+//! `--wal-segment-size`, the size comes from the first page header of a base piece (the base of
+//! the longest version, which is then usually read anyway). The safekeeper uploads the full
+//! segment *before* it deletes that segment's pieces, and a merged piece before the pieces it
+//! replaces, so when a piece vanishes between LIST and GET, or the full object shows up in the
+//! LIST, the lookup starts over and finds the full segment or the new chain.
 //!
 //! Several safekeepers: the partial served is the one holding the most WAL across safekeepers
 //! ([`super::ranked_candidates`]; terms order only one safekeeper's own versions). Only when
@@ -21,10 +24,13 @@
 //! Invariants:
 //! - "not found" (`Ok(None)`) is only returned when a listing showed neither the full segment nor
 //!   any partial of it: a storage failure is an error, never "not found";
-//! - what is returned was verified: crc32c and length by `remote_storage`, a WAL page header at
-//!   the segment start whose address is that segment's, a size that is the segment size (full) or
-//!   exactly what the partial's name promises; a bad object is [`FetchError::Corrupt`], never
-//!   served and never retried.
+//! - what is returned was verified: crc32c and length by `remote_storage`, then decoded
+//!   ([`crate::object_format::decode`]: header, lengths, crc32c of the WAL bytes; raw objects
+//!   pass through), a decoded size that is the segment size (full) or exactly `[start, commit)`
+//!   of each piece's name, and a WAL page header at the segment start whose address is that
+//!   segment's; a bad object is [`FetchError::Corrupt`], never served and never retried.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use control_file::Lsn;
@@ -32,13 +38,16 @@ use control_file::lsn::is_valid_segment_size;
 use control_file::names::{
     PartialName, TimelineId, parse_history_file_name, parse_segment_file_name,
 };
-use remote_storage::{ListOptions, RemoteStorage, RemoteStorageExt, StorageError};
+use futures::StreamExt;
+use remote_storage::{ListOptions, ObjectMeta, RemoteStorage, RemoteStorageExt, StorageError};
 use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
 use super::{
-    PartialObject, choose_agreed, looks_like_segment_name, pad_to_segment, ranked_candidates,
+    PartialObject, Piece, assemble, choose_agreed, looks_like_segment_name, pad_to_segment,
+    ranked_candidates, versions_of,
 };
+use crate::object_format;
 use crate::remote::wal_prefix;
 use crate::wal::format::{Expect, PageHeader, check_page_header};
 
@@ -47,6 +56,8 @@ const LOOKUP_ROUNDS: usize = 3;
 /// Candidates of one segment (one per safekeeper, best first) compared before a partial is
 /// served: the best and up to two runners-up.
 pub(crate) const MAX_COMPARED: usize = 3;
+/// Piece GETs in flight at once in one lookup.
+const PIECE_READS: usize = 16;
 
 /// A file name PostgreSQL may ask `restore_command` for (`%f`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,11 +86,11 @@ pub(crate) enum Fetched {
         seg_size: u32,
         data: Bytes,
     },
-    /// `data` is the partial's WAL zero-padded to `seg_size`.
+    /// `data` is the version's WAL zero-padded to `seg_size`.
     Partial {
         object: PartialObject,
         data: Vec<u8>,
-        /// Every partial that was listed for the segment, the chosen one included.
+        /// Every version listed for the segment, the chosen one included.
         candidates: usize,
         /// Other safekeepers' candidates whose bytes were compared with the one served.
         compared: usize,
@@ -114,8 +125,12 @@ impl Fetched {
                     0 => String::new(),
                     n => format!(", agreeing with {n} other safekeepers' partials"),
                 };
+                let pieces = match object.pieces.len() {
+                    1 => "1 piece".to_string(),
+                    n => format!("{n} pieces"),
+                };
                 format!(
-                    "partial {} (term {}, commit LSN {}, safekeeper {}; chosen among \
+                    "partial {} (term {}, commit LSN {}, safekeeper {}, {pieces}; chosen among \
                      {candidates}{agreed}), zero-padded: WAL ends at {}",
                     object.key,
                     object.name.term,
@@ -215,6 +230,9 @@ async fn fetch_history(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(object_error(e)),
     };
+    let data = object_format::decode(data)
+        .map_err(|e| FetchError::Corrupt(format!("history file {key}: {e}")))?
+        .data;
     let text = std::str::from_utf8(&data)
         .map_err(|_| FetchError::Corrupt(format!("history file {key} is not text")))?;
     parse_history(tli, text)
@@ -244,39 +262,37 @@ async fn fetch_segment(
             tracing::info!(key = %full_key, round, "full segment appeared during lookup");
             continue;
         }
-        let candidates: Vec<PartialObject> = listing
-            .iter()
-            .filter_map(|meta| {
-                let file = meta.key.strip_prefix(wal_prefix(cluster).as_str())?;
-                match parse_partial_any_size(file, opts.seg_size) {
-                    Some(name) => Some(PartialObject {
-                        name,
-                        key: meta.key.clone(),
-                        size: meta.size,
-                    }),
-                    None => {
-                        tracing::warn!(key = %meta.key, "ignoring an object that is not a partial segment name");
-                        None
-                    }
-                }
-            })
-            .collect();
-        let ranked = ranked_candidates(&candidates);
+        let mut cache = HashMap::new();
+        let Some(seg_size) =
+            segment_size(storage, &listing, opts.seg_size, &mut cache, cancel).await?
+        else {
+            return Ok(None);
+        };
+        let prefix = wal_prefix(cluster);
+        let pieces = parse_pieces(&listing, &prefix, seg_size);
+        let versions = versions_of(&pieces, &prefix, seg_size);
+        let ranked = ranked_candidates(&versions);
         if ranked.is_empty() {
+            if !pieces.is_empty() {
+                tracing::warn!(
+                    segment,
+                    "pieces listed, but none chains from the segment start"
+                );
+            }
             return Ok(None);
         }
-        for other in candidates.iter().filter(|c| !ranked.contains(c)) {
+        for other in versions.iter().filter(|c| !ranked.contains(c)) {
             tracing::debug!(key = %other.key, term = other.name.term, commit_lsn = %other.name.commit_lsn,
                 "an older version of its safekeeper's partial: not a candidate");
         }
         let compared = compared_candidates(&ranked, opts.prefer_safekeeper);
-        match fetch_candidates(storage, &compared, opts, cancel).await? {
+        match fetch_candidates(storage, &compared, seg_size, opts, cache, cancel).await? {
             Some(fetched) => {
-                return serve_agreed(fetched, opts.prefer_safekeeper, candidates.len()).map(Some);
+                return serve_agreed(fetched, opts.prefer_safekeeper, versions.len()).map(Some);
             }
-            // Removed since the listing: the full segment has been uploaded meanwhile.
+            // Removed since the listing: the full segment or a merged piece replaced it.
             None => {
-                tracing::info!(key = %full_key, round, "a partial vanished during lookup; looking again");
+                tracing::info!(key = %full_key, round, "a piece vanished during lookup; looking again");
             }
         }
     }
@@ -304,46 +320,170 @@ fn compared_candidates<'a>(
     out
 }
 
-/// A verified candidate: the object (its name parsed at the segment size its header gives),
-/// its bytes and the segment size.
+/// A verified candidate: the version, its WAL bytes and the segment size.
 struct Candidate {
     object: PartialObject,
     data: Bytes,
     seg_size: u32,
 }
 
-/// Reads `compared` concurrently and verifies each. `Ok(None)` when one vanished (the lookup
-/// starts over). The best and the preferred candidate must be sound (a damaged one is fatal, as
-/// with a single safekeeper); a damaged runner-up is only logged and left out of the comparison.
+/// The listed pieces (names parsed at `seg_size`; anything else is logged and skipped).
+fn parse_pieces(listing: &[ObjectMeta], prefix: &str, seg_size: u32) -> Vec<Piece> {
+    listing
+        .iter()
+        .filter_map(|meta| {
+            let file = meta.key.strip_prefix(prefix)?;
+            match PartialName::parse(file, seg_size) {
+                Ok(name) => Some(Piece {
+                    name,
+                    key: meta.key.clone(),
+                    size: meta.size,
+                }),
+                Err(e) => {
+                    tracing::warn!(key = %meta.key, "ignoring an object that is not a partial piece: {}", e.reason);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The segment size: `given`, else what the first page header of a base piece says (the base
+/// with the highest commit LSN: usually the served version's, so its bytes, kept in `cache`, are
+/// read once). `Ok(None)`: no base piece is listed (no version exists) or it vanished.
+async fn segment_size(
+    storage: &dyn RemoteStorage,
+    listing: &[ObjectMeta],
+    given: Option<u32>,
+    cache: &mut HashMap<String, Bytes>,
+    cancel: &CancellationToken,
+) -> Result<Option<u32>, FetchError> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let base = listing
+        .iter()
+        .filter_map(|m| {
+            let file = m.key.rsplit('/').next()?;
+            Some((parse_base_any_size(file)?, m))
+        })
+        .max_by(|(a, ma), (b, mb)| a.commit_lsn.cmp(&b.commit_lsn).then(mb.key.cmp(&ma.key)));
+    let Some((_, meta)) = base else {
+        return Ok(None);
+    };
+    let object = match storage.get_bytes(&meta.key, cancel).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(object_error(e)),
+    };
+    let corrupt =
+        |what: String| FetchError::Corrupt(format!("partial segment {}: {what}", meta.key));
+    let data = object_format::decode(object.clone())
+        .map_err(|e| corrupt(e.to_string()))?
+        .data;
+    let size = PageHeader::decode(&data)
+        .and_then(|h| h.long)
+        .map(|l| l.seg_size)
+        .filter(|s| is_valid_segment_size(*s))
+        .ok_or_else(|| {
+            corrupt(
+                "no valid long WAL page header at its start (cannot tell the segment size)".into(),
+            )
+        })?;
+    cache.insert(meta.key.clone(), object);
+    Ok(Some(size))
+}
+
+/// A base piece's name (`.partial`) parsed at the first segment size that accepts it. Term,
+/// commit LSN and safekeeper id do not depend on the segment size.
+fn parse_base_any_size(file: &str) -> Option<PartialName> {
+    (20..=30).find_map(|bits| {
+        let size = 1u32 << bits;
+        PartialName::parse(file, size)
+            .ok()
+            .filter(|p| p.is_base(size))
+    })
+}
+
+/// Reads the pieces of `compared` concurrently (those in `cache` are read already), assembles
+/// and verifies each version. `Ok(None)` when a piece vanished (the lookup starts over). The best
+/// and the preferred candidate must be sound (a damaged one is fatal, as with a single
+/// safekeeper); a damaged runner-up is only logged and left out of the comparison.
 async fn fetch_candidates(
     storage: &dyn RemoteStorage,
     compared: &[&PartialObject],
+    seg_size: u32,
     opts: FetchOptions,
+    mut cache: HashMap<String, Bytes>,
     cancel: &CancellationToken,
 ) -> Result<Option<Vec<Candidate>>, FetchError> {
-    let reads =
-        futures::future::join_all(compared.iter().map(|p| storage.get_bytes(&p.key, cancel))).await;
-    let mut out: Vec<Candidate> = Vec::with_capacity(compared.len());
-    for (i, (object, read)) in compared.iter().zip(reads).enumerate() {
-        let data = match read {
-            Ok(data) => Ok(data),
+    let mut keys: Vec<&str> = compared
+        .iter()
+        .flat_map(|v| v.pieces.iter().map(|p| p.key.as_str()))
+        .filter(|k| !cache.contains_key(*k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut reads = futures::stream::iter(keys)
+        .map(|key| async move { (key, storage.get_bytes(key, cancel).await) })
+        .buffer_unordered(PIECE_READS);
+    let mut failed: HashMap<String, StorageError> = HashMap::new();
+    while let Some((key, read)) = reads.next().await {
+        match read {
+            Ok(b) => {
+                cache.insert(key.to_string(), b);
+            }
             Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => Err(object_error(e)),
-        };
-        // Runners-up must have the best's segment size.
-        let seg_size = out.first().map(|c| c.seg_size).or(opts.seg_size);
-        let checked = data.and_then(|d| check_partial(object, d, seg_size));
-        let essential = i == 0 || opts.prefer_safekeeper == Some(object.name.sk_id);
+            Err(e) => {
+                failed.insert(key.to_string(), e);
+            }
+        }
+    }
+    let mut out: Vec<Candidate> = Vec::with_capacity(compared.len());
+    for (i, version) in compared.iter().enumerate() {
+        let checked = check_version(version, &cache, &mut failed, seg_size);
+        let essential = i == 0 || opts.prefer_safekeeper == Some(version.name.sk_id);
         match checked {
             Ok(c) => out.push(c),
             Err(e) if essential => return Err(e),
             Err(FetchError::Corrupt(e)) => {
-                tracing::warn!(key = %object.key, "not compared with the best partial: {e}");
+                tracing::warn!(key = %version.key, "not compared with the best partial: {e}");
             }
             Err(e) => return Err(e),
         }
     }
     Ok(Some(out))
+}
+
+/// One version from its pieces' bytes: decoded, lengths as named, assembled, and a WAL page header
+/// at the segment start.
+fn check_version(
+    version: &PartialObject,
+    cache: &HashMap<String, Bytes>,
+    failed: &mut HashMap<String, StorageError>,
+    seg_size: u32,
+) -> Result<Candidate, FetchError> {
+    let corrupt =
+        |what: String| FetchError::Corrupt(format!("partial segment {}: {what}", version.key));
+    let mut objects = Vec::with_capacity(version.pieces.len());
+    for p in &version.pieces {
+        if let Some(e) = failed.remove(&p.key) {
+            return Err(object_error(e));
+        }
+        match cache.get(&p.key) {
+            Some(b) => objects.push(b.clone()),
+            None => return Err(corrupt(format!("piece {} was not read", p.key))),
+        }
+    }
+    let data = assemble(version, objects).map_err(corrupt)?;
+    let start = version.name.segment_start(seg_size);
+    check_page_header(&data, start.0, seg_size, Expect::default())
+        .map_err(|p| corrupt(format!("first page header at {start}: {p}")))?;
+    Ok(Candidate {
+        object: version.clone(),
+        data,
+        seg_size,
+    })
 }
 
 /// Serves the candidate [`choose_agreed`] picks, zero-padded.
@@ -376,18 +516,6 @@ fn serve_agreed(
     })
 }
 
-/// Parses a partial's file name when the segment size is not known yet. Term, commit LSN and
-/// safekeeper id do not depend on the segment size; the name is parsed again once the object's
-/// first page header tells the size. Only base pieces (whole versions) are candidates here:
-/// increment pieces (`.delta`) are not assembled into versions yet.
-fn parse_partial_any_size(file: &str, seg_size: Option<u32>) -> Option<PartialName> {
-    let base = |s: u32| PartialName::parse(file, s).ok().filter(|p| p.is_base(s));
-    match seg_size {
-        Some(s) => base(s),
-        None => (20..=30).find_map(|bits| base(1u32 << bits)),
-    }
-}
-
 fn check_full(
     key: String,
     segment: &str,
@@ -395,6 +523,9 @@ fn check_full(
     seg_size: Option<u32>,
 ) -> Result<Fetched, FetchError> {
     let corrupt = |what: String| FetchError::Corrupt(format!("full segment {key}: {what}"));
+    let data = object_format::decode(data)
+        .map_err(|e| corrupt(e.to_string()))?
+        .data;
     let size = u32::try_from(data.len())
         .ok()
         .filter(|s| is_valid_segment_size(*s))
@@ -419,52 +550,5 @@ fn check_full(
         key,
         seg_size: size,
         data,
-    })
-}
-
-fn check_partial(
-    object: &PartialObject,
-    data: Bytes,
-    seg_size: Option<u32>,
-) -> Result<Candidate, FetchError> {
-    let key = object.key.clone();
-    let corrupt = |what: String| FetchError::Corrupt(format!("partial segment {key}: {what}"));
-    let header_size = PageHeader::decode(&data)
-        .and_then(|h| h.long)
-        .map(|l| l.seg_size)
-        .filter(|s| is_valid_segment_size(*s));
-    let size = match (seg_size, header_size) {
-        (Some(given), Some(found)) if given != found => {
-            return Err(corrupt(format!(
-                "its page header says segment size {found}, but the segment size is {given}"
-            )));
-        }
-        (Some(s), _) | (None, Some(s)) => s,
-        (None, None) => {
-            return Err(corrupt(
-                "no valid long WAL page header at its start (cannot tell the segment size)".into(),
-            ));
-        }
-    };
-    let file = key.rsplit('/').next().unwrap_or(&key);
-    let name = PartialName::parse(file, size).map_err(|e| corrupt(e.reason))?;
-    let expected = name.bytes();
-    if data.len() as u64 != expected {
-        return Err(corrupt(format!(
-            "{} bytes, but its name says [segment start, {}) = {expected} bytes",
-            data.len(),
-            name.commit_lsn
-        )));
-    }
-    let start = Lsn::from_segment(name.segno, size);
-    check_page_header(&data, start.0, size, Expect::default())
-        .map_err(|p| corrupt(format!("first page header at {start}: {p}")))?;
-    Ok(Candidate {
-        object: PartialObject {
-            name,
-            ..object.clone()
-        },
-        data,
-        seg_size: size,
     })
 }

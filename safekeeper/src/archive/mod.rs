@@ -1,12 +1,19 @@
 //! A cluster's archive in remote storage as recovery sees it: what a listing of
-//! `<cluster>/wal/` means (timelines, contiguous segment ranges, gaps, partial versions, history
-//! files) and the selection rules of docs/architecture.md, "Restore semantics".
+//! `<cluster>/wal/` means (timelines, contiguous segment ranges, gaps, partial versions and the
+//! pieces that store them, history files) and the selection rules of docs/architecture.md,
+//! "Restore semantics".
 //!
 //! Owns:
 //! - [`Archive`]: a parsed listing, built by a pure function ([`Archive::from_listing`]) so every
 //!   rule can be unit-tested without storage;
-//! - the choice of the segment size when no flag gives it: the most common size among full
-//!   segment objects (a full segment is exactly `wal_segment_size` bytes), else 16 MiB;
+//! - the partial *versions* of a listing ([`versions_of`]): per (timeline, segment, safekeeper,
+//!   term), the version ending at the highest end that pieces chain to from the segment start,
+//!   with that chain (`crate::chain::best_chain`); a version is always named by its logical
+//!   `SEGMENT_COMMITLSN_TERM_skID.partial` name, whichever pieces store it;
+//! - the choice of the segment size when no flag gives it ([`Archive::load`]): the WAL length in
+//!   the header of the newest full segment object (one ranged GET), else, for raw objects written
+//!   before the object format, the most common size among full segment objects (a raw full
+//!   segment is exactly `wal_segment_size` bytes), else 16 MiB;
 //! - the choice among partials of one segment ([`ranked_candidates`], [`best_partial`]): a term
 //!   is local to one safekeeper, so it orders only that safekeeper's own versions (its newest is
 //!   the highest term, then the highest commit LSN); across safekeepers the candidate holding the
@@ -16,10 +23,13 @@
 //!   (a history that diverged inside one timeline), which `restore-wal` and `remote verify` report;
 //! - [`pad_to_segment`]: a partial zero-padded to the size PostgreSQL requires.
 //!
-//! Invariant: a full segment always wins over any partial of the same segment; nothing here ever
-//! offers a partial for a segment whose full object is listed.
+//! Invariants: a full segment always wins over any partial of the same segment; nothing here ever
+//! offers a partial for a segment whose full object is listed; a version is offered only when its
+//! pieces chain from the segment start to its end, each piece holding exactly `[start, commit)`
+//! of its name (checked when the pieces are read, [`assemble`]).
 //!
-//! Submodules: [`history`] (timeline history files and which timeline holds which segment),
+//! Submodules: `versions` (versions from pieces, and their bytes), [`history`] (timeline
+//! history files and which timeline holds which segment),
 //! [`fetch`] (one WAL file for `restore_command`), [`verify`] (the archive check), [`prune`]
 //! (superseded partials), [`plan`] (which objects rebuild a `pg_wal`), [`spool`] (the prefetch
 //! spool of `restore-wal`).
@@ -30,6 +40,7 @@ pub(crate) mod plan;
 pub(crate) mod prune;
 pub(crate) mod spool;
 pub(crate) mod verify;
+mod versions;
 
 #[cfg(test)]
 mod choice_tests;
@@ -45,7 +56,9 @@ use control_file::names::{PartialName, TimelineId, WalObjectName, segment_file_n
 use remote_storage::{ListOptions, ObjectMeta, RemoteStorage, RemoteStorageExt, StorageError};
 use tokio_util::sync::CancellationToken;
 
+use crate::object_format::{self, HEADER_LEN};
 use crate::remote::wal_prefix;
+pub(crate) use versions::{assemble, decode_piece, versions_of};
 
 /// PostgreSQL's default `wal_segment_size`, used when nothing tells the size.
 pub(crate) const DEFAULT_SEGMENT_SIZE: u32 = 16 << 20;
@@ -56,19 +69,60 @@ pub(crate) const DEFAULT_SEGMENT_SIZE: u32 = 16 << 20;
 pub(crate) enum SegmentSizeSource {
     /// `--wal-segment-size`.
     Given,
-    /// The size of the full segment objects in the listing.
+    /// The full segment objects: the WAL length in one's header, or raw objects' sizes.
     Inferred,
     /// No full segment and no flag: PostgreSQL's default.
     Default,
 }
 
-/// One partial segment version in the archive.
+/// One stored piece of a partial version: a base (`.partial`) or an increment (`.delta`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PartialObject {
+pub(crate) struct Piece {
     pub name: PartialName,
     pub key: String,
-    /// Object size as listed; should equal `name.bytes()`.
+    /// Stored bytes as listed (the encoded object; raw pieces: their WAL bytes).
     pub size: u64,
+}
+
+/// One partial segment version in the archive: WAL `[segment start, commit LSN)` of one
+/// safekeeper's term, stored as a chain of pieces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PartialObject {
+    /// The version's name: `start_lsn` is the segment start.
+    pub name: PartialName,
+    /// The version's logical key, `<cluster>/wal/SEGMENT_COMMITLSN_TERM_skID.partial`: an object
+    /// of that key exists only when the version is stored as a single base piece.
+    pub key: String,
+    /// The pieces holding it, in WAL order, from the segment start to its commit LSN (the chain
+    /// with the fewest pieces).
+    pub pieces: Vec<Piece>,
+}
+
+impl PartialObject {
+    /// WAL bytes of the version, `commit LSN - segment start`.
+    pub(crate) fn wal_bytes(&self, seg_size: u32) -> u64 {
+        self.name.commit_offset(seg_size)
+    }
+
+    /// Stored bytes of its pieces, as listed.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.size).sum()
+    }
+
+    /// The version served from one object of its own name, as listed before pieces existed
+    /// (tests and single-base archives).
+    #[cfg(test)]
+    pub(crate) fn single(name: PartialName, key: String, size: u64) -> PartialObject {
+        PartialObject {
+            pieces: vec![Piece {
+                name: name.clone(),
+                key: key.clone(),
+                size,
+            }],
+            name,
+            key,
+        }
+    }
 }
 
 /// The objects of one timeline.
@@ -76,8 +130,10 @@ pub(crate) struct PartialObject {
 pub(crate) struct TimelineObjects {
     /// Full segments by segment number.
     pub segments: BTreeMap<u64, ObjectMeta>,
-    /// Partial versions by segment number, in listing (key) order.
+    /// Partial versions by segment number ([`versions_of`] its pieces), in key order.
     pub partials: BTreeMap<u64, Vec<PartialObject>>,
+    /// Every listed piece by segment number, in key order.
+    pub pieces: BTreeMap<u64, Vec<Piece>>,
 }
 
 impl TimelineObjects {
@@ -108,6 +164,18 @@ impl TimelineObjects {
         }
         best_partial(self.partials.get(&segno)?)
     }
+
+    /// Pieces of `segno` on no version's chain: left over from merges and crashes, or orphans
+    /// whose chain from the segment start is broken.
+    pub(crate) fn off_chain(&self, segno: u64) -> Vec<&Piece> {
+        let versions = self.partials.get(&segno).map(Vec::as_slice).unwrap_or(&[]);
+        self.pieces
+            .get(&segno)
+            .into_iter()
+            .flatten()
+            .filter(|p| !versions.iter().any(|v| v.pieces.contains(p)))
+            .collect()
+    }
 }
 
 /// A parsed listing of `<cluster>/wal/`.
@@ -124,7 +192,8 @@ pub(crate) struct Archive {
 }
 
 impl Archive {
-    /// Lists `<cluster>/wal/` and parses it. `seg_size`: the `--wal-segment-size` flag, if given.
+    /// Lists `<cluster>/wal/` and parses it. `seg_size`: the `--wal-segment-size` flag, if given;
+    /// without it, the header of the newest full segment object tells the size (one ranged GET).
     pub(crate) async fn load(
         storage: &dyn RemoteStorage,
         cluster: &str,
@@ -135,7 +204,18 @@ impl Archive {
         let metas = storage
             .list_all(&prefix, ListOptions::default(), cancel)
             .await?;
-        Ok(Archive::from_listing(cluster, metas, seg_size))
+        let (seg_size, source) = match seg_size {
+            Some(s) => (Some(s), SegmentSizeSource::Given),
+            None => (
+                probe_segment_size(storage, &metas, &prefix, cancel).await?,
+                SegmentSizeSource::Inferred,
+            ),
+        };
+        let mut archive = Archive::from_listing(cluster, metas, seg_size);
+        if seg_size.is_some() {
+            archive.seg_size_source = source;
+        }
+        Ok(archive)
     }
 
     /// Parses a listing (keys relative to the storage root, all under `<cluster>/wal/`).
@@ -176,25 +256,20 @@ impl Archive {
                         .segments
                         .insert(segno, meta);
                 }
-                Ok(WalObjectName::Partial(name)) if !name.is_base(seg_size) => {
-                    // Not assembled into versions yet: kept visible, never served or pruned.
-                    let reason = "an increment piece (.delta), not read by this version".into();
-                    archive.unrecognized.push((meta, reason));
-                }
                 Ok(WalObjectName::Partial(name)) => {
-                    let partial = PartialObject {
+                    let piece = Piece {
                         size: meta.size,
                         key: meta.key.clone(),
                         name,
                     };
                     archive
                         .timelines
-                        .entry(partial.name.timeline)
+                        .entry(piece.name.timeline)
                         .or_default()
-                        .partials
-                        .entry(partial.name.segno)
+                        .pieces
+                        .entry(piece.name.segno)
                         .or_default()
-                        .push(partial);
+                        .push(piece);
                 }
                 Ok(WalObjectName::History(tli)) => {
                     archive.histories.insert(tli, meta);
@@ -202,6 +277,14 @@ impl Archive {
                 Err(e) => {
                     let reason = e.reason.clone();
                     archive.unrecognized.push((meta, reason));
+                }
+            }
+        }
+        for t in archive.timelines.values_mut() {
+            for (segno, pieces) in &t.pieces {
+                let versions = versions_of(pieces, &prefix, seg_size);
+                if !versions.is_empty() {
+                    t.partials.insert(*segno, versions);
                 }
             }
         }
@@ -218,7 +301,7 @@ impl Archive {
         crate::remote::segment_key(&self.cluster, timeline, segno, self.seg_size)
     }
 
-    /// The newest timeline holding any WAL (full segment or partial).
+    /// The newest timeline holding any WAL (full segment or partial version).
     pub(crate) fn newest_timeline(&self) -> Option<TimelineId> {
         self.timelines
             .iter()
@@ -227,14 +310,14 @@ impl Archive {
             .map(|(tli, _)| *tli)
     }
 
-    /// Total bytes of every listed object.
+    /// Total stored bytes of every listed object.
     pub(crate) fn total_size(&self) -> u64 {
         let wal: u64 = self
             .timelines
             .values()
             .map(|t| {
                 t.segments.values().map(|m| m.size).sum::<u64>()
-                    + t.partials.values().flatten().map(|p| p.size).sum::<u64>()
+                    + t.pieces.values().flatten().map(|p| p.size).sum::<u64>()
             })
             .sum();
         let other: u64 = self.histories.values().map(|m| m.size).sum::<u64>()
@@ -247,14 +330,53 @@ impl Archive {
         let wal: usize = self
             .timelines
             .values()
-            .map(|t| t.segments.len() + t.partials.values().map(Vec::len).sum::<usize>())
+            .map(|t| t.segments.len() + t.pieces.values().map(Vec::len).sum::<usize>())
             .sum();
         wal + self.histories.len() + self.unrecognized.len()
     }
 }
 
+/// The segment size the header of the newest full segment object gives (a ranged GET of its
+/// first [`HEADER_LEN`] bytes), else the sizes of raw full segment objects
+/// ([`infer_segment_size`]); `None` when neither tells. A transient storage failure is an error.
+async fn probe_segment_size(
+    storage: &dyn RemoteStorage,
+    metas: &[ObjectMeta],
+    prefix: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<u32>, StorageError> {
+    let newest_full = metas.iter().rev().find(|m| {
+        m.size > 0
+            && m.key
+                .strip_prefix(prefix)
+                .is_some_and(looks_like_segment_name)
+    });
+    if let Some(meta) = newest_full {
+        let len = meta.size.min(HEADER_LEN as u64);
+        match storage.get_range_bytes(&meta.key, 0..len, cancel).await {
+            Ok(head) => {
+                let from_header = object_format::decoded_len(&head)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|s| is_valid_segment_size(*s));
+                if from_header.is_some() {
+                    return Ok(from_header);
+                }
+            }
+            // Gone meanwhile or unreadable: the listing's sizes are all there is.
+            Err(e) if !e.kind().is_retryable() => {
+                tracing::debug!(key = %meta.key, "cannot read a full segment's header: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(infer_segment_size(metas, prefix))
+}
+
 /// The most common size among objects named like a full segment, if it is a valid segment size
-/// (ties: the larger size, so a few truncated objects never shrink the guess).
+/// (ties: the larger size, so a few truncated objects never shrink the guess). Meaningful for raw
+/// objects only: an encoded full segment's size is its compressed size.
 pub(crate) fn infer_segment_size(metas: &[ObjectMeta], prefix: &str) -> Option<u32> {
     let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
     for meta in metas {

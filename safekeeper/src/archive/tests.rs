@@ -106,38 +106,50 @@ fn full_segment_beats_every_partial() {
     assert_eq!(a.timelines[&1].served_partial(3), None);
 }
 
-/// Until versions are assembled from pieces, an increment piece is listed but never a candidate:
-/// its bytes do not start at the segment start.
+/// A version stored as a base and increments is listed under its logical name and served
+/// assembled; a piece whose predecessor is missing serves nothing past the chain's end.
 #[tokio::test]
-async fn increment_pieces_are_never_served_as_versions() {
+async fn versions_are_assembled_from_chains_of_pieces() {
     let seg3 = wal_segment(3, SYSID);
     let base = partial(1, 3, 0x2_0000, 1, 1, MIB);
     let delta = PartialName {
         start_lsn: base.commit_lsn,
         ..partial(1, 3, 0x4_0000, 1, 1, MIB)
     };
-    let a = Archive::from_listing(
-        "main",
-        listing(MIB, &[], &[base.clone(), delta.clone()]),
-        Some(MIB),
-    );
+    let orphan = PartialName {
+        start_lsn: Lsn::from_segment(3, MIB) + 0x5_0000,
+        ..partial(1, 3, 0x6_0000, 1, 1, MIB)
+    };
+    let listed = listing(MIB, &[], &[base.clone(), delta.clone(), orphan.clone()]);
+    let a = Archive::from_listing("main", listed, Some(MIB));
+    let t = &a.timelines[&1];
+    let served = t.served_partial(3).expect("a version");
+    assert_eq!(served.name, delta.as_version(MIB));
     assert_eq!(
-        a.timelines[&1].served_partial(3).map(|p| &p.name),
-        Some(&base)
+        served.key,
+        format!("main/wal/{}", delta.as_version(MIB).to_file_name(MIB))
     );
-    assert_eq!(a.unrecognized.len(), 1);
-    assert!(a.unrecognized[0].0.key.ends_with(&delta.to_file_name(MIB)));
+    assert_eq!(served.pieces.len(), 2);
+    assert_eq!(served.wal_bytes(MIB), 0x4_0000);
+    assert_eq!(t.off_chain(3).len(), 1);
+    assert_eq!(a.object_count(), 3, "objects are pieces, not versions");
 
     let t = TestArchive::new();
     t.put_partial(&seg3, &base).await;
     t.put_partial(&seg3, &delta).await;
+    t.put_partial(&seg3, &orphan).await;
     match t.fetch(&segment_file_name(1, 3, MIB)).await {
         Ok(Some(Fetched::Partial {
-            object, candidates, ..
+            object,
+            data,
+            candidates,
+            ..
         })) => {
-            assert_eq!((object.name, candidates), (base, 1));
+            assert_eq!((object.name, candidates), (delta.as_version(MIB), 1));
+            assert_eq!(&data[..0x4_0000], &seg3[..0x4_0000]);
+            assert!(data[0x4_0000..].iter().all(|b| *b == 0));
         }
-        other => panic!("expected the base, got {other:?}"),
+        other => panic!("expected the assembled version, got {other:?}"),
     }
 }
 

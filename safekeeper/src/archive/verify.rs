@@ -3,18 +3,22 @@
 //! Owns the list of checks and what counts as an error (recovery would fail or silently stop
 //! early) versus a warning (worth knowing, recovery unaffected):
 //! - structure, from the listing alone: continuity of full segments per timeline from the first to
-//!   the last (each missing segment named), object sizes (a full segment is exactly the segment
-//!   size, a partial exactly what its name promises), a history file for every timeline after 1
-//!   that holds WAL, names that are not WAL object names (warning);
+//!   the last (each missing segment named), a history file for every timeline after 1 that holds
+//!   WAL, names that are not WAL object names (warning);
 //! - content, by reading every object: crc32c and length against what was recorded at upload
-//!   (no recorded crc32c is a warning), the WAL page header of every page (magic, page address,
-//!   long header form, segment and block size), the records' CRCs and back-links, one system
-//!   identifier across the archive (the most common one unless given), history files that parse,
-//!   every partial whose full segment exists being a prefix of it, and, for a segment that only
-//!   partials hold, the candidates of different safekeepers agreeing on their common bytes
-//!   ([`divergence_problems`]: the check `restore-wal` makes before serving one);
-//! - leftovers, from the listing alone: superseded partials still present (warning, with their
-//!   size; the rule is [`super::prune`]'s, and `remote prune` deletes them).
+//!   (no recorded crc32c is a warning), then the object format ([`crate::object_format::decode`]:
+//!   header, lengths, crc32c of the WAL bytes; raw objects pass through) and the decoded length (a
+//!   full segment is exactly the segment size, a piece exactly `[start, commit)` of its name);
+//!   for full segments and every version (its chain of pieces from the segment start, assembled)
+//!   the WAL page header of every page (magic, page address, long header form, segment and block
+//!   size), the records' CRCs and back-links, one system identifier across the archive (the most
+//!   common one unless given), history files that parse, every version and leftover piece whose
+//!   full segment exists agreeing with it, and, for a segment that only partials hold, the
+//!   candidates of different safekeepers agreeing on their common bytes ([`divergence_problems`]:
+//!   the check `restore-wal` makes before serving one);
+//! - leftovers, from the listing alone: superseded pieces still present and pieces on no chain
+//!   from the segment start (warnings, with their size; the rule is [`super::prune`]'s, and
+//!   `remote prune` deletes the superseded ones).
 //!
 //! Invariant: a storage failure that may be transient aborts the whole check with an error
 //! rather than being reported as damage, so "problems found" always means the stored bytes are
@@ -31,7 +35,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::history::parse_history;
-use super::{Archive, PartialObject, first_difference, ranked_candidates};
+use super::{Archive, PartialObject, Piece, decode_piece, first_difference, ranked_candidates};
+use crate::object_format;
 use crate::wal::format::{Expect, PageProblem, WAL_PAGE_SIZE, check_page_header, scan_segment};
 
 /// Missing segments named individually per gap before the rest is summarized.
@@ -137,29 +142,6 @@ pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
                 ));
             }
         }
-        for meta in objects.segments.values() {
-            if meta.size != u64::from(archive.seg_size) {
-                out.push(Problem::error(
-                    &meta.key,
-                    format!(
-                        "{} bytes, but a full segment is {} bytes (truncated?)",
-                        meta.size, archive.seg_size
-                    ),
-                ));
-            }
-        }
-        for p in objects.partials.values().flatten() {
-            let expected = p.name.bytes();
-            if p.size != expected {
-                out.push(Problem::error(
-                    &p.key,
-                    format!(
-                        "{} bytes, but its name says [segment start, {}) = {expected} bytes",
-                        p.size, p.name.commit_lsn
-                    ),
-                ));
-            }
-        }
         let has_wal = !objects.segments.is_empty() || !objects.partials.is_empty();
         if tli > 1 && has_wal && !archive.histories.contains_key(&tli) {
             out.push(Problem::error(
@@ -174,10 +156,12 @@ pub(crate) fn structural_problems(archive: &Archive) -> Vec<Problem> {
     out
 }
 
-/// Superseded partials still present: warnings naming each and its size (recovery is not
-/// affected; they cost storage, and pile up when a safekeeper crashed or was retired).
+/// Superseded pieces still present, and pieces on no chain that nothing supersedes: warnings
+/// naming each and its size (recovery is not affected; they cost storage, and pile up when a
+/// safekeeper crashed or was retired).
 pub(crate) fn superseded_problems(archive: &Archive) -> Vec<Problem> {
-    super::prune::classify(archive)
+    let classes = super::prune::classify(archive);
+    let mut out: Vec<Problem> = classes
         .superseded
         .iter()
         .map(|s| {
@@ -190,7 +174,25 @@ pub(crate) fn superseded_problems(archive: &Archive) -> Vec<Problem> {
                 ),
             )
         })
-        .collect()
+        .collect();
+    for t in archive.timelines.values() {
+        for segno in t.pieces.keys() {
+            for p in t.off_chain(*segno) {
+                if classes.superseded.iter().any(|s| s.key == p.key) {
+                    continue;
+                }
+                out.push(Problem::warning(
+                    &p.key,
+                    format!(
+                        "{} bytes on no chain from the segment start (a piece ending at {} is \
+                         missing) and in no version: restore cannot use it",
+                        p.size, p.name.start_lsn
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// What one object's content check found.
@@ -203,12 +205,13 @@ struct ObjectFindings {
     objects: usize,
 }
 
-/// One unit of reading: a segment with its partials (so partials can be compared with the full
-/// segment without reading it twice), or a history file.
+/// One unit of reading: a segment with its pieces and the versions they hold (so versions can be
+/// compared with the full segment without reading it twice), or a history file.
 enum Unit {
     Segment {
         full: Option<ObjectMeta>,
-        partials: Vec<PartialObject>,
+        pieces: Vec<Piece>,
+        versions: Vec<PartialObject>,
         segno: u64,
     },
     History {
@@ -229,13 +232,14 @@ pub(crate) async fn verify_archive(
         let segnos: std::collections::BTreeSet<u64> = objects
             .segments
             .keys()
-            .chain(objects.partials.keys())
+            .chain(objects.pieces.keys())
             .copied()
             .collect();
         for segno in segnos {
             units.push(Unit::Segment {
                 full: objects.segments.get(&segno).cloned(),
-                partials: objects.partials.get(&segno).cloned().unwrap_or_default(),
+                pieces: objects.pieces.get(&segno).cloned().unwrap_or_default(),
+                versions: objects.partials.get(&segno).cloned().unwrap_or_default(),
                 segno,
             });
         }
@@ -297,7 +301,7 @@ async fn check_unit(
     let mut f = ObjectFindings::default();
     match unit {
         Unit::History { tli, key } => {
-            if let Some(data) = read(storage, &key, &mut f, cancel).await? {
+            if let Some(data) = read_decoded(storage, &key, &mut f, cancel).await? {
                 let parsed = std::str::from_utf8(&data)
                     .map_err(|_| anyhow::anyhow!("not UTF-8 text"))
                     .and_then(|text| parse_history(tli, text));
@@ -309,48 +313,115 @@ async fn check_unit(
         }
         Unit::Segment {
             full,
-            partials,
+            pieces,
+            versions,
             segno,
         } => {
-            let start = Lsn::from_segment(segno, seg_size);
-            let mut full_data = None;
-            if let Some(meta) = full
-                && let Some(data) = read(storage, &meta.key, &mut f, cancel).await?
-                && data.len() == seg_size as usize
-            {
-                check_wal(&meta.key, &data, start, seg_size, &mut f);
-                full_data = Some(data);
-            }
-            let mut partial_data = Vec::new();
-            for p in partials {
-                let Some(data) = read(storage, &p.key, &mut f, cancel).await? else {
-                    continue;
-                };
-                if data.len() as u64 != p.name.bytes() {
-                    continue; // reported by the structural check
-                }
-                check_wal(&p.key, &data, start, seg_size, &mut f);
-                if full_data.is_none() {
-                    partial_data.push((p.clone(), data.clone()));
-                }
-                if let Some(full) = &full_data
-                    && let Some(at) = data.iter().zip(full.iter()).position(|(a, b)| a != b)
-                {
-                    f.problems.push(Problem::error(
-                        &p.key,
-                        format!(
-                            "differs from the full segment that supersedes it at {} \
-                             (term {}: a diverged history or damage)",
-                            start + at as u64,
-                            p.name.term
-                        ),
-                    ));
-                }
-            }
-            f.problems.extend(divergence_problems(&partial_data, start));
+            check_segment(
+                storage, seg_size, full, &pieces, &versions, segno, &mut f, cancel,
+            )
+            .await?
         }
     }
     Ok(f)
+}
+
+/// A segment: its full object, every piece, and every version assembled from its chain.
+#[allow(clippy::too_many_arguments)]
+async fn check_segment(
+    storage: &dyn RemoteStorage,
+    seg_size: u32,
+    full: Option<ObjectMeta>,
+    pieces: &[Piece],
+    versions: &[PartialObject],
+    segno: u64,
+    f: &mut ObjectFindings,
+    cancel: &CancellationToken,
+) -> Result<(), StorageError> {
+    let start = Lsn::from_segment(segno, seg_size);
+    let mut full_data = None;
+    if let Some(meta) = full
+        && let Some(data) = read_decoded(storage, &meta.key, f, cancel).await?
+    {
+        if data.len() == seg_size as usize {
+            check_wal(&meta.key, &data, start, seg_size, f);
+            full_data = Some(data);
+        } else {
+            f.problems.push(Problem::error(
+                &meta.key,
+                format!(
+                    "holds {} bytes of WAL, but a full segment is {seg_size} bytes (truncated?)",
+                    data.len()
+                ),
+            ));
+        }
+    }
+    let mut wal: BTreeMap<&str, Bytes> = BTreeMap::new();
+    for p in pieces {
+        let Some(object) = read(storage, &p.key, f, cancel).await? else {
+            continue;
+        };
+        match decode_piece(p, object) {
+            Ok(data) => {
+                wal.insert(&p.key, data);
+            }
+            Err(e) => f.problems.push(Problem::error(&p.key, e)),
+        }
+    }
+    let mut version_data = Vec::new();
+    for v in versions {
+        let parts: Option<Vec<&Bytes>> = v.pieces.iter().map(|p| wal.get(p.key.as_str())).collect();
+        let Some(parts) = parts else {
+            continue; // a piece is unreadable: reported above
+        };
+        let data = Bytes::from(
+            parts
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>(),
+        );
+        check_wal(&v.key, &data, start, seg_size, f);
+        match &full_data {
+            Some(full) => compare_with_full(&v.key, &data, 0, full, start, v.name.term, f),
+            None => version_data.push((v.clone(), data)),
+        }
+    }
+    if let Some(full) = &full_data {
+        for p in pieces
+            .iter()
+            .filter(|p| !versions.iter().any(|v| v.pieces.contains(p)))
+        {
+            if let Some(data) = wal.get(p.key.as_str()) {
+                let at = p.name.start_offset(seg_size) as usize;
+                compare_with_full(&p.key, data, at, full, start, p.name.term, f);
+            }
+        }
+    }
+    f.problems.extend(divergence_problems(&version_data, start));
+    Ok(())
+}
+
+/// An error when `data` (WAL from `at` bytes into the segment) differs from the full segment.
+fn compare_with_full(
+    key: &str,
+    data: &[u8],
+    at: usize,
+    full: &[u8],
+    start: Lsn,
+    term: u64,
+    f: &mut ObjectFindings,
+) {
+    let theirs = full.get(at..).unwrap_or_default();
+    if let Some(i) = data.iter().zip(theirs.iter()).position(|(a, b)| a != b) {
+        f.problems.push(Problem::error(
+            key,
+            format!(
+                "differs from the full segment that supersedes it at {} (term {term}: a diverged \
+                 history or damage)",
+                start + (at + i) as u64
+            ),
+        ));
+    }
 }
 
 /// Candidates of one segment (read intact, no full segment) that `restore-wal` would refuse to
@@ -388,6 +459,25 @@ pub(crate) fn divergence_problems(partials: &[(PartialObject, Bytes)], start: Ls
             ))
         })
         .collect()
+}
+
+/// [`read`], then [`object_format::decode`]; a format problem is recorded and gives `Ok(None)`.
+async fn read_decoded(
+    storage: &dyn RemoteStorage,
+    key: &str,
+    f: &mut ObjectFindings,
+    cancel: &CancellationToken,
+) -> Result<Option<Bytes>, StorageError> {
+    let Some(object) = read(storage, key, f, cancel).await? else {
+        return Ok(None);
+    };
+    match object_format::decode(object) {
+        Ok(d) => Ok(Some(d.data)),
+        Err(e) => {
+            f.problems.push(Problem::error(key, e.to_string()));
+            Ok(None)
+        }
+    }
 }
 
 /// Reads and verifies one object. `Ok(None)` when it cannot be used (the problem is recorded);

@@ -6,6 +6,7 @@ pub mod control_file;
 pub mod demo;
 pub mod recover;
 pub mod remote;
+pub mod remote_cat;
 pub mod restore_wal;
 pub mod run;
 

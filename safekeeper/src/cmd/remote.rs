@@ -54,6 +54,9 @@ pub enum RemoteCommand {
     /// whose bytes differ from what supersedes it; those, and every other object restore does
     /// not use, are listed as kept with the reason.
     Prune(PruneArgs),
+    /// Print the decoded bytes of one object (or of a partial version assembled from its pieces).
+    #[command(hide = true)]
+    Cat(super::remote_cat::CatArgs),
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +121,7 @@ pub fn run(command: RemoteCommand) -> ExitCode {
                 }
             }
         }
+        RemoteCommand::Cat(args) => super::remote_cat::run(args),
         RemoteCommand::Prune(args) => {
             match runtime().and_then(|rt| rt.block_on(prune(&args, &cancel))) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -206,6 +210,7 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
         .iter()
         .map(|(&tli, t)| {
             let mut partials = Vec::new();
+            let mut leftovers = Vec::new();
             for (segno, versions) in &t.partials {
                 let best = t.served_partial(*segno);
                 for p in versions {
@@ -215,9 +220,25 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
                         "term": p.name.term,
                         "commit_lsn": p.name.commit_lsn.to_string(),
                         "sk_id": p.name.sk_id,
-                        "size": p.size,
+                        "size": p.stored_bytes(),
+                        "wal_bytes": p.wal_bytes(a.seg_size),
+                        "stored_bytes": p.stored_bytes(),
+                        "pieces": p.pieces.iter().map(|q| &q.key).collect::<Vec<_>>(),
                         "best": best == Some(p),
                         "superseded": t.segments.contains_key(segno),
+                    }));
+                }
+            }
+            for segno in t.pieces.keys() {
+                for q in t.off_chain(*segno) {
+                    leftovers.push(json!({
+                        "key": q.key,
+                        "segment": a.segment_name(tli, *segno),
+                        "start_lsn": q.name.start_lsn.to_string(),
+                        "commit_lsn": q.name.commit_lsn.to_string(),
+                        "term": q.name.term,
+                        "sk_id": q.name.sk_id,
+                        "size": q.size,
                     }));
                 }
             }
@@ -228,6 +249,7 @@ fn ls_json(remote: &str, a: &Archive) -> serde_json::Value {
                 "ranges": t.segment_ranges().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "gaps": t.gaps().iter().map(|r| run(tli, r)).collect::<Vec<_>>(),
                 "partials": partials,
+                "leftover_pieces": leftovers,
                 "quorum": quorum_json(a, tli, t),
                 "end_of_wal": end_of_wal(a, t).map(|l| l.to_string()),
             })
@@ -307,12 +329,28 @@ fn ls_text(remote: &str, a: &Archive) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "  partial  {}  term {}  commit {}  sk{}  {}  ({note})",
+                    "  partial  {}  term {}  commit {}  sk{}  {} of WAL, {} stored in {}  ({note})",
                     a.segment_name(tli, *segno),
                     p.name.term,
                     p.name.commit_lsn,
                     p.name.sk_id,
-                    human_bytes(p.size)
+                    human_bytes(p.wal_bytes(a.seg_size)),
+                    human_bytes(p.stored_bytes()),
+                    pieces_text(p.pieces.len())
+                );
+            }
+        }
+        for segno in t.pieces.keys() {
+            for q in t.off_chain(*segno) {
+                let _ = writeln!(
+                    s,
+                    "  piece    {}  [{}, {})  term {}  sk{}  {} stored  (on no version's chain)",
+                    q.key.rsplit('/').next().unwrap_or(&q.key),
+                    q.name.start_lsn,
+                    q.name.commit_lsn,
+                    q.name.term,
+                    q.name.sk_id,
+                    human_bytes(q.size)
                 );
             }
         }
@@ -333,6 +371,13 @@ fn ls_text(remote: &str, a: &Archive) -> String {
         let _ = writeln!(s, "unrecognized {} ({reason})", m.key);
     }
     s
+}
+
+fn pieces_text(n: usize) -> String {
+    match n {
+        1 => "1 piece".to_string(),
+        n => format!("{n} pieces"),
+    }
 }
 
 /// Per segment holding partials: each safekeeper's newest version (the candidates restore
@@ -362,7 +407,9 @@ fn quorum_json(a: &Archive, tli: u32, t: &TimelineObjects) -> Vec<serde_json::Va
                         "sk_id": p.name.sk_id,
                         "commit_lsn": p.name.commit_lsn.to_string(),
                         "term": p.name.term,
-                        "bytes": p.size,
+                        "bytes": p.wal_bytes(a.seg_size),
+                        "stored_bytes": p.stored_bytes(),
+                        "pieces": p.pieces.len(),
                         "key": p.key,
                         "best": i == 0 && !full,
                     })
@@ -394,7 +441,7 @@ fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
                     "sk{} up to {} ({}, term {})",
                     p.name.sk_id,
                     p.name.commit_lsn,
-                    human_bytes(p.size),
+                    human_bytes(p.wal_bytes(a.seg_size)),
                     p.name.term
                 )
             })
@@ -473,7 +520,13 @@ async fn verify(args: &VerifyArgs, cancel: &CancellationToken) -> Result<Verdict
 /// `remote prune`: classify, confirm by content, print, and with `--delete` delete.
 async fn prune(args: &PruneArgs, cancel: &CancellationToken) -> Result<()> {
     let (storage, archive) = open_and_load(&args.archive, cancel).await?;
-    let plan = prune::confirm(&*storage, prune::classify(&archive), cancel).await?;
+    let plan = prune::confirm(
+        &*storage,
+        prune::classify(&archive),
+        archive.seg_size,
+        cancel,
+    )
+    .await?;
     let keys: Vec<String> = plan.superseded.iter().map(|s| s.key.clone()).collect();
     let bytes = plan.superseded_bytes();
     if !args.json {

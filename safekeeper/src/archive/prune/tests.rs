@@ -118,18 +118,6 @@ fn versions_that_disagree_are_both_kept() {
 }
 
 #[test]
-fn a_truncated_full_segment_or_a_wrong_size_partial_supersedes_nothing() {
-    let (a, b) = (p(5, 100, 1, 1), p(5, 200, 1, 1));
-    let mut metas = vec![meta(full_key(5), u64::from(SEG) - 1)];
-    metas.push(meta(key(&a), a.bytes()));
-    metas.push(meta(key(&b), 7)); // b's object is truncated
-    let c = classify(&Archive::from_listing("main", metas, Some(SEG)));
-    assert!(c.superseded.is_empty(), "{:?}", c.superseded);
-    // b is "best" by name but kept silently as served; a would be superseded only by a sound b.
-    assert_eq!(kept_keys(&c), vec![key(&a)]);
-}
-
-#[test]
 fn objects_that_are_not_wal_are_reported_not_deleted() {
     let metas = vec![meta("main/wal/notes.txt".into(), 3)];
     let c = classify(&Archive::from_listing("main", metas, Some(SEG)));
@@ -137,18 +125,31 @@ fn objects_that_are_not_wal_are_reported_not_deleted() {
     assert_eq!(kept_keys(&c), vec!["main/wal/notes.txt".to_string()]);
 }
 
+/// A base, or (half the time) an increment starting inside the segment at a multiple of 100
+/// bytes, so that pieces often chain.
 fn arb_partial() -> impl Strategy<Value = PartialName> {
-    (3u64..6, 1u64..2000, 1u64..4, 1u64..4).prop_map(|(s, off, t, sk)| p(s, off, t, sk))
+    (3u64..6, 1u64..20, 1u64..3, 1u64..3, 0u64..40).prop_map(|(s, end, t, sk, start)| {
+        let base = p(s, end * 100, t, sk);
+        let start = start * 100;
+        if start == 0 || start >= end * 100 || start % 200 == 0 {
+            return base;
+        }
+        PartialName {
+            start_lsn: Lsn::from_segment(s, SEG) + start,
+            ..base
+        }
+    })
 }
 
 proptest! {
-    /// Whatever the listing: restore's choice is never superseded; every superseded partial has a
-    /// superseder in the listing that survives the prune (or the full segment); and nothing of
-    /// another segment, nor another safekeeper's version, ever supersedes it.
+    /// Whatever the listing (bases and increments): no piece of the version restore serves, nor
+    /// of any safekeeper's newest version, is superseded; every superseded piece has a superseder
+    /// none of whose pieces is pruned (or the full segment), of the same safekeeper, timeline and
+    /// segment, holding at least its term and WAL; every piece is classified.
     #[test]
     fn prune_never_removes_what_restore_needs(
         fulls in proptest::collection::btree_set(3u64..6, 0..3),
-        partials in proptest::collection::vec(arb_partial(), 0..12),
+        partials in proptest::collection::vec(arb_partial(), 0..16),
     ) {
         let fulls: Vec<u64> = fulls.into_iter().collect();
         let mut partials = partials;
@@ -161,28 +162,39 @@ proptest! {
         let empty = crate::archive::TimelineObjects::default();
         let t = a.timelines.get(&1).unwrap_or(&empty);
         for (segno, versions) in &t.partials {
-            if let Some(served) = t.served_partial(*segno) {
-                prop_assert!(!gone.contains(served.key.as_str()), "served {} pruned", served.key);
+            if fulls.contains(segno) {
+                continue;
             }
-            for v in versions {
-                let classified = gone.contains(v.key.as_str())
-                    || c.kept.iter().any(|k| k.key == v.key)
-                    || t.served_partial(*segno) == Some(v);
-                prop_assert!(classified, "{} neither pruned, kept nor served", v.key);
+            for v in crate::archive::ranked_candidates(versions) {
+                for q in &v.pieces {
+                    prop_assert!(!gone.contains(q.key.as_str()), "{} of {} pruned", q.key, v.key);
+                }
+            }
+        }
+        for (segno, pieces) in &t.pieces {
+            let served = t.served_partial(*segno);
+            for q in pieces {
+                let classified = gone.contains(q.key.as_str())
+                    || c.kept.iter().any(|k| k.key == q.key)
+                    || served.is_some_and(|v| v.pieces.contains(q));
+                prop_assert!(classified, "{} neither pruned, kept nor served", q.key);
             }
         }
         for s in &c.superseded {
-            let victim = partials.iter().find(|n| key(n) == s.key).expect("a listed partial");
+            let victim = partials.iter().find(|n| key(n) == s.key).expect("a listed piece");
             match &s.by {
                 SupersededBy::FullSegment(k) => {
                     prop_assert!(fulls.contains(&victim.segno));
                     prop_assert_eq!(k, &full_key(victim.segno));
                 }
-                SupersededBy::NewerVersion(k) => {
-                    prop_assert!(!gone.contains(k.as_str()), "{} superseded by the pruned {}", s.key, k);
-                    let q = partials.iter().find(|n| &key(n) == k).expect("a listed superseder");
-                    prop_assert_eq!((q.timeline, q.segno, q.sk_id), (victim.timeline, victim.segno, victim.sk_id));
-                    prop_assert!(q.term >= victim.term && q.commit_lsn >= victim.commit_lsn);
+                SupersededBy::NewerVersion(k) | SupersededBy::Chain(k) => {
+                    let versions = &t.partials[&victim.segno];
+                    let q = versions.iter().find(|v| &v.key == k).expect("a listed superseder");
+                    for piece in &q.pieces {
+                        prop_assert!(!gone.contains(piece.key.as_str()), "{} superseded by {}, whose {} is pruned", s.key, k, piece.key);
+                    }
+                    prop_assert_eq!((q.name.timeline, q.name.segno, q.name.sk_id), (victim.timeline, victim.segno, victim.sk_id));
+                    prop_assert!(q.name.term >= victim.term && q.name.commit_lsn >= victim.commit_lsn);
                 }
             }
         }
@@ -217,16 +229,159 @@ async fn only_a_prefix_of_its_superseder_is_confirmed_for_deletion() {
     let classes = classify(&listing);
     assert_eq!(classes.superseded.len(), 3);
     // `gone` is listed but deleted before the check (e.g. by its safekeeper's GC).
-    let plan = confirm(&storage, classes, &cancel).await.expect("confirm");
+    let plan = confirm(&storage, classes, SEG, &cancel)
+        .await
+        .expect("confirm");
     assert_eq!(
         superseded(&plan),
         vec![(key(&same), SupersededBy::FullSegment(full_key(5)))]
     );
     assert_eq!(kept_keys(&plan), vec![key(&diverged)]);
     assert!(
-        plan.kept[0].reason.contains("differs from it at byte 150"),
+        plan.kept[0].reason.contains("differs from it at 0/500096"),
         "{:?}",
         plan.kept
     );
     assert!(storage.get_bytes(&key(&diverged), &cancel).await.is_ok());
+}
+
+/// Listing sizes say nothing about encoded objects: a truncated full segment and a piece that
+/// holds less than its name says are caught when their bytes are read, and supersede nothing.
+#[tokio::test]
+async fn a_truncated_full_segment_or_a_short_piece_supersedes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = LocalFs::new(dir.path()).expect("local storage");
+    let cancel = CancellationToken::new();
+    let wal: Vec<u8> = (0..SEG).map(|i| (i % 251) as u8).collect();
+    let (a, b) = (p(5, 100, 1, 1), p(5, 200, 1, 1));
+    put(&storage, &full_key(5), &wal[..wal.len() - 1]).await;
+    put(&storage, &key(&a), &wal[..100]).await;
+    put(&storage, &key(&b), &wal[..7]).await; // b's object holds 7 bytes, its name says 200
+    let c = classify(&archive(&[5], &[&a, &b]));
+    assert_eq!(c.superseded.len(), 2, "{:?}", c.superseded);
+    let plan = confirm(&storage, c, SEG, &cancel).await.expect("confirm");
+    assert!(plan.superseded.is_empty(), "{:?}", plan.superseded);
+    assert!(
+        plan.kept.iter().all(|k| k.reason.contains("not a segment")),
+        "{:?}",
+        plan.kept
+    );
+    // Without the full segment, b is served; a (an older version) is superseded by b by name,
+    // but b's bytes are short, so a stays.
+    let c = classify(&archive(&[], &[&a, &b]));
+    assert_eq!(
+        superseded(&c),
+        vec![(key(&a), SupersededBy::NewerVersion(key(&b)))]
+    );
+    let plan = confirm(&storage, c, SEG, &cancel).await.expect("confirm");
+    assert!(plan.superseded.is_empty(), "{:?}", plan.superseded);
+    assert_eq!(kept_keys(&plan), vec![key(&a)]);
+    assert!(
+        plan.kept[0].reason.contains("its name says"),
+        "{:?}",
+        plan.kept
+    );
+}
+
+/// A piece `[start, commit)` of sk `sk`, term `term`, segment 5: a base when `start` is 0.
+fn piece(start: u64, end: u64, term: u64, sk: u64) -> PartialName {
+    PartialName {
+        start_lsn: Lsn::from_segment(5, SEG) + start,
+        ..p(5, end, term, sk)
+    }
+}
+
+/// Chains of pieces: the served chain and every safekeeper's newest chain stay; a piece left
+/// over from a merge is superseded by the version holding its bytes and deleted only after its
+/// decoded bytes matched; a piece whose predecessor is missing is kept.
+#[tokio::test]
+async fn leftover_pieces_are_superseded_by_the_chain_that_holds_their_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = LocalFs::new(dir.path()).expect("local storage");
+    let cancel = CancellationToken::new();
+    let wal: Vec<u8> = (0..SEG).map(|i| (i % 251) as u8).collect();
+    let zstd = crate::object_format::Compression::default();
+    let (base, merged, old1, old2) = (
+        piece(0, 100, 1, 1),
+        piece(100, 300, 1, 1),
+        piece(100, 200, 1, 1),
+        piece(200, 300, 1, 1),
+    );
+    let orphan = piece(400, 500, 1, 1);
+    let other_sk = [piece(0, 50, 1, 2), piece(50, 150, 1, 2)];
+    for n in [
+        &base,
+        &merged,
+        &old1,
+        &old2,
+        &orphan,
+        &other_sk[0],
+        &other_sk[1],
+    ] {
+        let (s, e) = (n.start_offset(SEG) as usize, n.commit_offset(SEG) as usize);
+        let encoded = crate::object_format::encode(&wal[s..e], &zstd);
+        put(&storage, &key(n), &encoded).await;
+    }
+    let listing = archive(
+        &[],
+        &[
+            &base,
+            &merged,
+            &old1,
+            &old2,
+            &orphan,
+            &other_sk[0],
+            &other_sk[1],
+        ],
+    );
+    let t = &listing.timelines[&1];
+    let served = t.served_partial(5).expect("a version");
+    assert_eq!(served.name, p(5, 300, 1, 1));
+    assert_eq!(
+        served
+            .pieces
+            .iter()
+            .map(|q| q.key.clone())
+            .collect::<Vec<_>>(),
+        vec![key(&base), key(&merged)],
+        "the chain with the fewest pieces"
+    );
+    let c = classify(&listing);
+    let version = format!("main/wal/{}", p(5, 300, 1, 1).to_file_name(SEG));
+    assert_eq!(
+        superseded(&c),
+        vec![
+            (key(&old1), SupersededBy::Chain(version.clone())),
+            (key(&old2), SupersededBy::Chain(version.clone())),
+        ]
+    );
+    let kept = kept_keys(&c);
+    assert!(kept.contains(&key(&orphan)), "{kept:?}");
+    assert!(
+        kept.contains(&key(&other_sk[0])) && kept.contains(&key(&other_sk[1])),
+        "{kept:?}"
+    );
+    // old2 was damaged after upload: it no longer matches the chain and stays.
+    let mut bad = wal[200..300].to_vec();
+    bad[10] ^= 1;
+    put(
+        &storage,
+        &key(&old2),
+        &crate::object_format::encode(&bad, &zstd),
+    )
+    .await;
+    let plan = confirm(&storage, c, SEG, &cancel).await.expect("confirm");
+    assert_eq!(
+        superseded(&plan),
+        vec![(key(&old1), SupersededBy::Chain(version))]
+    );
+    let old2_kept = plan
+        .kept
+        .iter()
+        .find(|k| k.key == key(&old2))
+        .expect("old2 kept");
+    assert!(
+        old2_kept.reason.contains("differs from it at 0/5000D2"),
+        "{old2_kept:?}"
+    );
 }

@@ -82,7 +82,7 @@ pub(super) fn render(archive: &Archive, last_commit: u64) -> Vec<String> {
             let name = p.key.rsplit('/').next().unwrap_or(&p.key);
             lines.push(format!(
                 "{name}  partial, {}: WAL up to {} (term {}, from safekeeper {}){}",
-                human_bytes(p.size),
+                human_bytes(p.wal_bytes(archive.seg_size)),
                 format_lsn(p.name.commit_lsn.0),
                 p.name.term,
                 p.name.sk_id,

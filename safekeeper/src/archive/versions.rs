@@ -1,0 +1,88 @@
+//! Partial versions from pieces: which versions a segment's pieces hold ([`versions_of`]) and a
+//! version's WAL bytes from its pieces' objects ([`assemble`]).
+//!
+//! Invariants: a version exists only where pieces of one (timeline, segment, safekeeper, term)
+//! chain from the segment start to its end, and its chain is the one with the fewest pieces
+//! (`crate::chain::best_chain`); assembled bytes are returned only when every piece decodes
+//! (`crate::object_format::decode`: header, lengths, crc32c) to exactly `[start, commit)` of its
+//! name, so they are exactly `[segment start, commit)` of the version.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::{PartialObject, Piece};
+use crate::chain::{GroupKey, best_chain};
+use crate::object_format;
+
+/// The partial versions the pieces of one segment (`pieces`, all of one timeline and segment)
+/// hold: per (safekeeper, term), the highest end pieces chain to from the segment start, with
+/// the chain of the fewest pieces. In key order of the version names. `prefix`: the keys'
+/// `<cluster>/wal/`.
+pub(crate) fn versions_of(pieces: &[Piece], prefix: &str, seg_size: u32) -> Vec<PartialObject> {
+    let mut groups: BTreeMap<GroupKey, Vec<&Piece>> = BTreeMap::new();
+    for p in pieces {
+        groups.entry(GroupKey::of(&p.name)).or_default().push(p);
+    }
+    let mut out: Vec<PartialObject> = groups
+        .into_values()
+        .filter_map(|group| {
+            let seg_start = group.first()?.name.segment_start(seg_size);
+            let chain = best_chain(group.iter().map(|p| &p.name), seg_start)?;
+            let chain_pieces: Vec<Piece> = chain
+                .pieces
+                .iter()
+                .filter_map(|n| group.iter().find(|p| &p.name == *n).map(|p| (*p).clone()))
+                .collect();
+            let name = chain_pieces.last()?.name.as_version(seg_size);
+            Some(PartialObject {
+                key: format!("{prefix}{}", name.to_file_name(seg_size)),
+                name,
+                pieces: chain_pieces,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// The WAL bytes of `version` from its pieces' stored bytes (`objects[i]` is `version.pieces[i]`'s
+/// object): each decoded ([`object_format::decode`]: crc32c and lengths), each holding exactly
+/// `[start, commit)` of its name, concatenated. The error names the piece and the problem.
+pub(crate) fn assemble(version: &PartialObject, objects: Vec<Bytes>) -> Result<Bytes, String> {
+    if objects.len() != version.pieces.len() {
+        return Err(format!(
+            "{} objects for a chain of {} pieces",
+            objects.len(),
+            version.pieces.len()
+        ));
+    }
+    let mut parts = Vec::with_capacity(objects.len());
+    for (piece, object) in version.pieces.iter().zip(objects) {
+        parts.push(decode_piece(piece, object)?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    let mut out = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+    for part in parts {
+        out.extend_from_slice(&part);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The WAL bytes of one piece: decoded, and exactly as long as its name says.
+pub(crate) fn decode_piece(piece: &Piece, object: Bytes) -> Result<Bytes, String> {
+    let decoded = object_format::decode(object).map_err(|e| format!("{}: {e}", piece.key))?;
+    let expected = piece.name.bytes();
+    if decoded.data.len() as u64 != expected {
+        return Err(format!(
+            "{}: holds {} bytes of WAL, but its name says [{}, {}) = {expected} bytes",
+            piece.key,
+            decoded.data.len(),
+            piece.name.start_lsn,
+            piece.name.commit_lsn
+        ));
+    }
+    Ok(decoded.data)
+}
