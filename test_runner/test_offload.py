@@ -25,7 +25,7 @@ from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
 from fixtures.restore import assemble, copy_archive, recover, restore_wal_command, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
-from fixtures.safekeeper import Safekeeper
+from fixtures.safekeeper import Safekeeper, safekeeper_cli
 from fixtures.utils import run, wait_until
 from fixtures.objects import decode
 from fixtures.wal import (SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, partial_versions, segment_name,
@@ -103,6 +103,18 @@ def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, 
 
     # The control file lists what exists (and nothing is listed twice).
     assert safekeeper.stop() == 0
+
+    # The safekeeper's own reader (`remote cat`) agrees with the independent decoder on the last
+    # full segment and on the partial version assembled from its pieces (the archive is still now).
+    (seg, commit, term, sk_id, version), = partials(remote)
+    listed = [k[len(WAL):] for k in remote.keys(WAL)]
+    out = os.path.join(safekeeper.dir, "cat.out")
+    for name, want in ((names[-1], decode(remote.get(WAL + names[-1]))),
+                       (version, assemble(remote, WAL, listed, seg, sk_id, term, commit))):
+        cp = safekeeper_cli("remote", "cat", *remote.args(), "--cluster", "main", name, "--output", out, env=remote.env())
+        assert cp.returncode == 0, cp.stderr
+        with open(out, "rb") as f:
+            assert f.read() == want, f"remote cat {name} differs from the decoded objects"
     cf = safekeeper.control_file_json()["state"]
     listed = [p for p in cf["remote"]["partials"]]
     assert [p["status"] for p in listed] == ["Uploaded"], listed

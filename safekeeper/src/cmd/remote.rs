@@ -336,7 +336,10 @@ fn ls_text(remote: &str, a: &Archive) -> String {
                     p.name.sk_id,
                     human_bytes(p.wal_bytes(a.seg_size)),
                     human_bytes(p.stored_bytes()),
-                    pieces_text(p.pieces.len())
+                    match p.pieces.len() {
+                        1 => "1 piece".to_string(),
+                        n => format!("{n} pieces"),
+                    }
                 );
             }
         }
@@ -371,13 +374,6 @@ fn ls_text(remote: &str, a: &Archive) -> String {
         let _ = writeln!(s, "unrecognized {} ({reason})", m.key);
     }
     s
-}
-
-fn pieces_text(n: usize) -> String {
-    match n {
-        1 => "1 piece".to_string(),
-        n => format!("{n} pieces"),
-    }
 }
 
 /// Per segment holding partials: each safekeeper's newest version (the candidates restore
