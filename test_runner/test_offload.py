@@ -25,7 +25,7 @@ from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
 from fixtures.restore import assemble, copy_archive, recover, restore_wal_command, take_base_backup
 from fixtures.s3 import MotoServer, new_bucket
-from fixtures.safekeeper import Safekeeper
+from fixtures.safekeeper import Safekeeper, safekeeper_cli
 from fixtures.utils import run, wait_until
 from fixtures.objects import decode
 from fixtures.wal import (SEG_SIZE, is_segment_name, parse_partial_name, parse_segment_name, partial_versions, segment_name,
@@ -40,6 +40,11 @@ def partials(remote) -> list[tuple[str, int, int, int, str]]:
     names = [k[len(WAL):] for k in remote.keys(WAL)]
     return [(seg, end, term, sk, f"{seg}_{end:016X}_{term:016X}_sk{sk}.partial")
             for (seg, sk, term), end in sorted(partial_versions(names).items())]
+
+
+def piece_names(remote) -> list[str]:
+    """The names of the partial pieces (bases and increments) that exist."""
+    return [n for k in remote.keys(WAL) if parse_partial_name(n := k[len(WAL):])]
 
 
 def fulls(remote) -> list[str]:
@@ -103,9 +108,27 @@ def test_full_segments_and_newest_partial_match_the_primary(primary: PgCluster, 
 
     # The control file lists what exists (and nothing is listed twice).
     assert safekeeper.stop() == 0
+
+    # The safekeeper's own reader (`remote cat`) agrees with the independent decoder on the last
+    # full segment and on the partial version assembled from its pieces (the archive is still now).
+    (seg, commit, term, sk_id, version), = partials(remote)
+    listed = [k[len(WAL):] for k in remote.keys(WAL)]
+    out = os.path.join(safekeeper.dir, "cat.out")
+    for name, want in ((names[-1], decode(remote.get(WAL + names[-1]))),
+                       (version, assemble(remote, WAL, listed, seg, sk_id, term, commit))):
+        cp = safekeeper_cli("remote", "cat", *remote.args(), "--cluster", "main", name, "--output", out, env=remote.env())
+        assert cp.returncode == 0, cp.stderr
+        with open(out, "rb") as f:
+            assert f.read() == want, f"remote cat {name} differs from the decoded objects"
     cf = safekeeper.control_file_json()["state"]
-    listed = [p for p in cf["remote"]["partials"]]
-    assert [p["status"] for p in listed] == ["Uploaded"], listed
+    entries = cf["remote"]["partials"]
+    assert entries and all(e["status"] == "Uploaded" for e in entries), entries
+    # Every piece that exists is listed (once): the version is stored as pieces, one entry each.
+    seg_start = parse_segment_name(seg)[1] * SEG_SIZE
+    remote_pieces = sorted((p.start_lsn or seg_start, p.commit_lsn) for n in listed
+                           if (p := parse_partial_name(n)) and p.segment == seg)
+    cf_pieces = sorted((e["name"]["start_lsn"], e["name"]["commit_lsn"]) for e in entries)
+    assert len(set(cf_pieces)) == len(cf_pieces) and set(remote_pieces) <= set(cf_pieces), (remote_pieces, cf_pieces)
     assert cf["backup_lsn"] == (segnos[-1] + 1) * SEG_SIZE
 
 
@@ -196,8 +219,8 @@ def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safeke
         # After the crash: the control file lists a superset of what exists remotely.
         cf = control_snapshot(safekeeper)
         listed = listed_partial_names(cf)
-        for seg, commit, term, sk_id, key in partials(remote):
-            assert key.split("/")[-1] in listed, f"{key} exists but the control file does not list it ({listed})"
+        for name in piece_names(remote):
+            assert name in listed, f"{name} exists but the control file does not list it ({listed})"
         for seg in fulls(remote):
             assert full_implied(cf, seg), f"full segment {seg} exists but is not implied by the control file"
 
@@ -221,9 +244,9 @@ def test_crash_between_protocol_steps_orphans_nothing(primary: PgCluster, safeke
         cf = control_snapshot(safekeeper)
         names = listed_partial_names(cf)
         p = partials(remote)
-        return len(p) == 1 and names == {p[0][4].split("/")[-1]: "Uploaded"}
+        return len(p) == 1 and names == {n: "Uploaded" for n in piece_names(remote)}
 
-    wait_until("GC converged to exactly the newest partial", converged, timeout=60)
+    wait_until("GC converged to exactly the pieces of the newest partial", converged, timeout=60)
     assert safekeeper.stop() == 0
 
 

@@ -263,10 +263,15 @@ async fn fetch_segment(
             continue;
         }
         let mut cache = HashMap::new();
-        let Some(seg_size) =
-            segment_size(storage, &listing, opts.seg_size, &mut cache, cancel).await?
-        else {
-            return Ok(None);
+        let seg_size = match segment_size(storage, &listing, opts.seg_size, &mut cache, cancel)
+            .await?
+        {
+            Probe::Size(s) => s,
+            Probe::NoBase => return Ok(None),
+            Probe::Vanished => {
+                tracing::info!(key = %full_key, round, "a base piece vanished during lookup; looking again");
+                continue;
+            }
         };
         let prefix = wal_prefix(cluster);
         let pieces = parse_pieces(&listing, &prefix, seg_size);
@@ -350,16 +355,16 @@ fn parse_pieces(listing: &[ObjectMeta], prefix: &str, seg_size: u32) -> Vec<Piec
 
 /// The segment size: `given`, else what the first page header of a base piece says (the base
 /// with the highest commit LSN: usually the served version's, so its bytes, kept in `cache`, are
-/// read once). `Ok(None)`: no base piece is listed (no version exists) or it vanished.
+/// read once).
 async fn segment_size(
     storage: &dyn RemoteStorage,
     listing: &[ObjectMeta],
     given: Option<u32>,
     cache: &mut HashMap<String, Bytes>,
     cancel: &CancellationToken,
-) -> Result<Option<u32>, FetchError> {
-    if given.is_some() {
-        return Ok(given);
+) -> Result<Probe, FetchError> {
+    if let Some(s) = given {
+        return Ok(Probe::Size(s));
     }
     let base = listing
         .iter()
@@ -369,11 +374,11 @@ async fn segment_size(
         })
         .max_by(|(a, ma), (b, mb)| a.commit_lsn.cmp(&b.commit_lsn).then(mb.key.cmp(&ma.key)));
     let Some((_, meta)) = base else {
-        return Ok(None);
+        return Ok(Probe::NoBase);
     };
     let object = match storage.get_bytes(&meta.key, cancel).await {
         Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(Probe::Vanished),
         Err(e) => return Err(object_error(e)),
     };
     let corrupt =
@@ -391,7 +396,16 @@ async fn segment_size(
             )
         })?;
     cache.insert(meta.key.clone(), object);
-    Ok(Some(size))
+    Ok(Probe::Size(size))
+}
+
+/// What [`segment_size`] found.
+enum Probe {
+    Size(u32),
+    /// No base piece is listed: no version of the segment exists.
+    NoBase,
+    /// The base piece was deleted between LIST and GET: the lookup starts over.
+    Vanished,
 }
 
 /// A base piece's name (`.partial`) parsed at the first segment size that accepts it. Term,

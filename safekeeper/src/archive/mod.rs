@@ -45,6 +45,8 @@ mod versions;
 #[cfg(test)]
 mod choice_tests;
 #[cfg(test)]
+mod format_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -336,35 +338,44 @@ impl Archive {
     }
 }
 
+/// Full segment headers read at most to learn the segment size.
+const PROBED_SEGMENTS: usize = 3;
+
 /// The segment size the header of the newest full segment object gives (a ranged GET of its
-/// first [`HEADER_LEN`] bytes), else the sizes of raw full segment objects
-/// ([`infer_segment_size`]); `None` when neither tells. A transient storage failure is an error.
+/// first [`HEADER_LEN`] bytes; the next newest when one is damaged, up to [`PROBED_SEGMENTS`]),
+/// else the sizes of raw full segment objects ([`infer_segment_size`]); `None` when neither
+/// tells. A transient storage failure is an error.
 async fn probe_segment_size(
     storage: &dyn RemoteStorage,
     metas: &[ObjectMeta],
     prefix: &str,
     cancel: &CancellationToken,
 ) -> Result<Option<u32>, StorageError> {
-    let newest_full = metas.iter().rev().find(|m| {
-        m.size > 0
-            && m.key
-                .strip_prefix(prefix)
-                .is_some_and(looks_like_segment_name)
-    });
-    if let Some(meta) = newest_full {
+    let newest_fulls = metas
+        .iter()
+        .rev()
+        .filter(|m| {
+            m.size > 0
+                && m.key
+                    .strip_prefix(prefix)
+                    .is_some_and(looks_like_segment_name)
+        })
+        .take(PROBED_SEGMENTS);
+    for meta in newest_fulls {
         let len = meta.size.min(HEADER_LEN as u64);
         match storage.get_range_bytes(&meta.key, 0..len, cancel).await {
-            Ok(head) => {
-                let from_header = object_format::decoded_len(&head)
-                    .ok()
-                    .flatten()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|s| is_valid_segment_size(*s));
-                if from_header.is_some() {
-                    return Ok(from_header);
+            Ok(head) => match object_format::decoded_len(&head) {
+                Ok(Some(n)) => {
+                    if let Some(size) = u32::try_from(n).ok().filter(|s| is_valid_segment_size(*s))
+                    {
+                        return Ok(Some(size));
+                    }
                 }
-            }
-            // Gone meanwhile or unreadable: the listing's sizes are all there is.
+                // Raw: the listing's sizes tell (below).
+                Ok(None) => break,
+                Err(e) => tracing::debug!(key = %meta.key, "unreadable header: {e}"),
+            },
+            // Gone meanwhile or unreadable: try the next one.
             Err(e) if !e.kind().is_retryable() => {
                 tracing::debug!(key = %meta.key, "cannot read a full segment's header: {e}");
             }

@@ -2,32 +2,32 @@
 //! may delete, and which `remote verify` reports as warnings.
 //!
 //! Owns the rule. The objects are *pieces* (bases and increments, see `crate::chain`); the
-//! versions they store are [`super::versions_of`]'s. A piece is **superseded** when
+//! versions they store are [`super::versions_of`]'s. A version is **superseded** when the same
+//! safekeeper has another version of the same timeline and segment covering it: at least as much
+//! WAL (commit LSN) and at least as new a term, i.e. a newer upload of the same history (a
+//! safekeeper's term only grows, so this is the order in which it uploaded them). A piece is
+//! **superseded** when
 //! - its segment's full object exists, or
-//! - it is on the chain of a version that the same safekeeper has another version of the same
-//!   timeline and segment covering (at least as much WAL, at least as new a term: a newer upload of
-//!   the same history; a safekeeper's term only grows, so this is the order it uploaded them in), or
-//! - it is on no version's chain (left over from a merge, or from a crash between the upload of a
-//!   merged piece and the deletion of those it replaced) and a version of its safekeeper with at
-//!   least its term holds its bytes (ends at or after its commit LSN).
+//! - it is on no chain of a version that is not superseded (it is on superseded versions' chains
+//!   only, or on none: left over from a merge or a crash), and a version of its safekeeper that is
+//!   not superseded covers it; that version is named as what supersedes it.
 //!
 //! Everything else stays, and what restore would not serve is reported with the reason
-//! ([`Kept`]): another safekeeper's newest version, a safekeeper's versions that disagree (a
-//! higher term ending below a lower one: its WAL was truncated, so the longer one holds WAL the
-//! newer term abandoned), pieces on no chain whose bytes no version holds (a broken chain), names
-//! that are not WAL object names. An operator decides about those; `remote verify` says what is
-//! wrong with them.
+//! ([`Kept`]): pieces of another safekeeper's newest version, of a safekeeper's versions that
+//! disagree (a higher term ending below a lower one: its WAL was truncated, so the longer one
+//! holds WAL the newer term abandoned), pieces whose bytes no version holds (a broken chain),
+//! names that are not WAL object names. An operator decides about those; `remote verify` says
+//! what is wrong with them.
 //!
 //! Invariants:
-//! - no piece of the version restore serves for a segment without a full object
-//!   ([`best_partial`]), nor of any safekeeper's newest version there, is ever superseded;
+//! - no piece of a version that is not superseded is ever superseded (unless the full segment
+//!   exists): so the version restore serves for a segment without a full object
+//!   ([`best_partial`]), every safekeeper's newest version, and every superseder stay whole;
 //! - a superseded piece is deleted only after its bytes were read, decoded and found equal to the
 //!   same WAL range of what supersedes it ([`confirm`]); one that differs, or cannot be read, is
-//!   kept and reported, so a prune never destroys the evidence of a diverged history or of damage;
-//! - what supersedes a piece is never itself deleted by the same prune unless the segment's full
-//!   object supersedes both (the superseder chosen is the newest version of its safekeeper).
+//!   kept and reported, so a prune never destroys the evidence of a diverged history or of damage.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use control_file::names::PartialName;
@@ -35,9 +35,7 @@ use remote_storage::{ErrorKind, RemoteStorage, RemoteStorageExt, StorageError};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Archive, PartialObject, Piece, assemble, best_partial, decode_piece, ranked_candidates,
-};
+use super::{Archive, PartialObject, Piece, assemble, best_partial, decode_piece};
 use crate::object_format;
 
 /// What makes a piece superseded.
@@ -133,36 +131,13 @@ pub(crate) fn classify(archive: &Archive) -> Classification {
     for t in archive.timelines.values() {
         for (segno, pieces) in &t.pieces {
             let versions = t.partials.get(segno).map(Vec::as_slice).unwrap_or(&[]);
-            if let Some(full) = t.segments.get(segno) {
-                for piece in pieces {
-                    out.supersede(piece, SupersededBy::FullSegment(full.key.clone()), None);
-                }
-                continue;
-            }
-            let served = best_partial(versions);
-            // Every safekeeper's newest version: restore's candidates, never superseded.
-            let newest: HashSet<&str> = ranked_candidates(versions)
-                .iter()
-                .flat_map(|v| v.pieces.iter().map(|p| p.key.as_str()))
-                .collect();
-            for piece in pieces {
-                if served.is_some_and(|v| v.pieces.contains(piece)) {
-                    continue;
-                }
-                let on_chain = versions.iter().find(|v| v.pieces.contains(piece));
-                match on_chain {
-                    Some(v) if newest.contains(piece.key.as_str()) => {
-                        out.keep(piece, kept_reason(v, versions, served));
+            match t.segments.get(segno) {
+                Some(full) => {
+                    for piece in pieces {
+                        out.supersede(piece, SupersededBy::FullSegment(full.key.clone()), None);
                     }
-                    Some(v) => match newest_covering(&v.name, versions) {
-                        Some(q) => {
-                            let by = SupersededBy::NewerVersion(q.key.clone());
-                            out.supersede(piece, by, Some(q));
-                        }
-                        None => out.keep(piece, kept_reason(v, versions, served)),
-                    },
-                    None => classify_off_chain(&mut out, piece, versions),
                 }
+                None => classify_segment(&mut out, pieces, versions),
             }
         }
     }
@@ -178,45 +153,57 @@ pub(crate) fn classify(archive: &Archive) -> Classification {
     out
 }
 
-/// A piece on no chain: superseded by the newest version of its safekeeper that holds its bytes
-/// (at least its term and commit LSN; never one that is itself superseded, since no version
-/// covers it), else kept (a broken chain).
-fn classify_off_chain(out: &mut Classification, piece: &Piece, versions: &[PartialObject]) {
-    let n = &piece.name;
-    let best = versions
+/// The pieces of a segment without a full object. A version is superseded when another version
+/// of its safekeeper covers it ([`newest_covering`]); the others (each safekeeper's newest, and
+/// versions that disagree with a newer term) stay whole: no piece on their chains is ever
+/// superseded. Every other piece is superseded by the newest of those that covers it.
+fn classify_segment(out: &mut Classification, pieces: &[Piece], versions: &[PartialObject]) {
+    let served = best_partial(versions);
+    let standing: Vec<&PartialObject> = versions
         .iter()
-        .filter(|v| {
-            v.name.sk_id == n.sk_id && v.name.term >= n.term && v.name.commit_lsn >= n.commit_lsn
-        })
-        .max_by_key(|v| (v.name.term, v.name.commit_lsn));
-    let Some(v) = best else {
-        let reason = format!(
-            "on no chain from the segment start (a piece before {} is missing) and no version of \
-             sk{} holds its bytes: left for inspection (see remote verify)",
-            n.start_lsn, n.sk_id
-        );
-        out.keep(piece, reason);
-        return;
-    };
-    // A base off the chain is an older version; an increment of the same term a leftover.
-    let by = if v.name.term != n.term || n.start_lsn == v.name.start_lsn {
-        SupersededBy::NewerVersion(v.key.clone())
-    } else {
-        SupersededBy::Chain(v.key.clone())
-    };
-    out.supersede(piece, by, Some(v));
+        .filter(|v| newest_covering(&v.name, versions.iter()).is_none())
+        .collect();
+    for piece in pieces {
+        if served.is_some_and(|v| v.pieces.contains(piece)) {
+            continue;
+        }
+        if let Some(v) = standing.iter().find(|v| v.pieces.contains(piece)) {
+            out.keep(piece, kept_reason(v, versions, served));
+            continue;
+        }
+        let n = &piece.name;
+        match newest_covering(n, standing.iter().copied()) {
+            Some(q) => {
+                // An increment of the same term is a leftover of a merge; anything else (a base,
+                // an older term) an older version.
+                let by = if q.name.term == n.term && n.start_lsn != q.name.start_lsn {
+                    SupersededBy::Chain(q.key.clone())
+                } else {
+                    SupersededBy::NewerVersion(q.key.clone())
+                };
+                out.supersede(piece, by, Some(q));
+            }
+            None => {
+                let reason = format!(
+                    "on no chain from the segment start (a piece ending at {} is missing) and no \
+                     version of sk{} holds its bytes: left for inspection (see remote verify)",
+                    n.start_lsn, n.sk_id
+                );
+                out.keep(piece, reason);
+            }
+        }
+    }
 }
 
-/// The newest version of `n`'s safekeeper, other than `n`'s own, that covers it: at least its
-/// term and commit LSN.
+/// The newest of `versions` of `n`'s safekeeper that covers `n` (at least its term and commit
+/// LSN), other than `n` itself (a version of the same name).
 fn newest_covering<'a>(
     n: &PartialName,
-    versions: &'a [PartialObject],
+    versions: impl Iterator<Item = &'a PartialObject>,
 ) -> Option<&'a PartialObject> {
     versions
-        .iter()
         .filter(|q| {
-            (q.name.term, q.name.commit_lsn) != (n.term, n.commit_lsn)
+            q.name != *n
                 && q.name.sk_id == n.sk_id
                 && q.name.term >= n.term
                 && q.name.commit_lsn >= n.commit_lsn

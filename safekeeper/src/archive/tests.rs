@@ -229,7 +229,7 @@ pub(super) fn wal_segment(segno: u64, sysid: u64) -> Vec<u8> {
 pub(super) struct TestArchive {
     _dir: tempfile::TempDir,
     local: LocalFs,
-    storage: Arc<dyn RemoteStorage>,
+    pub(super) storage: Arc<dyn RemoteStorage>,
 }
 
 impl TestArchive {

@@ -7,41 +7,59 @@
 //! (`crate::object_format::decode`: header, lengths, crc32c) to exactly `[start, commit)` of its
 //! name, so they are exactly `[segment start, commit)` of the version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
+use control_file::Lsn;
+use control_file::names::PartialName;
 
 use super::{PartialObject, Piece};
-use crate::chain::{GroupKey, best_chain};
+use crate::chain::{Chain, GroupKey, best_chain, best_chains};
 use crate::object_format;
 
 /// The partial versions the pieces of one segment (`pieces`, all of one timeline and segment)
-/// hold: per (safekeeper, term), the highest end pieces chain to from the segment start, with
-/// the chain of the fewest pieces. In key order of the version names. `prefix`: the keys'
-/// `<cluster>/wal/`.
+/// hold, in key order of their names. Per (safekeeper, term): the highest end pieces chain to
+/// from the segment start (its newest version), and every other end they chain to that is not
+/// on that version's chain (an older version stored apart: an older base, or a chain through
+/// pieces a merge replaced); each with the chain of the fewest pieces. Ends on the newest
+/// version's chain are prefixes of it, not listed. `prefix`: the keys' `<cluster>/wal/`.
 pub(crate) fn versions_of(pieces: &[Piece], prefix: &str, seg_size: u32) -> Vec<PartialObject> {
-    let mut groups: BTreeMap<GroupKey, Vec<&Piece>> = BTreeMap::new();
-    for p in pieces {
-        groups.entry(GroupKey::of(&p.name)).or_default().push(p);
-    }
-    let mut out: Vec<PartialObject> = groups
-        .into_values()
-        .filter_map(|group| {
-            let seg_start = group.first()?.name.segment_start(seg_size);
-            let chain = best_chain(group.iter().map(|p| &p.name), seg_start)?;
-            let chain_pieces: Vec<Piece> = chain
-                .pieces
-                .iter()
-                .filter_map(|n| group.iter().find(|p| &p.name == *n).map(|p| (*p).clone()))
-                .collect();
-            let name = chain_pieces.last()?.name.as_version(seg_size);
-            Some(PartialObject {
-                key: format!("{prefix}{}", name.to_file_name(seg_size)),
-                name,
-                pieces: chain_pieces,
-            })
+    let by_name: HashMap<&PartialName, &Piece> = pieces.iter().map(|p| (&p.name, p)).collect();
+    let version = |chain: Chain<'_>| -> Option<PartialObject> {
+        let chain_pieces: Vec<Piece> = chain
+            .pieces
+            .iter()
+            .filter_map(|n| by_name.get(n).map(|p| (*p).clone()))
+            .collect();
+        let name = chain_pieces.last()?.name.as_version(seg_size);
+        Some(PartialObject {
+            key: format!("{prefix}{}", name.to_file_name(seg_size)),
+            name,
+            pieces: chain_pieces,
         })
-        .collect();
+    };
+    let mut out = Vec::new();
+    for (group, top) in best_chains(pieces.iter().map(|p| &p.name), seg_size) {
+        let on_top: BTreeSet<Lsn> = top.pieces.iter().map(|p| p.commit_lsn).collect();
+        let seg_start = Lsn::from_segment(group.segno, seg_size);
+        let members: Vec<&PartialName> = pieces
+            .iter()
+            .map(|p| &p.name)
+            .filter(|n| GroupKey::of(n) == group)
+            .collect();
+        let others: BTreeSet<Lsn> = members
+            .iter()
+            .map(|n| n.commit_lsn)
+            .filter(|end| !on_top.contains(end))
+            .collect();
+        for end in others {
+            let below = members.iter().copied().filter(|n| n.commit_lsn <= end);
+            if let Some(chain) = best_chain(below, seg_start).filter(|c| c.end == end) {
+                out.extend(version(chain));
+            }
+        }
+        out.extend(version(top));
+    }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     out
 }

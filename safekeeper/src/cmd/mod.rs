@@ -7,6 +7,7 @@ pub mod demo;
 pub mod recover;
 pub mod remote;
 pub mod remote_cat;
+mod remote_ls;
 pub mod restore_wal;
 pub mod run;
 

@@ -4,7 +4,8 @@
 //! Owns the execution of a [`plan_recovery`] plan: the segments PostgreSQL would fetch through
 //! `restore-wal`, one after the other along the timeline path, fetched in parallel, each written
 //! atomically (temp file, fsync, rename) under its segment name, plus the history files of the
-//! path. A progress bar on a terminal, plain log lines otherwise. Prints the end LSN reached.
+//! path (decoded, like every object read: `crate::object_format`). A progress bar on a
+//! terminal, plain log lines otherwise. Prints the end LSN reached.
 //!
 //! Exit status: 0 when the end of the archive (or `--until-lsn`) was reached; 1 when the WAL
 //! stops at a missing segment (what was written is kept and the end LSN reached is printed) or
@@ -92,7 +93,7 @@ async fn recover(args: &RecoverArgs) -> Result<bool> {
     };
     let history = if target > 1 && archive.histories.contains_key(&target) {
         let key = crate::remote::history_key(cluster, target);
-        let data = storage.get_bytes(&key, &cancel).await?;
+        let data = decoded(&*storage, &key, &cancel).await?;
         let text = std::str::from_utf8(&data).with_context(|| format!("{key} is not text"))?;
         parse_history(target, text).with_context(|| format!("malformed history file {key}"))?
     } else {
@@ -126,7 +127,7 @@ async fn recover(args: &RecoverArgs) -> Result<bool> {
         }
     }
     for ((_, key), name) in plan.history_keys.iter().zip(&history_files) {
-        let data = storage.get_bytes(key, &cancel).await?;
+        let data = decoded(&*storage, key, &cancel).await?;
         write_file_atomic(&args.target_dir.join(name), &data)?;
     }
 
@@ -173,6 +174,18 @@ async fn recover(args: &RecoverArgs) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// The decoded bytes of one object (a history file): checked by the object format, raw objects
+/// as they are.
+async fn decoded(
+    storage: &dyn remote_storage::RemoteStorage,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<bytes::Bytes> {
+    let object = storage.get_bytes(key, cancel).await?;
+    let decoded = crate::object_format::decode(object).with_context(|| key.to_string())?;
+    Ok(decoded.data)
 }
 
 /// A progress bar on a terminal, log lines (at most every 5 s, and at the end) otherwise.
