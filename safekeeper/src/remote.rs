@@ -87,10 +87,11 @@ pub(crate) async fn check_remote(storage: &dyn RemoteStorage) -> Result<()> {
 }
 
 /// The metric labels `(cluster, kind)` of a key of this layout (`kind`: the tag value
-/// `full`/`partial`/`history`); `None` for keys outside it, whose puts are not recorded.
+/// `full`/`partial`/`history`; both kinds of partial piece, bases and increments, are
+/// `partial`); `None` for keys outside it, whose puts are not recorded.
 pub(crate) fn key_labels(key: &str) -> Option<(&str, &'static str)> {
     let (cluster, file) = key.split_once("/wal/")?;
-    let kind = if file.ends_with(".partial") {
+    let kind = if file.ends_with(".partial") || file.ends_with(".delta") {
         "partial"
     } else if file.ends_with(".history") {
         "history"
@@ -141,6 +142,12 @@ mod tests {
             "db-1/wal/000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1.partial";
         assert_eq!(key_labels(SEGMENT), Some(("main", "full")));
         assert_eq!(key_labels(PARTIAL), Some(("db-1", "partial")));
+        assert_eq!(
+            key_labels(
+                "db-1/wal/000000010000000000000003_0000000003A1B2C8_0000000000000001_sk1_0000000003400000.delta"
+            ),
+            Some(("db-1", "partial"))
+        );
         assert_eq!(
             key_labels("main/wal/00000002.history"),
             Some(("main", "history"))
