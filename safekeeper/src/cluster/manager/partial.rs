@@ -90,8 +90,9 @@ pub(super) struct PartialUploads {
     pub(super) segment_entered: Option<(u64, Lsn, Instant)>,
 }
 
-/// An upload is due this much before the interval is up, so that with the sampling period and
-/// the PUT itself the archive trails the newest commit by about the interval.
+/// An upload is due this much (at most a fifth of the interval) before the interval is up, so
+/// that with the sampling period and the PUT itself the archive trails the newest commit by
+/// about the interval.
 const DUE_EARLY: Duration = Duration::from_millis(100);
 /// A segment predicted to complete within this fraction of the interval gets no partial upload
 /// (its full upload covers the same bytes), unless its oldest pending byte is older than
@@ -302,7 +303,7 @@ impl Manager {
         }
         let interval = self.wiring.settings.partial_interval;
         let age = now.saturating_duration_since(since);
-        if age + DUE_EARLY < interval {
+        if age + DUE_EARLY.min(interval / 5) < interval {
             return false;
         }
         if age.as_secs_f64() >= interval.as_secs_f64() * MAX_DEFER {
