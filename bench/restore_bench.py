@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test_runner"))
 
 from fixtures.archive import ArchiveWriter, synthetic_segment  # noqa: E402
+from fixtures.objects import encode  # noqa: E402
 from fixtures.s3 import MotoServer, new_bucket  # noqa: E402
 from fixtures.wal import segment_name  # noqa: E402
 
@@ -54,6 +55,9 @@ def main() -> None:
     ap.add_argument("--segments", type=int, default=64)
     ap.add_argument("--prefetch", type=str, default="8", help="comma-separated prefetch depths to compare with 0")
     ap.add_argument("--segment-mb", type=int, default=16)
+    ap.add_argument("--object-format", choices=["v1", "raw"], default="v1",
+                    help="v1: objects as the safekeeper writes them (header + zstd level 3, fixtures/objects.py); "
+                         "raw: plain bytes, as written before issue 16")
     args = ap.parse_args()
     binary = os.environ.get("SAFEKEEPER_BIN") or os.path.join(os.path.dirname(__file__), "..", "target", "release", "safekeeper")
     seg_size = args.segment_mb << 20
@@ -66,10 +70,11 @@ def main() -> None:
         for segno in range(1, args.segments + 1):
             name = segment_name(1, segno, seg_size)
             data = synthetic_segment(segno, seg_size, 7_300_000_000_000_000_001)
-            writer.put(name, data)
+            writer.put(name, encode(data) if args.object_format == "v1" else data)
             names.append(name)
             expected[name] = data
-        print(f"filled moto with {args.segments} segments of {args.segment_mb} MiB in {time.monotonic() - t0:.1f} s")
+        print(f"filled moto with {args.segments} segments of {args.segment_mb} MiB ({args.object_format} objects) "
+              f"in {time.monotonic() - t0:.1f} s")
         print(f"binary: {os.path.realpath(binary)}")
         depths = [0] + [int(p) for p in args.prefetch.split(",") if p]
         results = []

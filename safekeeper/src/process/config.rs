@@ -108,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_LOCAL_RETENTION", value_name = "BYTES", value_parser = parse_bytes)]
     pub local_retention: Option<u64>,
 
-    /// How uploaded objects are compressed: `zstd` (level 3), `zstd:LEVEL` (1-22) or `none`
+    /// How uploaded objects are compressed: `zstd` (level 1), `zstd:LEVEL` (1-22) or `none`
     /// (default zstd). Restore reads every setting, and objects written before compression existed.
     #[arg(long, env = "SAFEKEEPER_COMPRESSION", value_name = "CODEC", value_parser = crate::object_format::Compression::parse)]
     pub compression: Option<crate::object_format::Compression>,
