@@ -87,7 +87,7 @@ def test_slow_segment_is_sent_once_and_restores_with_bounded_gets(
 
     # Cost: what the PUTs carried against the WAL written. Whole-prefix uploads would send
     # about (segment offset / 2) per upload: tens of times the WAL here.
-    puts = [r for r in counting_proxy.log if r.op == "PutObject" and r.key.startswith(s3_bucket.prefix + WAL)]
+    puts = [r for r in counting_proxy.log if r.op == "PutObject" and r.key.startswith(f"{s3_bucket.prefix}/{WAL}")]
     partial_puts = [r for r in puts if r.key.endswith((".partial", ".delta"))]
     sent = sum(r.body_bytes for r in partial_puts)
     wal = end_lsn - start_lsn
