@@ -7,14 +7,14 @@
 //! (`crate::object_format::decode`: header, lengths, crc32c) to exactly `[start, commit)` of its
 //! name, so they are exactly `[segment start, commit)` of the version.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use control_file::Lsn;
 use control_file::names::PartialName;
 
 use super::{PartialObject, Piece};
-use crate::chain::{Chain, GroupKey, best_chain, best_chains};
+use crate::chain::{Chain, GroupKey, best_chain};
 use crate::object_format;
 
 /// The partial versions the pieces of one segment (`pieces`, all of one timeline and segment)
@@ -38,15 +38,20 @@ pub(crate) fn versions_of(pieces: &[Piece], prefix: &str, seg_size: u32) -> Vec<
             pieces: chain_pieces,
         })
     };
+    let mut groups: BTreeMap<GroupKey, Vec<&PartialName>> = BTreeMap::new();
+    for p in pieces {
+        groups
+            .entry(GroupKey::of(&p.name))
+            .or_default()
+            .push(&p.name);
+    }
     let mut out = Vec::new();
-    for (group, top) in best_chains(pieces.iter().map(|p| &p.name), seg_size) {
-        let on_top: BTreeSet<Lsn> = top.pieces.iter().map(|p| p.commit_lsn).collect();
+    for (group, members) in groups {
         let seg_start = Lsn::from_segment(group.segno, seg_size);
-        let members: Vec<&PartialName> = pieces
-            .iter()
-            .map(|p| &p.name)
-            .filter(|n| GroupKey::of(n) == group)
-            .collect();
+        let Some(top) = best_chain(members.iter().copied(), seg_start) else {
+            continue;
+        };
+        let on_top: BTreeSet<Lsn> = top.pieces.iter().map(|p| p.commit_lsn).collect();
         let others: BTreeSet<Lsn> = members
             .iter()
             .map(|n| n.commit_lsn)
