@@ -126,7 +126,9 @@ pub(crate) fn best_chain<'a>(
 }
 
 /// Every group's best chain, keyed by group; groups whose pieces do not reach from the segment
-/// start have none. `seg_size` gives each segment's start.
+/// start have none. `seg_size` gives each segment's start. (The readers keep every version of a
+/// group, `archive/versions.rs`; the model test uses this.)
+#[cfg(test)]
 pub(crate) fn best_chains<'a>(
     pieces: impl IntoIterator<Item = &'a PartialName>,
     seg_size: u32,

@@ -225,21 +225,22 @@ pub(super) fn record_deleted(st: &mut ClusterState, names: &[PartialName]) {
 /// A listing found these objects of this safekeeper (`sk_id`): every one the control file does
 /// not list is listed again, `InProgress` (the request that wrote it late may have siblings
 /// still on their way; it may be the archive's end, and no version at or below it will be
-/// uploaded; when superseded, GC collects it). Returns the adopted names.
+/// uploaded; when superseded, GC collects it). Its size is the WAL bytes its name says it holds
+/// (the listed size is the stored, compressed one). Returns the adopted names.
 pub(super) fn adopt_listed(
     st: &mut ClusterState,
     sk_id: u64,
     listed: &[(PartialName, u64)],
 ) -> Vec<PartialName> {
     let mut adopted = Vec::new();
-    for (name, size) in listed {
+    for (name, _stored_size) in listed {
         if name.sk_id != sk_id || st.remote.partials.iter().any(|p| p.name == *name) {
             continue;
         }
         st.remote.partials.push(PartialObject {
             name: name.clone(),
             status: ObjectStatus::InProgress,
-            size: *size,
+            size: name.bytes(),
             crc32c: 0,
             level: 0,
         });

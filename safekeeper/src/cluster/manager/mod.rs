@@ -53,12 +53,13 @@ mod history;
 mod local;
 mod offloader;
 mod partial;
+mod requests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use control_file::names::{PartialName, TimelineId};
 use control_file::{ClusterState, Lsn};
 use remote_storage::RemoteStorage;
@@ -392,67 +393,6 @@ impl Manager {
         let commit = self.progress.commit_lsn.min(self.progress.flush_lsn);
         let seg_size = self.state().map(|s| s.wal_segment_size).unwrap_or(0);
         self.note_commit_progress(commit, seg_size, Instant::now());
-    }
-
-    fn handle_request(&mut self, req: ControlRequest) {
-        match req {
-            ControlRequest::Create { state, reply } => {
-                let path = self
-                    .wiring
-                    .wal_dir
-                    .with_file_name(crate::cluster::follower::CONTROL_FILE_NAME);
-                let result = if self.control.is_some() {
-                    Err(anyhow!("internal error: control file created twice"))
-                } else {
-                    ControlStore::create(&path, *state).map(|c| {
-                        self.progress.flush_lsn = c.state().flush_lsn;
-                        self.progress.commit_lsn = c.state().commit_lsn;
-                        // A data directory made anew may find its own objects in the archive.
-                        self.audit = Audits::at_start(c.state(), Instant::now());
-                        self.control = Some(c);
-                    })
-                };
-                self.on_state_changed();
-                let _ = reply.send(result);
-            }
-            ControlRequest::Update { change, reply } => {
-                let result = self.update(change);
-                let _ = reply.send(result);
-            }
-            ControlRequest::UploadPartial { reply } => {
-                self.on_progress();
-                self.partial.waiters.push(reply);
-                self.partial.kick = true;
-            }
-        }
-    }
-
-    async fn handle_command(&mut self, cmd: ManagerCommand) {
-        match cmd {
-            ManagerCommand::UploadPartialNow(reply) => {
-                self.on_progress();
-                self.partial.waiters.push(reply);
-                self.start_partial().await;
-                self.answer_idle_partial_waiters();
-            }
-            ManagerCommand::GcNow(reply) => {
-                self.gc.waiters.push(reply);
-                self.start_gc();
-            }
-            ManagerCommand::TermBump(reply) => {
-                let flush = self.progress.flush_lsn;
-                let result = self
-                    .update(Box::new(move |s| {
-                        let timeline = s.timeline;
-                        s.start_term(timeline, flush.max(s.flush_lsn));
-                    }))
-                    .and_then(|()| self.state().map(|s| s.term));
-                if let Ok(term) = &result {
-                    info!(term, at = %flush, "started a new term on request");
-                }
-                let _ = reply.send(result);
-            }
-        }
     }
 
     fn state(&self) -> Result<&ClusterState> {
