@@ -33,6 +33,7 @@ for IDLE_STABLE_S (16 s: the bgwriter logs one more running-xacts record up to 1
 important record, then stops) and the archive holds it all; then count requests over `--idle` s.
 
 Usage: bench/upload_cost.sh [--quick] [--partial-interval 1s] [--duration 40] [--idle 60]
+       [--phases '2MB/s,20MB/s'] [--no-idle] [--compression none|zstd|zstd:N]
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Result:
     load: tuple[float, float]
     requests: list[Request] = field(default_factory=list)
     sk_uploaded: int = 0
+    per_segment: Optional[tuple[int, int]] = None  # (segments, bytes sent for them), see segment_cost
 
 
 class Generator:
@@ -187,7 +189,8 @@ class Bench:
         self.pg.sql("CHECKPOINT")
         print(f"# pgbench -i -s {a.scale}: {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
         self.sk = Safekeeper(self.base, 1)
-        self.sk.start(self.pg.connstr(), extra=bucket.args() + ["--partial-interval", a.partial_interval],
+        self.sk.start(self.pg.connstr(), extra=bucket.args() + ["--partial-interval", a.partial_interval]
+                      + (["--compression", a.compression] if a.compression else []),
                       env={**bucket.env(), "RUST_LOG": "warn"})
         self.api = self.sk.api(timeout=60)
         self.pg.wait_streaming(self.sk.application_name, timeout=60)
@@ -284,6 +287,7 @@ class Bench:
         start_off = self.fill_to_mid_segment()
         print(f"# phase {ph.name}: starts at segment offset {start_off / 2**20:.2f} MiB", file=sys.stderr, flush=True)
         load0 = loadavg()
+        w0, wlsn0 = time.monotonic(), self.lsn()
         self.start_workload(ph, a.warmup + a.duration)
         time.sleep(a.warmup)
         t0, lsn0, up0 = time.monotonic(), self.lsn(), self.cluster()["offload"]["bytes_uploaded"]
@@ -293,7 +297,31 @@ class Bench:
         self.stop_workload()
         reqs = self.proxy.requests_between(t0, t1)
         ops, body = _tally(reqs)
-        return Result(ph, start_off, window_off, t1 - t0, lsn1 - lsn0, ops, body, lag, own, (load0, loadavg()), reqs, up1 - up0)
+        per_segment = self.segment_cost(w0, wlsn0)
+        return Result(ph, start_off, window_off, t1 - t0, lsn1 - lsn0, ops, body, lag, own, (load0, loadavg()), reqs,
+                      up1 - up0, per_segment)
+
+    def segment_cost(self, w0: float, wlsn0: int) -> Optional[tuple[int, int]]:
+        """What each segment the workload wrote from its first byte to its last cost, exactly: the
+        body bytes of every PUT whose object belongs to it (bases, increments, merges, the full
+        segment), from the workload start until the archive caught up. Unlike the window's
+        figure, no object is cut at a window edge (a full segment PUT is ~0.5x of 16 MiB, so at
+        2 MB/s one segment more or less in a 40 s window moves that figure by +-5%)."""
+        end = self.lsn()
+        self.wait_archived(end)
+        first, last = -(-wlsn0 // SEG), end // SEG  # segments [first, last) were written whole
+        if last <= first:
+            return None
+        deadline = time.monotonic() + 60
+        while True:
+            reqs = self.proxy.requests_between(w0, time.monotonic() + 1)
+            full = {segno_of(r.key) for r in reqs if r.op == "PutObject" and partial_offset(r.key) is None}
+            if all(n in full for n in range(first, last)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        done = [n for n in range(first, last) if n in full]
+        sent = sum(r.body_bytes for r in reqs if r.op == "PutObject" and segno_of(r.key) in done)
+        return len(done), sent
 
     def slow_segment(self, minutes: float) -> None:
         """One segment written from its start at ~5 KB/s for `minutes`, then restored through the
@@ -369,6 +397,17 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def segno_of(key: str) -> Optional[int]:
+    """Segment number of a WAL object (full segment, base or increment), from its name."""
+    name = key.rsplit("/", 1)[-1]
+    if len(name) < 24:
+        return None
+    try:
+        return int(name[8:16], 16) * (0x1_0000_0000 // SEG) + int(name[16:24], 16)
+    except ValueError:
+        return None
+
+
 def partial_offset(key: str) -> Optional[int]:
     """Offset in its segment of the commit LSN a partial piece's name holds (a base
     `..._skN.partial` or an increment `..._skN_START.delta`)."""
@@ -391,23 +430,24 @@ def print_tables(results: list[Result]) -> None:
         put = r.ops.get("PutObject", 0) + r.ops.get("UploadPart", 0)
         dels = r.ops.get("DeleteObjects", 0) + r.ops.get("DeleteObject", 0)
         other = sum(r.ops.values()) - put - dels
-        amp = f"{sent / r.wal_bytes:.1f}x" if r.wal_bytes else ("-" if not sent else "inf")
+        amp = f"{sent / r.wal_bytes:.2f}x" if r.wal_bytes else ("-" if not sent else "inf")
         print(f"| {r.phase.name} | {r.start_offset / 2**20:.2f} / {r.window_offset / 2**20:.2f} MiB | {r.seconds:.0f} | {fmt_bytes(r.wal_bytes)} | "
               f"{fmt_bytes(r.wal_bytes / r.seconds)}/s | {fmt_bytes(sent)} | {amp} | {sum(r.ops.values()) * per_min:.0f} | "
               f"{put * per_min:.0f} | {dels * per_min:.0f} | {other * per_min:.0f} | "
               f"{pct(r.lag, 50):.2f} / {pct(r.lag, 99):.2f} / {max(r.lag, default=float('nan')):.2f} | "
               f"{max(r.own_lag, default=float('nan')):.2f} | {r.load[0]:.2f}-{r.load[1]:.2f} |")
     print("\nwhere the bytes go (PutObject bodies in the window):")
-    print("| phase | partial PUTs | mean bytes / partial PUT | mean commit offset in segment | bytes / offset | full-segment PUTs | bytes in full PUTs | other ops (count) | sk offload.bytes_uploaded |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| phase | partial PUTs | mean bytes / partial PUT | mean commit offset in segment | bytes / offset | full-segment PUTs | bytes in full PUTs | other ops (count) | sk offload.bytes_uploaded | whole segments: count, bytes sent / WAL |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         partial = [(q.body_bytes, partial_offset(q.key)) for q in r.requests if q.op == "PutObject" and partial_offset(q.key) is not None]
         full = [q.body_bytes for q in r.requests if q.op == "PutObject" and partial_offset(q.key) is None]
         mb = statistics.mean(b for b, _ in partial) if partial else 0
         mo = statistics.mean(o for _, o in partial) if partial else 0
         others = ", ".join(f"{k} {v}" for k, v in sorted(r.ops.items()) if k != "PutObject") or "-"
+        seg_cost = f"{r.per_segment[0]}, {r.per_segment[1] / (r.per_segment[0] * SEG):.3f}x" if r.per_segment else "-"
         print(f"| {r.phase.name} | {len(partial)} | {fmt_bytes(mb)} | {mo / 2**20:.2f} MiB | {mb / mo if mo else float('nan'):.3f} | "
-              f"{len(full)} | {fmt_bytes(sum(full))} | {others} | {fmt_bytes(r.sk_uploaded)} |")
+              f"{len(full)} | {fmt_bytes(sum(full))} | {others} | {fmt_bytes(r.sk_uploaded)} | {seg_cost} |")
 
 
 def print_config(args, phases: list[Phase]) -> None:
@@ -420,7 +460,7 @@ def print_config(args, phases: list[Phase]) -> None:
     install = pg_install()
     print(f"upload_cost: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, {'quick' if args.quick else 'full'} mode, host {platform.node()}, {os.cpu_count()} CPUs")
     print(f"safekeeper {safekeeper_bin()} ({cmd([safekeeper_bin(), '--version'])}, git {rev}), "
-          f"--partial-interval {args.partial_interval}, default --upload-parallelism, S3 = moto via counting proxy")
+          f"--partial-interval {args.partial_interval}, --compression {args.compression or 'default'}, default --upload-parallelism, S3 = moto via counting proxy")
     print(f"PostgreSQL {install.major} ({install.bindir}), synchronous_standby_names = the safekeeper, 16 MiB segments, pgbench -s {args.scale}")
     print(f"phases: {', '.join(p.name for p in phases)}; each starts at ~{TARGET_OFFSET >> 20} MiB into a segment, "
           f"warm-up {args.warmup} s, window {args.duration} s; idle window {args.idle} s; seed {args.seed}")
@@ -435,6 +475,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 rates, 12 s windows, 30 s idle (about 2.3 minutes)")
     ap.add_argument("--partial-interval", default="1s")
+    ap.add_argument("--compression", help="the safekeeper's --compression (default: its default, zstd level 1)")
     ap.add_argument("--duration", type=float, help="measured window per rate phase, s (40; quick 12)")
     ap.add_argument("--warmup", type=float, default=10.0, help="workload runs this long before the window, s")
     ap.add_argument("--idle", type=float, help="idle window, s (60; quick 30)")
@@ -443,10 +484,19 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, data)")
     ap.add_argument("--slow-segment", type=float, metavar="MINUTES",
                     help="instead of the phases: one segment written at ~5 KB/s for MINUTES, then restored (GETs counted)")
+    ap.add_argument("--phases", metavar="NAMES",
+                    help="comma-separated phase names to run, e.g. '2MB/s,20MB/s' (default: all, or the quick ones)")
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle phase")
     args = ap.parse_args()
     args.duration = args.duration or (12.0 if args.quick else 40.0)
     args.idle = args.idle or (30.0 if args.quick else 60.0)
     phases = QUICK_PHASES if args.quick else FULL_PHASES
+    if args.phases:
+        wanted = [n.strip() for n in args.phases.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in {p.name for p in FULL_PHASES}]
+        if unknown:
+            ap.error(f"unknown phase(s) {unknown}; known: {[p.name for p in FULL_PHASES]}")
+        phases = [p for p in FULL_PHASES if p.name in wanted]
     signal.signal(signal.SIGTERM, _interrupted)
     print_config(args, phases)
     sys.stdout.flush()
@@ -460,7 +510,7 @@ def main() -> int:
             phases = []
         for ph in phases:
             results.append(bench.rate_phase(ph))
-        if phases:
+        if phases and not args.no_idle:
             results.append(bench.idle_phase())
     finally:
         bench.teardown()
