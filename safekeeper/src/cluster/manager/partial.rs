@@ -154,6 +154,11 @@ impl Manager {
         fail::fail_point!("partial-after-intent", |_| crate::failpoint::crash(
             "partial-after-intent"
         ));
+        if cfg!(feature = "testing") && level > 0 {
+            fail::fail_point!("merge-after-intent", |_| crate::failpoint::crash(
+                "merge-after-intent"
+            ));
+        }
         self.partial.in_flight = Some(name.clone());
         self.partial.covered = commit;
         self.partial.pending_since = None;
@@ -192,6 +197,14 @@ impl Manager {
         fail::fail_point!("partial-after-put", |_| crate::failpoint::crash(
             "partial-after-put"
         ));
+        // A merge (a piece replacing a run of tail pieces) has its own crash points, since the
+        // pieces it replaces become superseded by it.
+        let merge = cfg!(feature = "testing") && self.is_merge(&name);
+        if merge {
+            fail::fail_point!("merge-after-put", |_| crate::failpoint::crash(
+                "merge-after-put"
+            ));
+        }
         self.note_success();
         let done = name.clone();
         let r = self.update(Box::new(move |s| record_uploaded(s, &done)));
@@ -200,6 +213,11 @@ impl Manager {
                 fail::fail_point!("partial-after-uploaded", |_| crate::failpoint::crash(
                     "partial-after-uploaded"
                 ));
+                if merge {
+                    fail::fail_point!("merge-after-uploaded", |_| crate::failpoint::crash(
+                        "merge-after-uploaded"
+                    ));
+                }
                 self.io.offload_tx.send_modify(|o| {
                     o.partial_uploaded += 1;
                     o.bytes_uploaded += sent;
@@ -229,6 +247,17 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Whether `name` is listed as a merge: a piece above level 0, which replaced a run of tail
+    /// pieces (for the merge crash points).
+    fn is_merge(&self, name: &PartialName) -> bool {
+        self.state().is_ok_and(|s| {
+            s.remote
+                .partials
+                .iter()
+                .any(|p| p.name == *name && p.level > 0)
+        })
     }
 
     /// Step 0: the follower published its checked local end and the startup audit is done.
