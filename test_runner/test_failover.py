@@ -20,7 +20,7 @@ from fixtures.remote import LocalRemote
 from fixtures.restore import copy_archive, recover, take_base_backup
 from fixtures.safekeeper import Safekeeper
 from fixtures.utils import wait_until
-from fixtures.wal import SEG_SIZE, segment_name, segno_of
+from fixtures.wal import SEG_SIZE, partial_versions, segment_name, segno_of
 
 
 def insert_ids(pg: PgCluster, ids: range) -> list[int]:
@@ -57,9 +57,12 @@ def test_follows_promoted_standby_and_archive_restores_across_timelines(make_pg,
     wait_until("new timeline's segment uploaded", lambda: f"main/wal/{segment_name(2, segno_of(end - 1))}" in remote.keys("main/wal/"), timeout=90)
     last = insert_ids(standby, range(200000, 200050))
     flushed = standby.current_lsn()
+    # A version of the newest segment reaching the newest commit: a base, or a chain of a base and
+    # increments (fixtures.wal.partial_versions, the independent chain oracle).
     wait_until("partial at the newest commit", lambda: any(
-        k.startswith("main/wal/00000002") and k.endswith(".partial") and int(k.split("_")[1], 16) >= flushed
-        for k in remote.keys("main/wal/")), timeout=60)
+        seg.startswith("00000002") and end >= flushed
+        for (seg, _sk, _term), end in partial_versions(k.rsplit("/", 1)[-1] for k in remote.keys("main/wal/")).items()),
+        timeout=60)
 
     keys = remote.keys("main/wal/")
     assert "main/wal/00000002.history" in keys, keys
