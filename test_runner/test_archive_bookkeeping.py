@@ -131,12 +131,12 @@ def test_ten_percent_faults_leave_an_exact_archive_and_do_not_slow_commits(
     start_standby(safekeeper, primary, remote=bucket, partial_interval="500ms")
 
     # The same load throughout (pgbench plus a completed segment every 8 s); only the faults
-    # differ: on for 6 s, off for 3 s, 20 times (2 minutes of faults), in one pgbench run.
+    # differ: on for 6 s, off for 3 s, 10 times (1 minute of faults), in one pgbench run.
     stop = threading.Event()
     switcher = threading.Thread(target=switch_segments, args=(primary, stop, 8.0))
     switcher.start()
     try:
-        faulted_samples, free = tps_with_faults_toggled(primary, proxy, cycles=20, on_s=6, off_s=3)
+        faulted_samples, free = tps_with_faults_toggled(primary, proxy, cycles=10, on_s=6, off_s=3)
     finally:
         stop.set()
         switcher.join(timeout=30)

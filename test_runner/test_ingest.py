@@ -164,14 +164,17 @@ def test_kill9_during_pgbench_loses_nothing(primary: PgCluster, safekeeper: Safe
     primary.pgbench("-i", "-s", "1", "-q")
     start_standby(safekeeper, primary)
     rng = random.Random(int(os.environ.get("SK_TEST_SEED", "4242")))
-    bench = primary.pgbench_popen("-n", "-c", "4", "-j", "2", "-T", "40", log_path=os.path.join(workdir, "pgbench.log"))
+    pauses = [(rng.uniform(0.5, 2.5), rng.uniform(0.0, 0.5)) for _ in range(5)]
+    # pgbench outlasts the kills: their pauses plus up to 4 s per restart and return to sync.
+    seconds = int(sum(a + b for a, b in pauses) + 4 * len(pauses) + 4)
+    bench = primary.pgbench_popen("-n", "-c", "4", "-j", "2", "-T", str(seconds), log_path=os.path.join(workdir, "pgbench.log"))
     try:
-        for i in range(5):
-            time.sleep(rng.uniform(0.5, 2.5))
+        for i, (before_kill, before_start) in enumerate(pauses):
+            time.sleep(before_kill)
             safekeeper.kill9()
             if i % 2 == 0:
                 primary.sql("SELECT pg_switch_wal()")  # committed work is blocked; switch is not a commit
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(before_start)
             safekeeper.start(primary.connstr())
             primary.wait_sync_state(safekeeper.application_name, timeout=60)  # back in sync
             # Commits resume: a sync commit returns.

@@ -28,7 +28,7 @@ from fixtures.s3_counting import CountingProxy
 from fixtures.s3_faults import ProxiedBucket
 from fixtures.safekeeper import Safekeeper, safekeeper_bin
 from fixtures.utils import wait_until
-from fixtures.wal import MIB, parse_lsn, segment_name
+from fixtures.wal import MIB, parse_lsn, parse_partial_name, segment_name
 
 WAL = "main/wal/"
 
@@ -63,7 +63,8 @@ def test_slow_segment_is_sent_once_and_restores_with_bounded_gets(
     primary.sql("CREATE TABLE acked (id int PRIMARY KEY, pad text)")
     backup = take_base_backup(primary, os.path.join(workdir, "basebackup"))
     bucket = ProxiedBucket(s3_bucket, counting_proxy)
-    # 100 ms: ten uploads a second, so one minute puts hundreds of pieces into one segment.
+    # 100 ms: up to ten uploads a second, so 30 s put over a hundred pieces into one segment (a
+    # chain of 19 fills within seconds, and merges go on from there).
     safekeeper.start(primary.connstr(), extra=bucket.args() + ["--partial-interval", "100ms"], env=bucket.env())
     primary.wait_streaming(safekeeper.application_name)
     primary.make_sync(safekeeper.application_name)
@@ -76,7 +77,7 @@ def test_slow_segment_is_sent_once_and_restores_with_bounded_gets(
     w = threading.Thread(target=slow_writer, args=(primary, stop, acked, errors))
     w.start()
     try:
-        time.sleep(45)
+        time.sleep(30)
     finally:
         stop.set()
         w.join(timeout=30)
@@ -92,7 +93,20 @@ def test_slow_segment_is_sent_once_and_restores_with_bounded_gets(
     sent = sum(r.body_bytes for r in partial_puts)
     wal = end_lsn - start_lsn
     print(f"{len(partial_puts)} partial PUTs, {sent} bytes sent for {wal} bytes of WAL ({sent / wal:.2f}x)")
-    assert len(partial_puts) >= 150, "too few uploads to exercise merges"
+    # Merges happened, repeatedly: pieces that start below the end of the piece sent before them
+    # (they replace a run of tail pieces; a base re-sent from the segment start counts too).
+    merges, prev_end, prev_key = 0, None, None
+    for r in partial_puts:
+        if r.key == prev_key:
+            continue  # a retried PUT of the same piece
+        prev_key = r.key
+        p = parse_partial_name(r.key.rsplit("/", 1)[-1])
+        start = seg_start if p.start_lsn is None else p.start_lsn
+        if prev_end is not None and start < prev_end:
+            merges += 1
+        prev_end = p.commit_lsn
+    print(f"{merges} of them merges")
+    assert len(partial_puts) >= 60 and merges >= 3, f"too few uploads ({len(partial_puts)}) or merges ({merges}) to exercise the chain bound"
     assert sent < 3 * wal, f"sent {sent} bytes for {wal} bytes of WAL"
 
     # Restore: at most 20 GETs for the segment (a version of at most 19 pieces, and the lookup of a
