@@ -198,3 +198,60 @@ proptest! {
         prop_assert_eq!(d.data.to_vec(), data);
     }
 }
+
+/// Encode (compress, then encrypt) throughput with encryption off and on, interleaved and
+/// repeated, on three kinds of 16 MiB segments: WAL-like (very compressible), half-compressible
+/// text and incompressible bytes (stored plain, so every byte is encrypted: the worst case).
+/// Run by `bench/encryption_bench.sh` in a release build; prints figures, asserts nothing.
+#[test]
+#[ignore = "benchmark: bench/encryption_bench.sh runs it in a release build"]
+fn encode_throughput_bench() {
+    let reps: usize = std::env::var("ENC_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = 16 << 20;
+    let random: Vec<u8> = (0..len).map(|_| (next() >> 32) as u8).collect();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let hex: Vec<u8> = random[..len / 2]
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .collect();
+    let inputs = [
+        ("wal-like", walish(len)),
+        ("hex text", hex),
+        ("random", random),
+    ];
+    let r = ring(&[("bench", 9)]);
+    println!(
+        "encode throughput, MiB/s of 16 MiB segments (zstd level 1), {reps} interleaved rounds"
+    );
+    for (label, data) in &inputs {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            for (ring, out) in [(None, &mut off), (Some(&r), &mut on)] {
+                let started = std::time::Instant::now();
+                let obj = encode_with(data, &zstd(), NAME, ring);
+                let secs = started.elapsed().as_secs_f64();
+                assert!(obj.len() > HEADER_LEN);
+                out.push(16.0 / secs);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (m_off, m_on) = (median(&mut off), median(&mut on));
+        println!(
+            "{label:>9}: off {m_off:7.1} MiB/s  on {m_on:7.1} MiB/s  on/off {:.3}  (off runs {off:.0?}, on runs {on:.0?})",
+            m_on / m_off
+        );
+    }
+}
