@@ -86,6 +86,17 @@ def check_objects(remote, keys: dict[str, bytes], header: re.Pattern) -> dict[st
     return ids
 
 
+def test_key_file_others_can_read_is_refused(workdir):
+    keyfile = os.path.join(workdir, "loose.keys")
+    keygen(keyfile)
+    os.chmod(keyfile, 0o640)
+    cp = sk("run", "--data-dir", os.path.join(workdir, "data"), "--encryption-key-file", keyfile, timeout=30)
+    assert cp.returncode == 2 and "chmod 600" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    cp = sk("restore-wal", "--remote", f"file://{workdir}", "--encryption-key-file", keyfile,
+            "000000010000000000000001", os.path.join(workdir, "x"))
+    assert cp.returncode == 255 and "chmod 600" in cp.stderr, cp.stderr
+
+
 def test_encrypted_archive(make_pg, safekeeper, remote, workdir, start_standby):
     keyfile = os.path.join(workdir, "archive.keys")
     first_id = keygen(keyfile, "--id", "key-a")
@@ -147,6 +158,27 @@ def test_encrypted_archive(make_pg, safekeeper, remote, workdir, start_standby):
     finally:
         restored.destroy()
     assert have == set(committed), f"{len(set(committed) - have)} acknowledged commits missing"
+
+    # The prefetch worker gets the key file from restore-wal's flags and decrypts too.
+    spool = os.path.join(workdir, "spool")
+    cp = sk("restore-wal", *args, *sk_flags, "--prefetch", "2", "--spool-dir", spool, fulls[0][len(WAL):], dest,
+            env=remote.env())
+    assert cp.returncode == 0, cp.stderr
+    prefetched = os.path.join(spool, fulls[1][len(WAL):])
+    wait_until("the next segment prefetched", lambda: os.path.exists(prefetched), timeout=30)
+    with open(prefetched, "rb") as f:
+        assert f.read() == decode(remote.get(fulls[1]), fulls[1], load_keys(keyfile))
+
+    # The other readers: ls needs no key (headers only); verify and recover read with it.
+    assert sk("remote", "ls", *args, env=remote.env()).returncode == 0
+    cp = sk("remote", "verify", *args, *sk_flags, env=remote.env())
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    target = os.path.join(workdir, "recovered-wal")
+    cp = sk("recover", *args, *sk_flags, "--target-dir", target, env=remote.env())
+    assert cp.returncode == 0, cp.stderr
+    for key in fulls:
+        with open(os.path.join(target, key[len(WAL):]), "rb") as f:
+            assert f.read() == decode(remote.get(key), key, load_keys(keyfile)), key
 
     # A flipped byte, and an object copied over another name: errors, never wrong bytes. Written
     # with a matching storage crc32c (as someone with write access to the bucket would), so only
