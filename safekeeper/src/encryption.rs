@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 /// Scheme id in the object header's encryption byte: XChaCha20-Poly1305, 24-byte nonce, 16-byte
@@ -77,32 +77,34 @@ impl Key {
         &self.id
     }
 
-    /// Seals `plaintext` under `nonce` (from [`new_nonce`], never reused); returns
-    /// ciphertext || tag.
-    pub(crate) fn seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        self.cipher
-            .encrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            // Only fails for inputs beyond 256 GiB, far above any object (1 GiB segments).
-            .expect("XChaCha20-Poly1305 seals any object size")
-    }
-
-    /// Opens ciphertext || tag; `None` when the tag does not match (wrong key, damaged bytes,
-    /// or different associated data).
-    pub(crate) fn open(
+    /// Seals `buf` in place under `nonce` (from [`new_nonce`], never reused); returns the tag
+    /// that follows the ciphertext. In place because objects are up to a segment (16 MiB or
+    /// more): a copy of that size costs as much as the cipher.
+    pub(crate) fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
-        sealed: &[u8],
         aad: &[u8],
-    ) -> Option<Vec<u8>> {
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .ok()
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf)
+            // Only fails for inputs beyond 256 GiB, far above any object (1 GiB segments).
+            .expect("XChaCha20-Poly1305 seals any object size")
+            .into()
+    }
+
+    /// Opens `buf` (the ciphertext) in place; false, with `buf` garbage, when the tag does not
+    /// match (wrong key, damaged bytes, or different associated data).
+    pub(crate) fn open_in_place(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        self.cipher
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf, tag.into())
+            .is_ok()
     }
 }
 

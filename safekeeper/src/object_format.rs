@@ -61,7 +61,9 @@
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::encryption::{self, KeyRing, MAX_KEY_ID_LEN, NONCE_LEN, SCHEME_XCHACHA20_POLY1305};
+use crate::encryption::{
+    self, KeyRing, MAX_KEY_ID_LEN, NONCE_LEN, SCHEME_XCHACHA20_POLY1305, TAG_LEN,
+};
 
 /// The first bytes of every encoded object (PNG-style: a high bit, then text, then CR LF, so a
 /// transfer that mangles line ends or strips the high bit is caught at once).
@@ -275,16 +277,13 @@ pub(crate) fn encode_with(
         return Bytes::from(out);
     };
     let sealing = ring.writing();
-    let mut plain = Vec::with_capacity(4 + payload.len());
-    plain.extend_from_slice(&crc.to_le_bytes());
-    plain.extend_from_slice(payload);
     let id = sealing.id().as_bytes();
-    let sealed_len = plain.len() + encryption::TAG_LEN;
     let nonce = encryption::new_nonce();
     let mut ext = Vec::with_capacity(1 + id.len() + NONCE_LEN);
     ext.push(id.len() as u8);
     ext.extend_from_slice(id);
     ext.extend_from_slice(&nonce);
+    let sealed_len = 4 + payload.len() + TAG_LEN;
     let mut out = header(
         codec,
         SCHEME_XCHACHA20_POLY1305,
@@ -294,10 +293,11 @@ pub(crate) fn encode_with(
         &ext,
     );
     let header_len = out.len();
-    out.extend_from_slice(bound_name(key).as_bytes());
-    let sealed = sealing.seal(&nonce, &plain, &out);
-    out.truncate(header_len);
-    out.extend_from_slice(&sealed);
+    let aad = [&out[..], bound_name(key).as_bytes()].concat();
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    let tag = sealing.seal_in_place(&nonce, &aad, &mut out[header_len..]);
+    out.extend_from_slice(&tag);
     Bytes::from(out)
 }
 
@@ -391,17 +391,17 @@ pub(crate) fn decode_with(
     if object.len() < h.header_len {
         return Err(FormatError::ShortHeader(object.len()));
     }
-    let payload = object.slice(h.header_len..);
-    if payload.len() as u64 != h.payload_len {
+    let found = (object.len() - h.header_len) as u64;
+    if found != h.payload_len {
         return Err(FormatError::PayloadLength {
             expected: h.payload_len,
-            found: payload.len() as u64,
+            found,
         });
     }
     let (payload, expected_crc) = if h.encryption == 0 {
-        (payload, h.crc32c)
+        (object.slice(h.header_len..), h.crc32c)
     } else {
-        open_payload(&object, &h, key, ring)?
+        open_payload(object, &h, key, ring)?
     };
     let data = match h.codec {
         Codec::None => payload,
@@ -437,9 +437,10 @@ pub(crate) fn decode_with(
 
 /// The stored payload of an encrypted object and the crc32c sealed with it: the header
 /// extension parsed, the key it names found in `ring`, the tag checked against the whole header
-/// and the bound name of `key`.
+/// and the bound name of `key`. Decrypts in place (the object is usually the only reference to
+/// its download; otherwise it is copied once).
 fn open_payload(
-    object: &[u8],
+    object: Bytes,
     h: &Header,
     key: &str,
     ring: Option<&KeyRing>,
@@ -452,23 +453,33 @@ fn open_payload(
     let id = std::str::from_utf8(&ext[1..1 + id_len])
         .ok()
         .filter(|id| encryption::check_id(id).is_ok())
-        .ok_or(FormatError::EncryptionHeader)?;
+        .ok_or(FormatError::EncryptionHeader)?
+        .to_string();
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&ext[1 + id_len..1 + id_len + NONCE_LEN]);
-    let ring = ring.ok_or_else(|| FormatError::NoKeyFile(id.to_string()))?;
-    let sealing = ring.get(id).ok_or_else(|| FormatError::UnknownKey {
-        id: id.to_string(),
+    let ring = ring.ok_or_else(|| FormatError::NoKeyFile(id.clone()))?;
+    let sealing = ring.get(&id).ok_or_else(|| FormatError::UnknownKey {
+        id: id.clone(),
         have: ring.ids().join(", "),
     })?;
-    let mut aad = object[..h.header_len].to_vec();
-    aad.extend_from_slice(bound_name(key).as_bytes());
-    let plain = sealing
-        .open(&nonce, &object[h.header_len..], &aad)
-        .filter(|p| p.len() >= 4)
-        .ok_or_else(|| FormatError::Decrypt(id.to_string()))?;
-    let crc = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]);
-    let mut plain = Bytes::from(plain);
-    Ok((plain.split_off(4), crc))
+    // The sealed part holds at least the crc32c and the tag.
+    let sealed_end = object
+        .len()
+        .checked_sub(TAG_LEN)
+        .filter(|end| *end >= h.header_len + 4)
+        .ok_or_else(|| FormatError::Decrypt(id.clone()))?;
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&object[sealed_end..]);
+    let aad = [&object[..h.header_len], bound_name(key).as_bytes()].concat();
+    let mut buf = object
+        .try_into_mut()
+        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+    if !sealing.open_in_place(&nonce, &aad, &mut buf[h.header_len..sealed_end], &tag) {
+        return Err(FormatError::Decrypt(id));
+    }
+    let at = h.header_len;
+    let crc = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    Ok((buf.freeze().slice(at + 4..sealed_end), crc))
 }
 
 #[cfg(test)]
