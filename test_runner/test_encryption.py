@@ -25,7 +25,7 @@ import time
 import pytest
 
 from fixtures.archive import ArchiveWriter
-from fixtures.objects import decode, is_encrypted, key_id, load_keys
+from fixtures.objects import ObjectError, decode, hchacha20, is_encrypted, key_id, load_keys
 from fixtures.restore import recover, restore_from_backup, restore_wal_command, take_base_backup
 from fixtures.s3 import S3Bucket
 from fixtures.safekeeper import safekeeper_cli as sk
@@ -84,6 +84,22 @@ def check_objects(remote, keys: dict[str, bytes], header: re.Pattern) -> dict[st
         ids[key] = key_id(obj)
     assert seen_marker and seen_header, "the clear-text search is not looking for the right bytes"
     return ids
+
+
+def test_oracle_reads_the_rust_golden_encrypted_object():
+    """The independent decryptor: HChaCha20's published test vector (draft-irtf-cfrg-xchacha,
+    2.2.1), then the golden encrypted object the Rust side commits, under its name only."""
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    assert hchacha20(bytes(range(32)), nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc")
+    fixtures = os.path.join(os.path.dirname(__file__), "..", "safekeeper", "tests", "fixtures", "objects")
+    with open(os.path.join(fixtures, "v1_xchacha_zstd3.obj"), "rb") as f:
+        obj = f.read()
+    keys = load_keys(os.path.join(fixtures, "test.key"))
+    data = decode(obj, "main/wal/000000010000000000000001", keys)
+    assert data == bytes(0xD1 if i % 8192 < 24 else i % 251 for i in range(30_000))
+    with pytest.raises(ObjectError, match="does not decrypt"):
+        decode(obj, "main/wal/000000010000000000000002", keys)
 
 
 def test_key_file_others_can_read_is_refused(workdir):
