@@ -105,6 +105,8 @@ def test_oracle_reads_the_rust_golden_encrypted_object():
 def test_key_file_others_can_read_is_refused(workdir):
     keyfile = os.path.join(workdir, "loose.keys")
     keygen(keyfile)
+    cp = sk("keygen", keyfile)
+    assert cp.returncode == 1 and "never overwritten" in cp.stderr, "an existing key file is never overwritten"
     os.chmod(keyfile, 0o640)
     cp = sk("run", "--data-dir", os.path.join(workdir, "data"), "--encryption-key-file", keyfile, timeout=30)
     assert cp.returncode == 2 and "chmod 600" in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
