@@ -7,7 +7,8 @@
 //! - [`wal`], [`pg`], [`telemetry`], [`failpoint`], [`hints`]: the WAL format and local store,
 //!   the PostgreSQL replication client, metric names, crash injection, advice for errors.
 //! - [`remote`]: the remote key layout and how to open object storage; [`object_format`]: the
-//!   bytes of every uploaded object; [`chain`]: partial versions as chains of pieces.
+//!   bytes of every uploaded object; [`encryption`]: the key file and the cipher that seals
+//!   them; [`chain`]: partial versions as chains of pieces.
 //! - [`archive`]: reading an archive back (the recovery tooling's core).
 //! - [`cluster`]: one followed cluster: its follower thread and its manager task.
 //! - [`process`]: what exists once per `safekeeper run`: configuration, the cluster set, the
@@ -28,6 +29,7 @@ pub(crate) mod archive;
 pub(crate) mod chain;
 pub(crate) mod cluster;
 pub mod cmd;
+pub mod encryption;
 pub(crate) mod failpoint;
 pub(crate) mod hints;
 pub(crate) mod http;

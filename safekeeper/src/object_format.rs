@@ -6,22 +6,50 @@
 //! 0   8   magic            b"\x89SKWAL\r\n"
 //! 8   1   format version   1
 //! 9   1   codec            0 = none, 1 = zstd
-//! 10  1   encryption       0 = none (room for client-side encryption; other values are refused)
+//! 10  1   encryption       0 = none, 1 = XChaCha20-Poly1305 (other values are refused)
 //! 11  1   reserved         0
-//! 12  4   header length    u32 LE, 40 in version 1; readers skip header bytes they do not know
+//! 12  4   header length    u32 LE, 40 in version 1 unencrypted; readers skip header bytes they
+//!                          do not know
 //! 16  8   WAL length       u64 LE, the bytes the object holds once decoded
 //! 24  8   payload length   u64 LE, the bytes after the header
-//! 32  4   crc32c           u32 LE, of the decoded bytes
+//! 32  4   crc32c           u32 LE, of the decoded bytes (0 when encrypted: see below)
 //! 36  4   header crc32c    u32 LE, of bytes [0, 36)
 //! ```
 //!
+//! An encrypted object (encryption 1, issue 19) extends the header after those 40 bytes, which
+//! keep their meaning (so [`decoded_len`] still needs only a 40-byte ranged GET):
+//!
+//! ```text
+//! 40    1   key id length L  1..=32
+//! 41    L   key id           ASCII, the key's ID in the key file (`crate::encryption`)
+//! 41+L  24  nonce            random, fresh for every object
+//! ```
+//!
+//! and its payload is `seal(crc32c of the decoded bytes, u32 LE || stored payload)`: the stored
+//! payload (zstd or plain, as the codec says: compress, then encrypt, since ciphertext does not
+//! compress) with the checksum in front, encrypted, then the 16-byte Poly1305 tag. The
+//! associated data is the whole header (all `header length` bytes) followed by the object's
+//! *bound name* ([`bound_name`]: its key relative to the cluster's prefix, `wal/NAME`), so
+//! neither a header field nor the name can change without the tag failing: an object copied
+//! over another name (an old segment served as a newer one) is refused. The cluster name and
+//! storage prefix are not bound, so a whole archive can be moved to another bucket, prefix or
+//! cluster name and stay readable.
+//!
+//! The clear header of an encrypted object carries 0 as the crc32c: a checksum of the
+//! plaintext in clear lets anyone holding the bucket confirm a guess of an object's content
+//! (e.g. "this segment is all zeros", or a known table's pages). The tag already authenticates
+//! the bytes; the checksum, sealed inside, still checks the decoded bytes end to end
+//! (compression included), as for unencrypted objects.
+//!
 //! Owns the encoding and its checks; what an object holds (which WAL range) is in its name
-//! (`control_file::names`), and which objects make a segment is `chain.rs`'s business.
+//! (`control_file::names`), and which objects make a segment is `chain.rs`'s business; keys
+//! and the cipher are `crate::encryption`'s.
 //!
 //! Invariants:
 //! - `decode(encode(x)) == x` for every input and every codec; `decode` returns bytes only when
 //!   the header checksum, both lengths and the crc32c of the decoded bytes all match: a damaged
-//!   object is an error naming the problem, never wrong bytes.
+//!   object is an error naming the problem, never wrong bytes. For an encrypted object a missing
+//!   or wrong key is an error naming the key ID the object needs.
 //! - Objects written before this format existed (*raw*: the bytes themselves) stay readable:
 //!   anything that does not start with [`MAGIC`] is raw. No raw object can start with it: WAL
 //!   pages start with `xlp_magic` (`0xD1xx`) and history files with a decimal digit.
@@ -32,6 +60,10 @@
 
 use bytes::Bytes;
 use thiserror::Error;
+
+use crate::encryption::{
+    self, KeyRing, MAX_KEY_ID_LEN, NONCE_LEN, SCHEME_XCHACHA20_POLY1305, TAG_LEN,
+};
 
 /// The first bytes of every encoded object (PNG-style: a high bit, then text, then CR LF, so a
 /// transfer that mangles line ends or strips the high bit is caught at once).
@@ -138,8 +170,20 @@ pub(crate) enum FormatError {
     NewerVersion(u8),
     #[error("object uses codec {0}, unknown to this safekeeper")]
     UnknownCodec(u8),
-    #[error("object is encrypted (scheme {0}), which this safekeeper cannot read")]
+    #[error("object is encrypted with scheme {0}, unknown to this safekeeper")]
     Encrypted(u8),
+    #[error("object header's encryption fields are invalid")]
+    EncryptionHeader,
+    #[error(
+        "object is encrypted with key {0}: give the key file holding it (--encryption-key-file)"
+    )]
+    NoKeyFile(String),
+    #[error("object is encrypted with key {id}, which the key file does not hold (it has {have})")]
+    UnknownKey { id: String, have: String },
+    #[error(
+        "object does not decrypt with key {0}: damaged, stored under another name, or a different key with that id"
+    )]
+    Decrypt(String),
     #[error("object header length {0} is invalid")]
     HeaderLength(u32),
     #[error("object payload has {found} bytes, its header says {expected} (truncated or damaged)")]
@@ -156,6 +200,8 @@ pub(crate) enum FormatError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub codec: Codec,
+    /// Encryption scheme, 0 for none.
+    pub encryption: u8,
     pub header_len: usize,
     pub wal_len: u64,
     pub payload_len: u64,
@@ -185,10 +231,35 @@ pub(crate) fn is_encoded(object: &[u8]) -> bool {
     object.starts_with(&MAGIC)
 }
 
-/// Encodes `data` with `compression`. A zstd payload larger than the data itself (incompressible
-/// input) is stored with codec none instead, so an object never costs more than its bytes plus
-/// the header.
+/// The name an encrypted object is bound to (part of its associated data): its key relative to
+/// the cluster's prefix, i.e. `<cluster>/wal/NAME` without `<cluster>/` (keys are relative to the
+/// storage root already, so the bucket and prefix are never part of it). See the module doc.
+pub(crate) fn bound_name(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, rest)| rest)
+}
+
+/// Encodes `data` with `compression`, unencrypted (what [`encode_object`] does with no key ring).
+#[cfg(test)]
 pub(crate) fn encode(data: &[u8], compression: &Compression) -> Bytes {
+    encode_with(data, compression, "", None)
+}
+
+/// Encodes `data`, to be stored under `key`, with `compression` and the process's key ring
+/// (`crate::encryption::installed`): encrypted with its writing key when there is one.
+pub(crate) fn encode_object(data: &[u8], compression: &Compression, key: &str) -> Bytes {
+    encode_with(data, compression, key, encryption::installed())
+}
+
+/// Encodes `data` with `compression`, encrypted with `ring`'s writing key and bound to `key`
+/// when a ring is given. A zstd payload larger than the data itself (incompressible input) is
+/// stored with codec none instead, so an object never costs more than its bytes plus the header
+/// (and the tag).
+pub(crate) fn encode_with(
+    data: &[u8],
+    compression: &Compression,
+    key: &str,
+    ring: Option<&KeyRing>,
+) -> Bytes {
     let crc = crc32c::crc32c(data);
     let compressed = match compression.codec {
         Codec::Zstd => zstd::bulk::compress(data, compression.level)
@@ -200,17 +271,57 @@ pub(crate) fn encode(data: &[u8], compression: &Compression) -> Bytes {
         Some(c) => (Codec::Zstd, c),
         None => (Codec::None, data),
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    let Some(ring) = ring else {
+        let mut out = header(codec, 0, data.len(), payload.len(), crc, &[]);
+        out.extend_from_slice(payload);
+        return Bytes::from(out);
+    };
+    let sealing = ring.writing();
+    let id = sealing.id().as_bytes();
+    let nonce = encryption::new_nonce();
+    let mut ext = Vec::with_capacity(1 + id.len() + NONCE_LEN);
+    ext.push(id.len() as u8);
+    ext.extend_from_slice(id);
+    ext.extend_from_slice(&nonce);
+    let sealed_len = 4 + payload.len() + TAG_LEN;
+    let mut out = header(
+        codec,
+        SCHEME_XCHACHA20_POLY1305,
+        data.len(),
+        sealed_len,
+        0,
+        &ext,
+    );
+    let header_len = out.len();
+    let aad = [&out[..], bound_name(key).as_bytes()].concat();
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    let tag = sealing.seal_in_place(&nonce, &aad, &mut out[header_len..]);
+    out.extend_from_slice(&tag);
+    Bytes::from(out)
+}
+
+/// The header bytes: the 40 fixed ones, then `ext`.
+fn header(
+    codec: Codec,
+    encryption: u8,
+    wal_len: usize,
+    payload_len: usize,
+    crc: u32,
+    ext: &[u8],
+) -> Vec<u8> {
+    let header_len = HEADER_LEN + ext.len();
+    let mut out = Vec::with_capacity(header_len + payload_len);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[FORMAT_VERSION, codec.id(), 0, 0]);
-    out.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&[FORMAT_VERSION, codec.id(), encryption, 0]);
+    out.extend_from_slice(&(header_len as u32).to_le_bytes());
+    out.extend_from_slice(&(wal_len as u64).to_le_bytes());
+    out.extend_from_slice(&(payload_len as u64).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[..36]);
     out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    Bytes::from(out)
+    out.extend_from_slice(ext);
+    out
 }
 
 /// Parses the header at the start of `object`; `Ok(None)` for a raw object. Needs only the first
@@ -231,7 +342,7 @@ pub(crate) fn peek_header(object: &[u8]) -> Result<Option<Header>, FormatError> 
     if object[8] != FORMAT_VERSION {
         return Err(FormatError::NewerVersion(object[8]));
     }
-    if object[10] != 0 {
+    if object[10] != 0 && object[10] != SCHEME_XCHACHA20_POLY1305 {
         return Err(FormatError::Encrypted(object[10]));
     }
     let codec = Codec::from_id(object[9]).ok_or(FormatError::UnknownCodec(object[9]))?;
@@ -241,6 +352,7 @@ pub(crate) fn peek_header(object: &[u8]) -> Result<Option<Header>, FormatError> 
     }
     Ok(Some(Header {
         codec,
+        encryption: object[10],
         header_len: header_len as usize,
         wal_len: u64_at(16),
         payload_len: u64_at(24),
@@ -254,9 +366,20 @@ pub(crate) fn decoded_len(prefix: &[u8]) -> Result<Option<u64>, FormatError> {
     Ok(peek_header(prefix)?.map(|h| h.wal_len))
 }
 
-/// Decodes an object: its WAL bytes, checked against the header (see the module invariants).
-/// Raw objects are returned as they are.
-pub(crate) fn decode(object: Bytes) -> Result<Decoded, FormatError> {
+/// Decodes the object stored under `key` with the process's key ring
+/// (`crate::encryption::installed`): see [`decode_with`].
+pub(crate) fn decode(object: Bytes, key: &str) -> Result<Decoded, FormatError> {
+    decode_with(object, key, encryption::installed())
+}
+
+/// Decodes an object stored under `key`: its WAL bytes, checked against the header (see the
+/// module invariants), decrypted with the key of `ring` its header names. Raw objects are
+/// returned as they are.
+pub(crate) fn decode_with(
+    object: Bytes,
+    key: &str,
+    ring: Option<&KeyRing>,
+) -> Result<Decoded, FormatError> {
     let Some(h) = peek_header(&object)? else {
         let crc32c = crc32c::crc32c(&object);
         return Ok(Decoded {
@@ -265,13 +388,21 @@ pub(crate) fn decode(object: Bytes) -> Result<Decoded, FormatError> {
             crc32c,
         });
     };
-    let payload = object.slice(h.header_len.min(object.len())..);
-    if payload.len() as u64 != h.payload_len {
+    if object.len() < h.header_len {
+        return Err(FormatError::ShortHeader(object.len()));
+    }
+    let found = (object.len() - h.header_len) as u64;
+    if found != h.payload_len {
         return Err(FormatError::PayloadLength {
             expected: h.payload_len,
-            found: payload.len() as u64,
+            found,
         });
     }
+    let (payload, expected_crc) = if h.encryption == 0 {
+        (object.slice(h.header_len..), h.crc32c)
+    } else {
+        open_payload(object, &h, key, ring)?
+    };
     let data = match h.codec {
         Codec::None => payload,
         Codec::Zstd => {
@@ -291,9 +422,9 @@ pub(crate) fn decode(object: Bytes) -> Result<Decoded, FormatError> {
         });
     }
     let found = crc32c::crc32c(&data);
-    if found != h.crc32c {
+    if found != expected_crc {
         return Err(FormatError::Checksum {
-            expected: h.crc32c,
+            expected: expected_crc,
             found,
         });
     }
@@ -304,5 +435,54 @@ pub(crate) fn decode(object: Bytes) -> Result<Decoded, FormatError> {
     })
 }
 
+/// The stored payload of an encrypted object and the crc32c sealed with it: the header
+/// extension parsed, the key it names found in `ring`, the tag checked against the whole header
+/// and the bound name of `key`. Decrypts in place (the object is usually the only reference to
+/// its download; otherwise it is copied once).
+fn open_payload(
+    object: Bytes,
+    h: &Header,
+    key: &str,
+    ring: Option<&KeyRing>,
+) -> Result<(Bytes, u32), FormatError> {
+    let ext = &object[HEADER_LEN..h.header_len];
+    let id_len = usize::from(*ext.first().ok_or(FormatError::EncryptionHeader)?);
+    if id_len == 0 || id_len > MAX_KEY_ID_LEN || ext.len() < 1 + id_len + NONCE_LEN {
+        return Err(FormatError::EncryptionHeader);
+    }
+    let id = std::str::from_utf8(&ext[1..1 + id_len])
+        .ok()
+        .filter(|id| encryption::check_id(id).is_ok())
+        .ok_or(FormatError::EncryptionHeader)?
+        .to_string();
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&ext[1 + id_len..1 + id_len + NONCE_LEN]);
+    let ring = ring.ok_or_else(|| FormatError::NoKeyFile(id.clone()))?;
+    let sealing = ring.get(&id).ok_or_else(|| FormatError::UnknownKey {
+        id: id.clone(),
+        have: ring.ids().join(", "),
+    })?;
+    // The sealed part holds at least the crc32c and the tag.
+    let sealed_end = object
+        .len()
+        .checked_sub(TAG_LEN)
+        .filter(|end| *end >= h.header_len + 4)
+        .ok_or_else(|| FormatError::Decrypt(id.clone()))?;
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&object[sealed_end..]);
+    let aad = [&object[..h.header_len], bound_name(key).as_bytes()].concat();
+    let mut buf = object
+        .try_into_mut()
+        .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+    if !sealing.open_in_place(&nonce, &aad, &mut buf[h.header_len..sealed_end], &tag) {
+        return Err(FormatError::Decrypt(id));
+    }
+    let at = h.header_len;
+    let crc = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    Ok((buf.freeze().slice(at + 4..sealed_end), crc))
+}
+
+#[cfg(test)]
+mod encrypted_tests;
 #[cfg(test)]
 mod tests;

@@ -230,7 +230,7 @@ async fn fetch_history(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(object_error(e)),
     };
-    let data = object_format::decode(data)
+    let data = object_format::decode(data, &key)
         .map_err(|e| FetchError::Corrupt(format!("history file {key}: {e}")))?
         .data;
     let text = std::str::from_utf8(&data)
@@ -383,7 +383,7 @@ async fn segment_size(
     };
     let corrupt =
         |what: String| FetchError::Corrupt(format!("partial segment {}: {what}", meta.key));
-    let data = object_format::decode(object.clone())
+    let data = object_format::decode(object.clone(), &meta.key)
         .map_err(|e| corrupt(e.to_string()))?
         .data;
     let size = PageHeader::decode(&data)
@@ -537,7 +537,7 @@ fn check_full(
     seg_size: Option<u32>,
 ) -> Result<Fetched, FetchError> {
     let corrupt = |what: String| FetchError::Corrupt(format!("full segment {key}: {what}"));
-    let data = object_format::decode(data)
+    let data = object_format::decode(data, &key)
         .map_err(|e| corrupt(e.to_string()))?
         .data;
     let size = u32::try_from(data.len())

@@ -312,7 +312,7 @@ async fn read_superseder(
                 }
                 Err(e) => return Err(e),
             };
-            return Ok(match object_format::decode(object) {
+            return Ok(match object_format::decode(object, key) {
                 Ok(d) if d.data.len() == seg_size as usize => Ok(d.data),
                 Ok(d) => Err(format!(
                     "it decodes to {} bytes, not a segment of {seg_size}",

@@ -471,7 +471,7 @@ async fn read_decoded(
     let Some(object) = read(storage, key, f, cancel).await? else {
         return Ok(None);
     };
-    match object_format::decode(object) {
+    match object_format::decode(object, key) {
         Ok(d) => Ok(Some(d.data)),
         Err(e) => {
             f.problems.push(Problem::error(key, e.to_string()));

@@ -96,7 +96,8 @@ pub(crate) fn assemble(version: &PartialObject, objects: Vec<Bytes>) -> Result<B
 
 /// The WAL bytes of one piece: decoded, and exactly as long as its name says.
 pub(crate) fn decode_piece(piece: &Piece, object: Bytes) -> Result<Bytes, String> {
-    let decoded = object_format::decode(object).map_err(|e| format!("{}: {e}", piece.key))?;
+    let decoded =
+        object_format::decode(object, &piece.key).map_err(|e| format!("{}: {e}", piece.key))?;
     let expected = piece.name.bytes();
     if decoded.data.len() as u64 != expected {
         return Err(format!(

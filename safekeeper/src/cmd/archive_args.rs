@@ -1,11 +1,14 @@
-//! Flags shared by the recovery commands (`restore-wal`, `remote ls|verify`, `recover`), which
-//! need only the remote storage, never a running safekeeper or its data directory.
+//! Flags shared by the recovery commands (`restore-wal`, `remote ls|verify|prune|cat`,
+//! `recover`), which need only the remote storage (and the key file of an encrypted archive),
+//! never a running safekeeper or its data directory.
 //!
-//! Owns how those commands open the archive: a `file://` remote must already exist (opening it
+//! Owns how those commands open the archive: the key file is loaded and installed first
+//! (`crate::encryption`), so a bad key file fails before any object is read; a `file://` remote must already exist (opening it
 //! never creates an empty directory that would then read as "no WAL", which would end a
 //! PostgreSQL recovery early), and the `--wal-segment-size` syntax (PostgreSQL's: `16MB` is
 //! 16 MiB).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -35,13 +38,20 @@ pub struct ArchiveArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_segment_size)]
     pub wal_segment_size: Option<u32>,
 
+    /// Key file of an encrypted archive (`safekeeper keygen` writes one; mode 0600): every key
+    /// in it reads; objects sealed with a key it lacks are an error naming that key's ID.
+    #[arg(long, env = "SAFEKEEPER_ENCRYPTION_KEY_FILE", value_name = "PATH")]
+    pub encryption_key_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub s3: S3Args,
 }
 
 impl ArchiveArgs {
-    /// Opens the remote storage (with retries and timeouts).
+    /// Installs the key ring of `--encryption-key-file` (if given) for this process, then opens
+    /// the remote storage (with retries and timeouts).
     pub async fn open(&self) -> Result<Arc<dyn RemoteStorage>> {
+        crate::encryption::install_from(self.encryption_key_file.as_deref())?;
         let location = RemoteLocation::parse(&self.remote)
             .with_context(|| format!("invalid --remote {:?}", self.remote))?;
         if let RemoteLocation::Local(path) = &location
@@ -80,6 +90,10 @@ impl ArchiveArgs {
         if let Some(region) = &self.s3.s3_region {
             flags.push("--s3-region".into());
             flags.push(region.clone());
+        }
+        if let Some(path) = &self.encryption_key_file {
+            flags.push("--encryption-key-file".into());
+            flags.push(path.display().to_string());
         }
         if self.s3.s3_force_path_style {
             flags.push("--s3-force-path-style".into());

@@ -4,6 +4,7 @@
 pub mod archive_args;
 pub mod control_file;
 pub mod demo;
+pub mod keygen;
 pub mod recover;
 pub mod remote;
 pub mod remote_cat;
@@ -64,6 +65,12 @@ enum Command {
     /// (or a step failed). Exit status 0 only when the recovered row count equals the number of
     /// acknowledged commits.
     Demo(demo::DemoArgs),
+    /// Write a new encryption key file (mode 0600), or append a new key to one (rotation).
+    ///
+    /// The file is what --encryption-key-file takes: `ID BASE64KEY` lines; the last key seals new
+    /// objects, every key reads. Losing it makes the archive unreadable: keep a copy, away from
+    /// the bucket.
+    Keygen(keygen::KeygenArgs),
 }
 
 /// The whole `safekeeper` binary: parse, set up logging and failpoints, dispatch.
@@ -86,6 +93,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Remote(c) => remote::run(c),
         Command::Recover(args) => recover::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Keygen(args) => keygen::run(args),
     }
 }
 

@@ -184,7 +184,7 @@ async fn decoded(
     cancel: &CancellationToken,
 ) -> Result<bytes::Bytes> {
     let object = storage.get_bytes(key, cancel).await?;
-    let decoded = crate::object_format::decode(object).with_context(|| key.to_string())?;
+    let decoded = crate::object_format::decode(object, key).with_context(|| key.to_string())?;
     Ok(decoded.data)
 }
 

@@ -80,7 +80,7 @@ async fn cat(args: &CatArgs) -> Result<Bytes> {
     };
     match storage.get_bytes(&key, &cancel).await {
         Ok(object) => {
-            let decoded = object_format::decode(object).with_context(|| key.clone())?;
+            let decoded = object_format::decode(object, &key).with_context(|| key.clone())?;
             Ok(decoded.data)
         }
         Err(e) if e.is_not_found() => version(&*storage, args, &key, &cancel).await,

@@ -35,6 +35,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     telemetry::log::init(config.log_format);
+    // Before anything can upload: every object of this process is sealed with this ring.
+    if let Err(e) = crate::encryption::install_from(config.encryption_key_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     // In JSON mode every line on stderr is a JSON object: the final words go through the logger.
     let plain_stderr = config.log_format == LogFormat::Text;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,10 +1,16 @@
 //! The object format: round trips, every damage detected, raw objects passed through, and the
 //! committed golden objects of format version 1 still decoding to their known content.
+//! Encrypted objects: `encrypted_tests`.
 
 use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+
+/// Decodes an unencrypted object (no key ring; the name is not used).
+fn decode(object: Bytes) -> Result<Decoded, FormatError> {
+    decode_with(object, "c/wal/x", None)
+}
 
 fn zstd() -> Compression {
     Compression::default()
@@ -18,7 +24,7 @@ fn none() -> Compression {
 }
 
 /// Compressible bytes that look a little like WAL: page-header-ish runs and repeated records.
-fn walish(len: usize) -> Vec<u8> {
+pub(super) fn walish(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| if i % 8192 < 24 { 0xD1 } else { (i % 251) as u8 })
         .collect()
@@ -125,7 +131,9 @@ fn newer_version_codec_and_encryption_are_refused_clearly() {
     };
     assert_eq!(with(8, 2), FormatError::NewerVersion(2));
     assert_eq!(with(9, 7), FormatError::UnknownCodec(7));
-    assert_eq!(with(10, 1), FormatError::Encrypted(1));
+    assert_eq!(with(10, 7), FormatError::Encrypted(7));
+    // Scheme 1 without its header extension: refused, never read as plain.
+    assert_eq!(with(10, 1), FormatError::EncryptionHeader);
     assert!(with(8, 2).to_string().contains("newer"));
 }
 

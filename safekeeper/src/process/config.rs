@@ -113,6 +113,12 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_COMPRESSION", value_name = "CODEC", value_parser = crate::object_format::Compression::parse)]
     pub compression: Option<crate::object_format::Compression>,
 
+    /// Encrypt every uploaded object with the newest (last) key of this key file (`safekeeper
+    /// keygen` writes one; it must not be readable by group or others). Without it, objects are
+    /// uploaded unencrypted. Keep it away from the bucket: losing it loses the archive.
+    #[arg(long, env = "SAFEKEEPER_ENCRYPTION_KEY_FILE", value_name = "PATH")]
+    pub encryption_key_file: Option<PathBuf>,
+
     /// How log lines are written on stderr: `text` for people, `json` for log shippers (one
     /// object per line; the cluster, LSNs and error are fields) (default text).
     #[arg(long, env = "SAFEKEEPER_LOG_FORMAT", value_name = "FORMAT")]
@@ -142,6 +148,7 @@ struct FileConfig {
     #[serde(default, deserialize_with = "bytes_opt")]
     local_retention: Option<u64>,
     compression: Option<String>,
+    encryption_key_file: Option<PathBuf>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default)]
@@ -184,6 +191,8 @@ pub struct ServiceConfig {
     pub receive_timeout: Duration,
     pub s3: S3Args,
     pub offload: OffloadSettings,
+    /// `--encryption-key-file`, absolute; `cmd::run` installs its key ring before anything uploads.
+    pub encryption_key_file: Option<PathBuf>,
     pub clusters: Vec<ClusterConfig>,
     /// How log lines are written (`--log-format`).
     pub log_format: LogFormat,
@@ -233,6 +242,11 @@ impl ServiceConfig {
             "--receive-timeout must be longer than --status-interval"
         );
         let offload = resolve_offload(args, &file)?;
+        let encryption_key_file =
+            Setting::new(&args.encryption_key_file, &file.encryption_key_file)
+                .optional()
+                .map(|p| absolute(&p))
+                .transpose()?;
         // The S3 group merges the same way, flag (or env) over file, in `S3Args::or`.
         let s3 = args.s3.or(&file.s3());
         let log_format = Setting::new(&args.log_format, &file.log_format).or(LogFormat::Text);
@@ -249,6 +263,7 @@ impl ServiceConfig {
             receive_timeout,
             s3,
             offload,
+            encryption_key_file,
             clusters,
         })
     }

@@ -16,7 +16,11 @@
 //!   uploaded (at or below the flush LSN recorded at start) is checked with a HEAD first and
 //!   skipped when identical, so a restart does not re-send the archive; later ones are new by
 //!   construction (recorded segments are never scheduled again).
-//! - Compression runs on the blocking pool, never on the manager's task.
+//! - Compression and encryption run on the blocking pool, never on the manager's task.
+//! - With a key ring installed (`crate::encryption`), every object is encrypted with its writing
+//!   key and bound to its key. Encryption draws a fresh nonce, so two encodings of the same WAL
+//!   differ: a full segment an earlier process uploaded then never matches the HEAD check and is
+//!   uploaded again (only those between the last recorded upload and the flush LSN at start).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use remote_storage::{ErrorKind, PutOptions, PutPayload, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::object_format::{Compression, encode};
+use crate::object_format::{Compression, encode_object};
 use crate::remote::{KIND_TAG, history_key, partial_key, segment_key};
 use crate::wal::store::read_segment_range;
 
@@ -59,10 +63,15 @@ pub(super) struct Offloader {
     pub head_below: u64,
 }
 
-/// `data` encoded on the blocking pool, with the crc32c of the encoded bytes.
-async fn encode_blocking(data: Bytes, compression: Compression) -> Result<(Bytes, u32)> {
+/// `data` encoded for `key` on the blocking pool (encrypted when the process has a key ring),
+/// with the crc32c of the encoded bytes.
+async fn encode_blocking(
+    data: Bytes,
+    compression: Compression,
+    key: String,
+) -> Result<(Bytes, u32)> {
     tokio::task::spawn_blocking(move || {
-        let obj = encode(&data, &compression);
+        let obj = encode_object(&data, &compression, &key);
         let crc = crc32c::crc32c(&obj);
         (obj, crc)
     })
@@ -99,7 +108,7 @@ impl Offloader {
         );
         let wal_crc = crc32c::crc32c(&data);
         let key = segment_key(&self.cluster, timeline, segno, seg_size);
-        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        let (obj, obj_crc) = encode_blocking(data, self.compression, key.clone()).await?;
         if segno < self.head_below {
             match self.storage.head(&key, cancel).await {
                 Ok(meta) if meta.size == obj.len() as u64 && meta.crc32c == Some(obj_crc) => {
@@ -155,7 +164,7 @@ impl Offloader {
         let started = Instant::now();
         let key = partial_key(&self.cluster, name, self.seg_size);
         let wal_bytes = data.len();
-        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        let (obj, obj_crc) = encode_blocking(data, self.compression, key.clone()).await?;
         let sent = obj.len() as u64;
         let opts = options("partial", obj_crc);
         self.storage
@@ -177,7 +186,7 @@ impl Offloader {
         let wal_crc = crc32c::crc32c(&data);
         let wal_bytes = data.len() as u64;
         let key = history_key(&self.cluster, timeline);
-        let (obj, obj_crc) = encode_blocking(data, self.compression).await?;
+        let (obj, obj_crc) = encode_blocking(data, self.compression, key.clone()).await?;
         let bytes = obj.len() as u64;
         let opts = options("history", obj_crc);
         self.storage
