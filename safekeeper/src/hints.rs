@@ -50,6 +50,10 @@ fn pg_hint(e: &PgError) -> Option<String> {
                 "28000" | "42501" if m.contains("replication") || m.contains("permission") => {
                     "this user may not replicate: ALTER ROLE <user> REPLICATION on the primary"
                 }
+                "53300" if m.contains("exceeds max_wal_senders") => {
+                    "every WAL sender of the primary is in use: raise max_wal_senders (restart needed) \
+                     or stop a replication client (pg_stat_replication)"
+                }
                 "53300" if m.contains("max_wal_senders") => {
                     "the primary does not accept replication connections: set wal_level = replica and \
                      max_wal_senders > 0 in its postgresql.conf and restart it"

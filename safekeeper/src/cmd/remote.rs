@@ -141,10 +141,6 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-async fn load(args: &ArchiveArgs, cancel: &CancellationToken) -> Result<Archive> {
-    Ok(open_and_load(args, cancel).await?.1)
-}
-
 /// The storage and the archive listed from it (`verify` and `prune` read objects afterwards).
 async fn open_and_load(
     args: &ArchiveArgs,
@@ -156,12 +152,23 @@ async fn open_and_load(
 }
 
 async fn ls(args: &LsArgs, cancel: &CancellationToken) -> Result<()> {
-    let archive = load(&args.archive, cancel).await?;
+    let (storage, archive) = open_and_load(&args.archive, cancel).await?;
+    let backups = crate::backup::list_backups(&*storage, &args.archive.cluster, cancel).await?;
+    let window = crate::backup::window::Window::load(
+        &*storage,
+        &args.archive.cluster,
+        args.archive.wal_segment_size,
+        &backups,
+        cancel,
+    )
+    .await?;
     let text = if args.json {
-        serde_json::to_string_pretty(&super::remote_ls::ls_json(&args.archive.remote, &archive))?
-            + "\n"
+        let mut v = super::remote_ls::ls_json(&args.archive.remote, &archive);
+        v["backups"] = super::remote_ls::backups_json(&backups, &window);
+        serde_json::to_string_pretty(&v)? + "\n"
     } else {
         super::remote_ls::ls_text(&args.archive.remote, &archive)
+            + &super::remote_ls::backups_text(&backups, &window)
     };
     emit(&text);
     Ok(())
