@@ -188,3 +188,22 @@ def test_damaged_backup_and_targets_outside_the_window(workdir, primary, safekee
     cp = restore(remote, target, "--latest")
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert os.path.exists(os.path.join(target, "recovery.signal"))
+
+
+def test_primary_refusals_are_one_clear_line(workdir, make_pg, safekeeper, start_standby):
+    """A user without REPLICATION, and a primary whose WAL senders are all in use: one line that
+    says what to do, and no backup object written."""
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    pg = make_pg("primary", extra_conf="max_wal_senders = 1")
+    pg.sql("CREATE ROLE plain LOGIN")
+    cp = sk("backup", *remote.args(), "--cluster", "main", "--primary", pg.connstr(user="plain"))
+    assert cp.returncode == 1, cp.stdout
+    line = cp.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the primary refused the backup") and "ALTER ROLE <user> REPLICATION" in line, cp.stderr
+
+    start_standby(safekeeper, pg, remote=remote)  # takes the only WAL sender
+    cp = sk("backup", *remote.args(), "--cluster", "main", "--primary", pg.connstr())
+    assert cp.returncode == 1, cp.stdout
+    line = cp.stderr.strip().splitlines()[-1]
+    assert "every WAL sender of the primary is in use" in line and "max_wal_senders" in line, cp.stderr
+    assert not remote.keys("main/basebackups/")

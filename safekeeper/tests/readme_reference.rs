@@ -25,8 +25,10 @@ const CLUSTER_KEYS: [(&str, &str); 4] = [
 ];
 
 /// Subcommands whose `--help` the README reproduces.
-const HELP_COMMANDS: [&[&str]; 6] = [
+const HELP_COMMANDS: [&[&str]; 8] = [
     &["demo"],
+    &["backup"],
+    &["restore"],
     &["restore-wal"],
     &["recover"],
     &["remote", "ls"],

@@ -41,8 +41,12 @@ pub(crate) struct ManifestCheck {
 }
 
 /// Checks `unpacked` (archive names of `base.tar`) against the manifest text.
-pub(crate) fn check(manifest: &[u8], unpacked: &BTreeMap<String, FileSum>) -> Result<ManifestCheck> {
-    let m: Manifest = serde_json::from_slice(manifest).context("the backup manifest is not valid")?;
+pub(crate) fn check(
+    manifest: &[u8],
+    unpacked: &BTreeMap<String, FileSum>,
+) -> Result<ManifestCheck> {
+    let m: Manifest =
+        serde_json::from_slice(manifest).context("the backup manifest is not valid")?;
     let mut checked = ManifestCheck {
         files: 0,
         checksummed: 0,
@@ -85,7 +89,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -108,11 +112,23 @@ mod tests {
             hex(&crc.to_le_bytes())
         );
         let mut files = BTreeMap::new();
-        files.insert("a".to_string(), FileSum { size: 5, crc32c: crc });
+        files.insert(
+            "a".to_string(),
+            FileSum {
+                size: 5,
+                crc32c: crc,
+            },
+        );
         files.insert("b".to_string(), FileSum { size: 0, crc32c: 0 });
         let ok = check(text.as_bytes(), &files).unwrap();
         assert_eq!((ok.files, ok.checksummed), (2, 1));
-        files.insert("a".to_string(), FileSum { size: 5, crc32c: crc ^ 1 });
+        files.insert(
+            "a".to_string(),
+            FileSum {
+                size: 5,
+                crc32c: crc ^ 1,
+            },
+        );
         assert!(check(text.as_bytes(), &files).is_err());
         files.remove("a");
         assert!(check(text.as_bytes(), &files).is_err());

@@ -216,7 +216,7 @@ pub(crate) async fn put_object(
     compression: &Compression,
     cancel: &CancellationToken,
 ) -> Result<(u64, u32)> {
-    let compression = compression.clone();
+    let compression = *compression;
     let (obj, crc) = tokio::task::spawn_blocking(move || {
         let crc = crc32c::crc32c(&data);
         (object_format::encode(&data, &compression), crc)
@@ -238,7 +238,9 @@ pub(crate) async fn put_object(
 
 /// Seconds since the Unix epoch as a float (sub-second precision for time targets).
 pub(crate) fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// A time in RFC 3339 with microseconds (`2026-12-02T15:41:28.123456Z`), which PostgreSQL reads

@@ -173,7 +173,9 @@ pub(crate) fn choose(w: &Window, target: &Target) -> Result<BackupRecord> {
     );
     let pick = |ok: &dyn Fn(&BackupRecord) -> bool| w.usable.iter().rev().find(|b| ok(b)).cloned();
     match target {
-        Target::Latest => pick(&|_| true).ok_or_else(|| anyhow!("the archive has no usable backup")),
+        Target::Latest => {
+            pick(&|_| true).ok_or_else(|| anyhow!("the archive has no usable backup"))
+        }
         Target::Time(t, text) => {
             ensure!(
                 latest.time.is_none_or(|l| *t <= l),
@@ -271,7 +273,9 @@ async fn run_pg_verifybackup(dir: &Path, bindir: Option<&Path>) -> Result<String
         .unwrap_or_default();
     let candidates = [
         bindir.map(|b| b.join("pg_verifybackup")),
-        Some(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_verifybackup"))),
+        Some(PathBuf::from(format!(
+            "/usr/lib/postgresql/{major}/bin/pg_verifybackup"
+        ))),
     ];
     let Some(tool) = candidates.into_iter().flatten().find(|p| p.is_file()) else {
         return Ok("the manifest's sizes and CRC32C checksums (pg_verifybackup not found)".into());
@@ -287,7 +291,9 @@ async fn run_pg_verifybackup(dir: &Path, bindir: Option<&Path>) -> Result<String
         bail!(
             "{} failed: {}",
             tool.display(),
-            String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         );
     }
     Ok(format!("the manifest, and {}", tool.display()))
@@ -312,7 +318,10 @@ fn conf_literal(s: &str) -> String {
 /// `restore_command` for this archive.
 pub(crate) fn restore_command(archive_flags: &[String]) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find this binary's path")?;
-    let mut words = vec![shell_word(&exe.to_string_lossy()), "restore-wal".to_string()];
+    let mut words = vec![
+        shell_word(&exe.to_string_lossy()),
+        "restore-wal".to_string(),
+    ];
     words.extend(archive_flags.iter().map(|f| shell_word(f)));
     words.push("%f".into());
     words.push("%p".into());

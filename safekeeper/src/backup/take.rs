@@ -106,7 +106,7 @@ impl Chunker<'_> {
             self.join_one().await?;
         }
         let storage = Arc::clone(self.storage);
-        let compression = self.opts.compression.clone();
+        let compression = self.opts.compression;
         let cancel = self.cancel.clone();
         self.uploads.spawn(async move {
             let bytes = data.len() as u64;
@@ -142,17 +142,25 @@ impl Chunker<'_> {
     }
 }
 
-/// Takes one backup; returns its completion record.
-pub(crate) async fn take_backup(
-    storage: Arc<dyn RemoteStorage>,
-    opts: &TakeOptions,
-    cancel: &CancellationToken,
-) -> Result<BackupRecord> {
+/// What is known once the server accepted `BASE_BACKUP`.
+struct Begun {
+    started: SystemTime,
+    stamp: String,
+    label: String,
+    system_identifier: u64,
+    server_version_num: u32,
+}
+
+/// Connects and starts `BASE_BACKUP`; a refusal is one line with advice.
+async fn begin(opts: &TakeOptions) -> Result<(BaseBackupStream, Begun)> {
     let started = SystemTime::now();
     let (mut conn, _) = ReplicationConnection::connect_any(&opts.primary)
         .await
         .map_err(|e| refused(&e.into()))?;
-    let ident = conn.identify_system().await.map_err(|e| refused(&e.into()))?;
+    let ident = conn
+        .identify_system()
+        .await
+        .map_err(|e| refused(&e.into()))?;
     let server_version_num = conn
         .server_version_num()
         .await
@@ -164,7 +172,7 @@ pub(crate) async fn take_backup(
         .to_string()
         .replace(['-', ':'], "");
     let label = format!("safekeeper {} {stamp}", opts.cluster);
-    let mut stream = conn
+    let stream = conn
         .base_backup(&BaseBackupOptions {
             label: label.clone(),
             fast_checkpoint: opts.fast_checkpoint,
@@ -172,25 +180,39 @@ pub(crate) async fn take_backup(
         })
         .await
         .map_err(|e| refused(&e.into()))?;
+    let begun = Begun {
+        started,
+        stamp,
+        label,
+        system_identifier: ident.system_identifier,
+        server_version_num,
+    };
+    Ok((stream, begun))
+}
+
+/// Takes one backup; returns its completion record.
+pub(crate) async fn take_backup(
+    storage: Arc<dyn RemoteStorage>,
+    opts: &TakeOptions,
+    cancel: &CancellationToken,
+) -> Result<BackupRecord> {
+    let (mut stream, begun) = begin(opts).await?;
+    let Begun {
+        started,
+        stamp,
+        label,
+        system_identifier,
+        server_version_num,
+    } = begun;
     let start = stream.start;
     let id = format!("{:016X}_{stamp}", start.lsn);
     info!(backup = %id, start_lsn = %format_lsn(start.lsn), timeline = start.timeline, "backup started");
-    let intent = Intent {
-        id: id.clone(),
-        started_at: rfc3339(started),
-        started_unix: unix_secs(started) as u64,
-        chunk_pattern: "<archive>.<NNNNNN>".into(),
-    };
-    let intent_key = backup_key(&opts.cluster, &id, INTENT);
-    put_object(
-        &*storage,
-        &intent_key,
-        Bytes::from(serde_json::to_vec_pretty(&intent)?),
-        &opts.compression,
-        cancel,
-    )
-    .await?;
-    let total = stream.tablespaces.iter().filter_map(|t| t.size).sum::<u64>();
+    write_intent(&*storage, opts, &id, started, cancel).await?;
+    let total = stream
+        .tablespaces
+        .iter()
+        .filter_map(|t| t.size)
+        .sum::<u64>();
     let mut chunker = Chunker {
         storage: &storage,
         opts,
@@ -201,7 +223,12 @@ pub(crate) async fn take_backup(
         uploads: JoinSet::new(),
         bytes: 0,
     };
-    let manifest = receive(&mut stream, &mut chunker, progress(opts.progress_bar, total)).await?;
+    let manifest = receive(
+        &mut stream,
+        &mut chunker,
+        progress(opts.progress_bar, total),
+    )
+    .await?;
     let Some(end) = stream.end() else {
         bail!("the backup ended without an end position");
     };
@@ -210,14 +237,21 @@ pub(crate) async fn take_backup(
     let archives = std::mem::take(&mut chunker.archives);
     info!(backup = %id, end_lsn = %format_lsn(end.lsn), bytes = chunker.bytes, "backup stream ended");
     let manifest_key = backup_key(&opts.cluster, &id, MANIFEST);
-    let (stored, crc) = put_object(&*storage, &manifest_key, manifest.clone(), &opts.compression, cancel).await?;
+    let (stored, crc) = put_object(
+        &*storage,
+        &manifest_key,
+        manifest.clone(),
+        &opts.compression,
+        cancel,
+    )
+    .await?;
     let record = BackupRecord {
         format: 1,
         id: id.clone(),
         cluster: opts.cluster.clone(),
         label,
         server_version_num,
-        system_identifier: ident.system_identifier,
+        system_identifier,
         timeline: start.timeline,
         start_lsn: start.lsn,
         end_lsn: end.lsn,
@@ -246,6 +280,26 @@ pub(crate) async fn take_backup(
     .await?;
     info!(backup = %id, "backup complete");
     Ok(record)
+}
+
+/// Stores `intent.json`, before any chunk.
+async fn write_intent(
+    storage: &dyn RemoteStorage,
+    opts: &TakeOptions,
+    id: &str,
+    started: SystemTime,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let intent = Intent {
+        id: id.to_string(),
+        started_at: rfc3339(started),
+        started_unix: unix_secs(started) as u64,
+        chunk_pattern: "<archive>.<NNNNNN>".into(),
+    };
+    let key = backup_key(&opts.cluster, id, INTENT);
+    let body = Bytes::from(serde_json::to_vec_pretty(&intent)?);
+    put_object(storage, &key, body, &opts.compression, cancel).await?;
+    Ok(())
 }
 
 /// Reads the CopyOut stream into chunks; returns the manifest.
@@ -312,8 +366,7 @@ fn progress(enabled: bool, total: u64) -> Option<ProgressBar> {
 /// `restore --xid` needs it.
 async fn next_xid(info: &ConnInfo) -> Option<u64> {
     let result = async {
-        let mut conn =
-            ReplicationConnection::connect_with(info, 0, SessionKind::Regular).await?;
+        let mut conn = ReplicationConnection::connect_with(info, 0, SessionKind::Regular).await?;
         let rows = conn
             .simple_query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
             .await;
@@ -365,5 +418,8 @@ async fn wait_for_archive(
 
 /// An error from the primary with the advice for it in front.
 fn refused(e: &anyhow::Error) -> anyhow::Error {
-    anyhow::anyhow!("the primary refused the backup: {}", crate::hints::with_hint(e))
+    anyhow::anyhow!(
+        "the primary refused the backup: {}",
+        crate::hints::with_hint(e)
+    )
 }

@@ -107,7 +107,10 @@ impl Unpacker {
             self.open.is_none() && self.skip == 0 && self.header.is_empty(),
             "the archive ends in the middle of an entry"
         );
-        ensure!(self.ended, "the archive ends without its end-of-archive blocks");
+        ensure!(
+            self.ended,
+            "the archive ends without its end-of-archive blocks"
+        );
         Ok(self.files)
     }
 
@@ -184,7 +187,8 @@ impl Unpacker {
 fn create_file(path: &Path, mode: u32) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     fs::OpenOptions::new()
         .write(true)

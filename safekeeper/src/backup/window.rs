@@ -139,17 +139,18 @@ impl Window {
         }
         let end_seg = Lsn(latest.lsn.saturating_sub(1)).segment_number(seg);
         for segno in start_seg..=end_seg {
-            let found = candidate_timelines(&self.path, segno, seg).iter().any(|tli| {
-                self.archive.timelines.get(tli).is_some_and(|t| {
-                    t.segments.contains_key(&segno)
-                        || (segno == end_seg && t.served_partial(segno).is_some())
-                })
-            });
+            let found = candidate_timelines(&self.path, segno, seg)
+                .iter()
+                .any(|tli| {
+                    self.archive.timelines.get(tli).is_some_and(|t| {
+                        t.segments.contains_key(&segno)
+                            || (segno == end_seg && t.served_partial(segno).is_some())
+                    })
+                });
             if !found {
                 return Err(format!(
                     "segment {} is missing from the WAL archive",
-                    self.archive
-                        .segment_name(b.timeline, segno)
+                    self.archive.segment_name(b.timeline, segno)
                 ));
             }
         }

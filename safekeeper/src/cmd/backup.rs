@@ -121,7 +121,7 @@ async fn backup(args: &BackupArgs) -> Result<()> {
         cluster: args.archive.cluster.clone(),
         primary,
         chunk_size: args.chunk_size,
-        compression: args.compression.clone(),
+        compression: args.compression,
         fast_checkpoint: !args.spread_checkpoint,
         archive_timeout: args.archive_timeout,
         wal_segment_size: args.archive.wal_segment_size,

@@ -13,13 +13,13 @@ use std::fmt::Write as _;
 use control_file::Lsn;
 use serde_json::json;
 
-use crate::backup::window::{Point, Window};
-use crate::backup::{BackupList, BackupRecord};
-use crate::pg::format_lsn;
 use crate::archive::{
     Archive, PartialObject, SegmentSizeSource, TimelineObjects, best_partial, human_bytes,
     ranked_candidates,
 };
+use crate::backup::window::{Point, Window};
+use crate::backup::{BackupList, BackupRecord};
+use crate::pg::format_lsn;
 
 fn size_source(s: SegmentSizeSource) -> &'static str {
     match s {
@@ -340,7 +340,11 @@ pub(crate) fn backups_json(list: &BackupList, w: &Window) -> serde_json::Value {
         })
     };
     let mut complete: Vec<_> = w.usable.iter().map(|b| backup(b, true, None)).collect();
-    complete.extend(w.unusable.iter().map(|(b, why)| backup(b, false, Some(why))));
+    complete.extend(
+        w.unusable
+            .iter()
+            .map(|(b, why)| backup(b, false, Some(why))),
+    );
     json!({
         "complete": complete,
         "incomplete": list.incomplete,

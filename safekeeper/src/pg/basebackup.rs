@@ -105,7 +105,11 @@ impl ReplicationConnection {
         let start = position(start_row, "start")?;
         let tablespaces = rows
             .get(1)
-            .map(|set| set.iter().map(tablespace).collect::<Result<Vec<_>, _>>())
+            .map(|set| {
+                set.iter()
+                    .map(|r| tablespace(r))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .transpose()?
             .unwrap_or_default();
         Ok(BaseBackupStream {
@@ -231,13 +235,11 @@ fn text(row: &[Option<Bytes>], i: usize) -> Option<String> {
 fn position(row: &[Option<Bytes>], what: &str) -> Result<BackupPosition, PgError> {
     let bad = || PgError::Protocol(format!("BASE_BACKUP: bad {what} position row"));
     let lsn = parse_lsn(&text(row, 0).ok_or_else(bad)?)?;
-    let timeline = text(row, 1)
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(bad)?;
+    let timeline = text(row, 1).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
     Ok(BackupPosition { lsn, timeline })
 }
 
-fn tablespace(row: &Vec<Option<Bytes>>) -> Result<Tablespace, PgError> {
+fn tablespace(row: &[Option<Bytes>]) -> Result<Tablespace, PgError> {
     let oid = match text(row, 0) {
         Some(t) => Some(
             t.parse()
