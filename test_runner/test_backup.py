@@ -26,7 +26,7 @@ from fixtures.remote import LocalRemote
 from fixtures.restore import restore_wal_command
 from fixtures.safekeeper import safekeeper_cli as sk
 from fixtures.utils import as_pg_user, run, wait_until
-from fixtures.wal import format_lsn, parse_lsn
+from fixtures.wal import format_lsn, is_segment_name, parse_lsn, parse_partial_name, parse_segment_name
 
 
 def backup(remote, primary: PgCluster, *extra: str):
@@ -207,3 +207,72 @@ def test_primary_refusals_are_one_clear_line(workdir, make_pg, safekeeper, start
     line = cp.stderr.strip().splitlines()[-1]
     assert "every WAL sender of the primary is in use" in line and "max_wal_senders" in line, cp.stderr
     assert not remote.keys("main/basebackups/")
+
+
+def wal_segno(key: str) -> int | None:
+    """Segment number of a WAL object key (full segment or partial piece); None for others."""
+    name = key.rsplit("/", 1)[-1]
+    if is_segment_name(name):
+        return parse_segment_name(name)[1]
+    p = parse_partial_name(name)
+    return parse_segment_name(p.segment)[1] if p else None
+
+
+def test_retention_deletes_what_the_policy_allows_and_survives_kill9(workdir, primary, safekeeper, start_standby):
+    """Three backups with WAL between them; `--keep-last 2`: the dry run deletes nothing; a pass
+    killed (abort, as kill -9) between deleting the completion records and the rest leaves the
+    oldest backup unrestorable and a plan that the next pass finishes; then exactly the oldest
+    backup and the WAL below the second backup's start are gone, and restores to both ends of the
+    reported window recover the rows committed up to there."""
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    start_standby(safekeeper, primary, remote=remote, partial_interval="1s")
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, batch int)")
+    for batch in (1, 2, 3):
+        primary.sql(f"INSERT INTO t SELECT g, {batch} FROM generate_series({batch * 1000}, {batch * 1000 + 999}) g")
+        primary.switch_wal()
+        primary.switch_wal()
+        backup(remote, primary, "--chunk-size", "1MiB")
+    primary.sql("INSERT INTO t SELECT g, 4 FROM generate_series(4000, 4999) g")
+    last = primary.current_lsn()
+    wait_until("the archive holds the last commit",
+               lambda: parse_lsn(ls_json(remote)["backups"]["window"]["latest"]["lsn"]) >= last, timeout=30)
+    backups = [b["id"] for b in ls_json(remote)["backups"]["complete"]]
+    assert len(backups) == 3
+    second_start = parse_lsn(ls_json(remote)["backups"]["complete"][1]["start_lsn"])
+    before = set(remote.keys("main/"))
+    expected_gone = {k for k in before if k.startswith(f"main/basebackups/{backups[0]}/")}
+    expected_gone |= {k for k in before if k.startswith("main/wal/") and (s := wal_segno(k)) is not None
+                      and s < second_start // (16 * 2**20)}
+    assert any(k.startswith("main/wal/") for k in expected_gone), "no WAL below the second backup"
+
+    retention = ["remote", "retention", *remote.args(), "--cluster", "main", "--keep-last", "2"]
+    cp = sk(*retention, "--json")
+    assert cp.returncode == 0, cp.stderr
+    dry = json.loads(cp.stdout)
+    assert dry["delete_backups"] == [backups[0]] and not dry["deleted"], dry
+    assert dry["objects"] == len(expected_gone), (dry, sorted(expected_gone))
+    assert set(remote.keys("main/")) == before, "the dry run deleted something"
+
+    cp = sk(*retention, "--delete", env={"FAILPOINTS": "retention-mid-delete=return"})
+    assert cp.returncode != 0 and "failpoint retention-mid-delete" in cp.stderr, cp.stderr
+    assert "main/basebackups/retention.json" in remote.keys("main/")
+    assert [b["id"] for b in ls_json(remote)["backups"]["complete"]] == backups[1:], \
+        "a backup being deleted must stop being restorable first"
+
+    cp = sk(*retention, "--delete")
+    assert cp.returncode == 0, cp.stderr
+    assert "an interrupted retention pass: finished" in cp.stdout, cp.stdout
+    assert set(remote.keys("main/")) == before - expected_gone
+
+    window = ls_json(remote)["backups"]["window"]
+    assert window["earliest"]["backup"] == backups[1]
+    for name, args, batches in [("earliest", ["--lsn", window["earliest"]["lsn"]], {1, 2}),
+                                ("latest", ["--latest"], {1, 2, 3, 4})]:
+        target = os.path.join(workdir, name, "data")
+        cp = restore(remote, target, *args)
+        assert cp.returncode == 0, cp.stderr[-3000:]
+        pg = start_restored(workdir, name, remote, primary)
+        got = {r[0] for r in pg.sql("SELECT DISTINCT batch FROM t")}
+        assert got == batches, f"{name}: batches {got}"
+        assert pg.sql_one("SELECT count(*) FROM t") == 1000 * len(batches)
+        pg.stop()

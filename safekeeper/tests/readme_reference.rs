@@ -25,7 +25,7 @@ const CLUSTER_KEYS: [(&str, &str); 4] = [
 ];
 
 /// Subcommands whose `--help` the README reproduces.
-const HELP_COMMANDS: [&[&str]; 8] = [
+const HELP_COMMANDS: [&[&str]; 9] = [
     &["demo"],
     &["backup"],
     &["restore"],
@@ -34,6 +34,7 @@ const HELP_COMMANDS: [&[&str]; 8] = [
     &["remote", "ls"],
     &["remote", "verify"],
     &["remote", "prune"],
+    &["remote", "retention"],
 ];
 
 fn readme_path() -> PathBuf {

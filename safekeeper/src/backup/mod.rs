@@ -22,16 +22,18 @@
 //!   under the ID never enter a restore.
 //! - A backup without `backup.json` is *incomplete*: a crashed or running `safekeeper backup`.
 //!   `backup.json` is never written by anyone but the process that wrote the intent, so a cleanup
-//!   may remove an incomplete backup only once its intent (`started_unix`) is older than any
-//!   backup can run (the retention pass that will do this is not built yet: `remote ls` lists
-//!   incomplete backups, and nothing deletes them).
+//!   may remove an incomplete backup only once its objects are older than any backup can run
+//!   (`remote retention --incomplete-after`, default 24h); `remote ls` lists incomplete backups.
 //!
 //! Submodules: [`take`] (the `backup` command's work), [`restore`] (the `restore` command's),
+//! [`retention`] (`remote retention`: deleting what a policy no longer keeps), [`window`] (the
+//! recoverable window),
 //! [`tar`] (unpacking PostgreSQL's tar format), [`manifest`] (checking files against the
 //! manifest).
 
 pub(crate) mod manifest;
 pub(crate) mod restore;
+pub(crate) mod retention;
 pub(crate) mod take;
 pub(crate) mod tar;
 pub(crate) mod window;

@@ -10,6 +10,7 @@ pub mod remote;
 pub mod remote_cat;
 mod remote_ls;
 pub mod restore_wal;
+mod retention;
 pub mod run;
 
 use clap::{Parser, Subcommand};
