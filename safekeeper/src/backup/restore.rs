@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use remote_storage::RemoteStorage;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::debug;
 
 use super::tar::Unpacker;
 use super::window::Window;
@@ -85,7 +85,7 @@ pub(crate) async fn restore(
             a.name
         );
     }
-    info!(backup = %backup.id, end_lsn = %format_lsn(backup.end_lsn), "restoring");
+    debug!(backup = %backup.id, end_lsn = %format_lsn(backup.end_lsn), "restoring");
     if created {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -315,14 +315,13 @@ fn conf_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// `restore_command` for this archive.
+/// `restore_command` for this archive. `%` in a word is doubled: PostgreSQL expands `%f`, `%p`
+/// and `%%` in the command.
 pub(crate) fn restore_command(archive_flags: &[String]) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find this binary's path")?;
-    let mut words = vec![
-        shell_word(&exe.to_string_lossy()),
-        "restore-wal".to_string(),
-    ];
-    words.extend(archive_flags.iter().map(|f| shell_word(f)));
+    let word = |s: &str| shell_word(s).replace('%', "%%");
+    let mut words = vec![word(&exe.to_string_lossy()), "restore-wal".to_string()];
+    words.extend(archive_flags.iter().map(|f| word(f)));
     words.push("%f".into());
     words.push("%p".into());
     Ok(words.join(" "))

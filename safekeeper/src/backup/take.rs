@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use remote_storage::RemoteStorage;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{
     ArchiveRecord, BackupRecord, COMPLETION, Chunk, INTENT, Intent, MANIFEST, backup_key,
@@ -111,7 +111,7 @@ impl Chunker<'_> {
         self.uploads.spawn(async move {
             let bytes = data.len() as u64;
             let (stored, crc) = put_object(&*storage, &key, data, &compression, &cancel).await?;
-            info!(key = %key, bytes, stored, "stored backup chunk");
+            debug!(key = %key, bytes, stored, "stored backup chunk");
             Ok((
                 archive,
                 index,
@@ -206,7 +206,7 @@ pub(crate) async fn take_backup(
     } = begun;
     let start = stream.start;
     let id = format!("{:016X}_{stamp}", start.lsn);
-    info!(backup = %id, start_lsn = %format_lsn(start.lsn), timeline = start.timeline, "backup started");
+    debug!(backup = %id, start_lsn = %format_lsn(start.lsn), timeline = start.timeline, "backup started");
     write_intent(&*storage, opts, &id, started, cancel).await?;
     let total = stream
         .tablespaces
@@ -235,7 +235,7 @@ pub(crate) async fn take_backup(
     stream.close().await;
     let ended = SystemTime::now();
     let archives = std::mem::take(&mut chunker.archives);
-    info!(backup = %id, end_lsn = %format_lsn(end.lsn), bytes = chunker.bytes, "backup stream ended");
+    debug!(backup = %id, end_lsn = %format_lsn(end.lsn), bytes = chunker.bytes, "backup stream ended");
     let manifest_key = backup_key(&opts.cluster, &id, MANIFEST);
     let (stored, crc) = put_object(
         &*storage,
@@ -278,7 +278,7 @@ pub(crate) async fn take_backup(
         cancel,
     )
     .await?;
-    info!(backup = %id, "backup complete");
+    debug!(backup = %id, "backup complete");
     Ok(record)
 }
 
