@@ -70,8 +70,9 @@ enum Command {
     /// Try it here: commit on a throwaway primary, destroy it, recover every row from the archive.
     ///
     /// A throwaway primary, the safekeeper as its synchronous standby archiving to a local
-    /// directory, a short write load, then the primary is destroyed (kill -9, data deleted) and a
-    /// new one is recovered from a base backup and the archive alone through restore-wal.
+    /// directory, a base backup with `safekeeper backup`, a short write load, then the primary is
+    /// destroyed (kill -9, data deleted) and a new one is made by `safekeeper restore --latest`
+    /// from the backup and the archive alone.
     ///
     /// Needs PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup), taken from PG_BINDIR,
     /// `pg_config --bindir`, an initdb on PATH or /usr/lib/postgresql/<version>/bin. Writes only
