@@ -223,12 +223,16 @@ def test_retention_deletes_what_the_policy_allows_and_survives_kill9(workdir, pr
     killed (abort, as kill -9) between deleting the completion records and the rest leaves the
     oldest backup unrestorable and a plan that the next pass finishes; then exactly the oldest
     backup and the WAL below the second backup's start are gone, and restores to both ends of the
-    reported window recover the rows committed up to there."""
+    reported window, and to the commit of a transaction inside it (--xid), recover the rows
+    committed up to there."""
     remote = LocalRemote(os.path.join(workdir, "remote"))
     start_standby(safekeeper, primary, remote=remote, partial_interval="1s")
     primary.sql("CREATE TABLE t (id int PRIMARY KEY, batch int)")
+    xids = {}
     for batch in (1, 2, 3):
-        primary.sql(f"INSERT INTO t SELECT g, {batch} FROM generate_series({batch * 1000}, {batch * 1000 + 999}) g")
+        xids[batch] = primary.sql_one(
+            f"WITH i AS (INSERT INTO t SELECT g, {batch} FROM generate_series({batch * 1000}, {batch * 1000 + 999}) g "
+            "RETURNING 1) SELECT pg_current_xact_id()::text FROM i LIMIT 1")
         primary.switch_wal()
         primary.switch_wal()
         backup(remote, primary, "--chunk-size", "1MiB")
@@ -267,6 +271,7 @@ def test_retention_deletes_what_the_policy_allows_and_survives_kill9(workdir, pr
     window = ls_json(remote)["backups"]["window"]
     assert window["earliest"]["backup"] == backups[1]
     for name, args, batches in [("earliest", ["--lsn", window["earliest"]["lsn"]], {1, 2}),
+                                ("xid", ["--xid", xids[3]], {1, 2, 3}),
                                 ("latest", ["--latest"], {1, 2, 3, 4})]:
         target = os.path.join(workdir, name, "data")
         cp = restore(remote, target, *args)

@@ -18,7 +18,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
 use remote_storage::RemoteStorage;
+use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -235,10 +237,14 @@ async fn unpack_and_verify(
             }
         })
         .buffered(opts.jobs.max(1));
+    let bar = progress(backup.tar_bytes());
     let mut fetch_error = None;
     while let Some(data) = fetched.next().await {
         match data {
             Ok(d) => {
+                if let Some(bar) = &bar {
+                    bar.inc(d.len() as u64);
+                }
                 if tx.send(d).await.is_err() {
                     break; // the unpacker failed; its error is reported below
                 }
@@ -251,6 +257,9 @@ async fn unpack_and_verify(
     }
     drop(tx);
     let unpacked = unpacker.await.context("unpack task failed")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if let Some(e) = fetch_error {
         return Err(e);
     }
@@ -263,6 +272,18 @@ async fn unpack_and_verify(
         .with_context(|| format!("backup {} does not match its manifest", backup.id))?;
     let verifier = run_pg_verifybackup(&opts.target_dir, opts.pg_bindir.as_deref()).await?;
     Ok((checked.files, checked.checksummed, verifier))
+}
+
+/// A progress bar over the backup's tar bytes when stderr is a terminal.
+fn progress(total: u64) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = ProgressStyle::with_template(
+        "{spinner} restore {bytes}/{total_bytes} {bytes_per_sec} eta {eta} [{wide_bar}]",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    Some(ProgressBar::new(total).with_style(style))
 }
 
 /// Runs PostgreSQL's `pg_verifybackup` (of the backup's major, or from `--pg-bindir`) when one is
