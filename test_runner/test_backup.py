@@ -189,6 +189,28 @@ def test_damaged_backup_and_targets_outside_the_window(workdir, primary, safekee
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert os.path.exists(os.path.join(target, "recovery.signal"))
 
+    # A backup that crashes before its completion record is never restorable, is listed as
+    # incomplete, and retention removes it once old enough; `backup --keep-last` runs retention.
+    first = ls_json(remote)["backups"]["complete"][0]["id"]
+    cp = sk("backup", *remote.args(), "--cluster", "main", "--primary", primary.connstr(),
+            env={"FAILPOINTS": "backup-before-completion=return"})
+    assert cp.returncode != 0 and "failpoint backup-before-completion" in cp.stderr, cp.stderr
+    listing = ls_json(remote)["backups"]
+    assert [b["id"] for b in listing["complete"]] == [first] and len(listing["incomplete"]) == 1, listing
+    crashed = listing["incomplete"][0]
+    cp = sk("remote", "retention", *remote.args(), "--cluster", "main", "--keep-last", "1", "--delete")
+    assert cp.returncode == 0 and any(k.startswith(f"main/basebackups/{crashed}/") for k in remote.keys("main/")), \
+        "an incomplete backup younger than --incomplete-after (24h) must stay: it may be running"
+    cp = sk("remote", "retention", *remote.args(), "--cluster", "main", "--keep-last", "1", "--delete",
+            "--incomplete-after", "0s")
+    assert cp.returncode == 0, cp.stderr
+    assert not any(k.startswith(f"main/basebackups/{crashed}/") for k in remote.keys("main/")), cp.stdout
+    out = backup(remote, primary, "--keep-last", "1").stdout
+    assert "retention: deleted 1 backups" in out, out
+    listing = ls_json(remote)["backups"]
+    assert len(listing["complete"]) == 1 and listing["complete"][0]["id"] != first, listing
+    assert not any(k.startswith(f"main/basebackups/{first}/") for k in remote.keys("main/"))
+
 
 def test_primary_refusals_are_one_clear_line(workdir, make_pg, safekeeper, start_standby):
     """A user without REPLICATION, and a primary whose WAL senders are all in use: one line that

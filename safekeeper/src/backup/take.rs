@@ -269,6 +269,9 @@ pub(crate) async fn take_backup(
         },
     };
     wait_for_archive(&*storage, opts, end.lsn, end.timeline, cancel).await?;
+    fail::fail_point!("backup-before-completion", |_| crate::failpoint::crash(
+        "backup-before-completion"
+    ));
     let completion_key = backup_key(&opts.cluster, &id, COMPLETION);
     put_object(
         &*storage,

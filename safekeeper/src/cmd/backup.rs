@@ -46,6 +46,16 @@ pub struct BackupArgs {
     /// restorable only then; a safekeeper must be following the cluster).
     #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub archive_timeout: Duration,
+
+    /// Retention after a successful backup: keep the newest N backups and delete older ones and
+    /// the WAL only they need (as `remote retention --keep-last N --delete`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_last: Option<u64>,
+
+    /// Retention after a successful backup: keep the backups that ended within this long (as
+    /// `remote retention --keep-within D --delete`; with --keep-last, either keeps a backup).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -128,7 +138,8 @@ async fn backup(args: &BackupArgs) -> Result<()> {
         progress_bar: std::io::stderr().is_terminal(),
     };
     let started = std::time::Instant::now();
-    let b = take_backup(storage, &opts, &CancellationToken::new()).await?;
+    let cancel = CancellationToken::new();
+    let b = take_backup(storage.clone(), &opts, &cancel).await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "backup {} complete: LSN {} to {} on timeline {}, {} in {} chunks ({} stored) in {secs:.1}s",
@@ -140,6 +151,32 @@ async fn backup(args: &BackupArgs) -> Result<()> {
         b.archives.iter().map(|a| a.chunks.len()).sum::<usize>(),
         human_bytes(b.stored_bytes()),
     );
+    if args.keep_last.is_some() || args.keep_within.is_some() {
+        use crate::backup::retention::{Policy, finish_pending, plan, run_plan};
+        let policy = Policy {
+            keep_last: args.keep_last.map(|n| n as usize),
+            keep_within: args.keep_within,
+            incomplete_after: Duration::from_secs(24 * 3600),
+        };
+        let cluster = &args.archive.cluster;
+        finish_pending(&*storage, cluster, &cancel).await?;
+        let p = plan(
+            &*storage,
+            cluster,
+            args.archive.wal_segment_size,
+            &policy,
+            &cancel,
+        )
+        .await?;
+        run_plan(&*storage, cluster, &p, &cancel).await?;
+        println!(
+            "retention: deleted {} backups and {} WAL objects ({}), kept {}",
+            p.backups.len(),
+            p.wal_objects,
+            human_bytes(p.bytes),
+            p.kept.len()
+        );
+    }
     Ok(())
 }
 
