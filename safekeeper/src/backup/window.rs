@@ -6,7 +6,8 @@
 //! the end of the archive's WAL is in the archive, on a timeline PostgreSQL would read it from
 //! (a full segment, or the best partial for the last one). The earliest point is the oldest
 //! usable backup's end (LSN and time); the latest is the end of the WAL on the newest timeline,
-//! with the time the newest WAL object was stored (an upper bound of the last commit's time).
+//! with the time the newest WAL object was stored (an upper bound of the last commit's time), or
+//! the newest usable backup's end time if that is later.
 
 use std::time::SystemTime;
 
@@ -107,6 +108,11 @@ impl Window {
                 Ok(()) => w.usable.push(b.clone()),
                 Err(why) => w.unusable.push((b.clone(), why)),
             }
+        }
+        // The newest backup's end is reachable too: the segment switch at its end is often
+        // stored before the backup process noted its end time.
+        if let (Some(latest), Some(b)) = (&mut w.latest, w.usable.last()) {
+            latest.time = latest.time.map(|t| t.max(b.end_unix));
         }
         w.earliest = w.usable.first().map(|b| Point {
             lsn: b.end_lsn,
