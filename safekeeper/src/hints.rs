@@ -50,6 +50,14 @@ fn pg_hint(e: &PgError) -> Option<String> {
                 "28000" | "42501" if m.contains("replication") || m.contains("permission") => {
                     "this user may not replicate: ALTER ROLE <user> REPLICATION on the primary"
                 }
+                // PostgreSQL says the same with max_wal_senders = 0 ("currently 0"): that case
+                // is a configuration problem, the next arm.
+                "53300"
+                    if m.contains("exceeds max_wal_senders") && !m.contains("(currently 0)") =>
+                {
+                    "every WAL sender of the primary is in use: raise max_wal_senders (restart needed) \
+                     or stop a replication client (pg_stat_replication)"
+                }
                 "53300" if m.contains("max_wal_senders") => {
                     "the primary does not accept replication connections: set wal_level = replica and \
                      max_wal_senders > 0 in its postgresql.conf and restart it"
@@ -147,6 +155,11 @@ mod tests {
             "number of requested standby connections exceeds max_wal_senders (currently 0)",
         );
         assert!(with_hint(&e).contains("wal_level = replica"));
+        let e = server(
+            "53300",
+            "number of requested standby connections exceeds max_wal_senders (currently 10)",
+        );
+        assert!(with_hint(&e).contains("every WAL sender of the primary is in use"));
         let e = server("53400", "all replication slots are in use");
         assert!(with_hint(&e).contains("max_replication_slots"));
         let refused = anyhow::Error::new(io::Error::from(io::ErrorKind::ConnectionRefused));

@@ -9,7 +9,8 @@
 //! - [`remote`]: the remote key layout and how to open object storage; [`object_format`]: the
 //!   bytes of every uploaded object; [`encryption`]: the key file and the cipher that seals
 //!   them; [`chain`]: partial versions as chains of pieces.
-//! - [`archive`]: reading an archive back (the recovery tooling's core).
+//! - [`archive`]: reading an archive back (the recovery tooling's core); [`backup`]: base
+//!   backups in the remote, the recoverable window, restore.
 //! - [`cluster`]: one followed cluster: its follower thread and its manager task.
 //! - [`process`]: what exists once per `safekeeper run`: configuration, the cluster set, the
 //!   shared storage stack.
@@ -26,6 +27,7 @@
 #![warn(missing_debug_implementations)]
 
 pub(crate) mod archive;
+pub(crate) mod backup;
 pub(crate) mod chain;
 pub(crate) mod cluster;
 pub mod cmd;

@@ -25,13 +25,16 @@ const CLUSTER_KEYS: [(&str, &str); 4] = [
 ];
 
 /// Subcommands whose `--help` the README reproduces.
-const HELP_COMMANDS: [&[&str]; 6] = [
+const HELP_COMMANDS: [&[&str]; 9] = [
     &["demo"],
+    &["backup"],
+    &["restore"],
     &["restore-wal"],
     &["recover"],
     &["remote", "ls"],
     &["remote", "verify"],
     &["remote", "prune"],
+    &["remote", "retention"],
 ];
 
 fn readme_path() -> PathBuf {

@@ -92,6 +92,8 @@ impl ArchiveArgs {
             flags.push(region.clone());
         }
         if let Some(path) = &self.encryption_key_file {
+            // Absolute: PostgreSQL runs restore_command in its data directory.
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
             flags.push("--encryption-key-file".into());
             flags.push(path.display().to_string());
         }

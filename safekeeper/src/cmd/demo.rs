@@ -255,11 +255,15 @@ impl Demo {
     /// Step 3.
     async fn take_base_backup(&self) -> Result<()> {
         step(3, "A base backup, taken before any demo row exists");
-        workdir::server_dir(&self.pg, &self.dir.join("new-primary"))?;
-        let start_lsn = recovery::base_backup(&self.pg, &self.primary, &self.recovered).await?;
+        let b = recovery::base_backup(&self.remote_url, &self.primary).await?;
         detail(format!(
-            "pg_basebackup into {}, starting at {start_lsn}",
-            self.show(&self.recovered.data)
+            "safekeeper backup into {}/main/basebackups/{}/: LSN {} to {}, {} in {} chunk(s)",
+            self.show(&self.dir.join("remote")),
+            b.id,
+            format_lsn(b.start_lsn),
+            format_lsn(b.end_lsn),
+            crate::archive::human_bytes(b.tar_bytes()),
+            b.archives.iter().map(|a| a.chunks.len()).sum::<usize>()
         ));
         Ok(())
     }
@@ -325,6 +329,12 @@ impl Demo {
             "A new primary from the base backup and the archive alone",
         );
         self.recovered.port = free_port()?;
+        workdir::server_dir(&self.pg, &self.dir.join("new-primary"))?;
+        recovery::restore_latest(&self.pg, &self.remote_url, &self.recovered).await?;
+        detail(format!(
+            "safekeeper restore --latest into {}: the backup, checked against its manifest",
+            self.show(&self.recovered.data)
+        ));
         let command = recovery::restore_command(&self.restore_exe, &self.remote_url);
         detail(format!("restore_command = '{command}'"));
         recovery::recover(&self.pg, &self.recovered, &command).await?;

@@ -2,6 +2,7 @@
 //! subcommand. `main.rs` only calls [`main`].
 
 pub mod archive_args;
+pub mod backup;
 pub mod control_file;
 pub mod demo;
 pub mod keygen;
@@ -10,6 +11,7 @@ pub mod remote;
 pub mod remote_cat;
 mod remote_ls;
 pub mod restore_wal;
+mod retention;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -53,11 +55,25 @@ enum Command {
     /// Every segment of the newest timeline (and its ancestors, following its history file) up
     /// to the end of the best partial, or --until-lsn; prints the end LSN reached.
     Recover(recover::RecoverArgs),
+    /// Take a base backup of a cluster's primary into the remote storage, beside its WAL archive.
+    ///
+    /// BASE_BACKUP over a replication connection (PostgreSQL 15+), streamed into chunks under
+    /// <cluster>/basebackups/<ID>/ with the server's backup manifest; complete once the WAL
+    /// archive reaches the backup's end (a safekeeper must be following the cluster).
+    Backup(backup::BackupArgs),
+    /// Make a data directory from the newest backup that reaches a target, ready to recover.
+    ///
+    /// Checks that the target is in the recoverable window before writing anything, fetches and
+    /// unpacks the chunks in parallel, verifies them against the manifest (and pg_verifybackup
+    /// when found), writes recovery.signal and the recovery settings (restore_command =
+    /// safekeeper restore-wal with the same archive flags) and prints the command to start it.
+    Restore(backup::RestoreArgs),
     /// Try it here: commit on a throwaway primary, destroy it, recover every row from the archive.
     ///
     /// A throwaway primary, the safekeeper as its synchronous standby archiving to a local
-    /// directory, a short write load, then the primary is destroyed (kill -9, data deleted) and a
-    /// new one is recovered from a base backup and the archive alone through restore-wal.
+    /// directory, a base backup with `safekeeper backup`, a short write load, then the primary is
+    /// destroyed (kill -9, data deleted) and a new one is made by `safekeeper restore --latest`
+    /// from the backup and the archive alone.
     ///
     /// Needs PostgreSQL's server binaries (initdb, pg_ctl, pg_basebackup), taken from PG_BINDIR,
     /// `pg_config --bindir`, an initdb on PATH or /usr/lib/postgresql/<version>/bin. Writes only
@@ -94,6 +110,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Recover(args) => recover::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Backup(args) => backup::run_backup(args),
+        Command::Restore(args) => backup::run_restore(args),
     }
 }
 

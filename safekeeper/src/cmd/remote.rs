@@ -7,7 +7,8 @@
 //! printed, naming its object), 2 when the check could not run (bad arguments, storage
 //! unreachable), and with `--strict` 3 when it found warnings but no error, so a monitor can
 //! tell "recovery at risk" (1) from "needs tidying" (3); `prune` exits 0 when it did what it
-//! printed (or, in a dry run, could have), 1 otherwise.
+//! printed (or, in a dry run, could have), 1 otherwise; `retention` likewise (it is
+//! `cmd/retention.rs`).
 //!
 //! Warnings do not fail `verify` by default: a live archive always may hold a partial that was
 //! superseded a moment ago and waits for its safekeeper's GC, and an alarm that fires on every
@@ -48,6 +49,14 @@ pub enum RemoteCommand {
     /// whose bytes differ from what supersedes it; those, and every other object restore does
     /// not use, are listed as kept with the reason.
     Prune(PruneArgs),
+    /// Delete base backups a policy no longer keeps, and the WAL only they need.
+    ///
+    /// Keeps the newest --keep-last backups and those that ended within --keep-within (and always
+    /// the newest usable one); deletes older complete backups, incomplete ones older than
+    /// --incomplete-after, and every WAL object of a segment below the oldest kept backup's start.
+    /// Dry run by default; --delete stores the plan first, so a pass that crashes is finished by
+    /// the next one.
+    Retention(RetentionArgs),
     /// Print the decoded bytes of one object (or of a partial version assembled from its pieces).
     #[command(hide = true)]
     Cat(super::remote_cat::CatArgs),
@@ -93,6 +102,27 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Keep the newest N complete backups.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_last: Option<u64>,
+    /// Keep every backup that ended within this long, e.g. 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Delete incomplete backups (crashed) whose newest object is older than this.
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub incomplete_after: std::time::Duration,
+    /// Delete (default: only print the plan).
+    #[arg(long)]
+    pub delete: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(command: RemoteCommand) -> ExitCode {
     let cancel = CancellationToken::new();
     match command {
@@ -116,6 +146,15 @@ pub fn run(command: RemoteCommand) -> ExitCode {
             }
         }
         RemoteCommand::Cat(args) => super::remote_cat::run(args),
+        RemoteCommand::Retention(args) => {
+            match runtime().and_then(|rt| rt.block_on(super::retention::run(&args, &cancel))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         RemoteCommand::Prune(args) => {
             match runtime().and_then(|rt| rt.block_on(prune(&args, &cancel))) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -141,10 +180,6 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-async fn load(args: &ArchiveArgs, cancel: &CancellationToken) -> Result<Archive> {
-    Ok(open_and_load(args, cancel).await?.1)
-}
-
 /// The storage and the archive listed from it (`verify` and `prune` read objects afterwards).
 async fn open_and_load(
     args: &ArchiveArgs,
@@ -156,12 +191,23 @@ async fn open_and_load(
 }
 
 async fn ls(args: &LsArgs, cancel: &CancellationToken) -> Result<()> {
-    let archive = load(&args.archive, cancel).await?;
+    let (storage, archive) = open_and_load(&args.archive, cancel).await?;
+    let backups = crate::backup::list_backups(&*storage, &args.archive.cluster, cancel).await?;
+    let window = crate::backup::window::Window::load(
+        &*storage,
+        &args.archive.cluster,
+        args.archive.wal_segment_size,
+        &backups,
+        cancel,
+    )
+    .await?;
     let text = if args.json {
-        serde_json::to_string_pretty(&super::remote_ls::ls_json(&args.archive.remote, &archive))?
-            + "\n"
+        let mut v = super::remote_ls::ls_json(&args.archive.remote, &archive);
+        v["backups"] = super::remote_ls::backups_json(&backups, &window);
+        serde_json::to_string_pretty(&v)? + "\n"
     } else {
         super::remote_ls::ls_text(&args.archive.remote, &archive)
+            + &super::remote_ls::backups_text(&backups, &window)
     };
     emit(&text);
     Ok(())

@@ -2,7 +2,8 @@
 //! partial version (its logical name, the pieces that store it, WAL and stored bytes), pieces on
 //! no version's chain, the quorum view (per segment, how much WAL each safekeeper's newest
 //! version holds, so an operator sees that the archive holds every commit any of them
-//! acknowledged), history files and totals, as text or JSON.
+//! acknowledged), history files and totals, as text or JSON; then the base backups (complete,
+//! usable or not and why, incomplete) and the recoverable window.
 //!
 //! Owns only the rendering; every rule (which version is best, what a version is) is
 //! `crate::archive`'s.
@@ -16,6 +17,9 @@ use crate::archive::{
     Archive, PartialObject, SegmentSizeSource, TimelineObjects, best_partial, human_bytes,
     ranked_candidates,
 };
+use crate::backup::window::{Point, Window};
+use crate::backup::{BackupList, BackupRecord};
+use crate::pg::format_lsn;
 
 fn size_source(s: SegmentSizeSource) -> &'static str {
     match s {
@@ -306,4 +310,100 @@ fn quorum_text(s: &mut String, a: &Archive, tli: u32, t: &TimelineObjects) {
             held.join(", ")
         );
     }
+}
+
+/// The backups section of `remote ls --json`: every backup and the recoverable window.
+pub(crate) fn backups_json(list: &BackupList, w: &Window) -> serde_json::Value {
+    let backup = |b: &BackupRecord, usable: bool, why: Option<&str>| {
+        json!({
+            "id": b.id,
+            "timeline": b.timeline,
+            "start_lsn": format_lsn(b.start_lsn),
+            "end_lsn": format_lsn(b.end_lsn),
+            "start_time": b.start_time,
+            "end_time": b.end_time,
+            "bytes": b.tar_bytes(),
+            "stored_bytes": b.stored_bytes(),
+            "chunks": b.archives.iter().map(|a| a.chunks.len()).sum::<usize>(),
+            "usable": usable,
+            "unusable_reason": why,
+        })
+    };
+    let point = |p: &Option<Point>| {
+        p.as_ref().map(|p| {
+            json!({
+                "lsn": format_lsn(p.lsn),
+                "timeline": p.timeline,
+                "time": p.time.map(show_time),
+                "backup": p.backup,
+            })
+        })
+    };
+    let mut complete: Vec<_> = w.usable.iter().map(|b| backup(b, true, None)).collect();
+    complete.extend(
+        w.unusable
+            .iter()
+            .map(|(b, why)| backup(b, false, Some(why))),
+    );
+    json!({
+        "complete": complete,
+        "incomplete": list.incomplete,
+        "window": {"earliest": point(&w.earliest), "latest": point(&w.latest)},
+    })
+}
+
+/// The backups section of `remote ls`.
+pub(crate) fn backups_text(list: &BackupList, w: &Window) -> String {
+    let mut s = String::from("\nBase backups:\n");
+    if list.complete.is_empty() && list.incomplete.is_empty() {
+        s += "  none\n";
+    }
+    let line = |s: &mut String, b: &BackupRecord, note: &str| {
+        let _ = writeln!(
+            s,
+            "  {}  timeline {}  LSN {} to {}  ended {}  {} ({} stored){note}",
+            b.id,
+            b.timeline,
+            format_lsn(b.start_lsn),
+            format_lsn(b.end_lsn),
+            b.end_time,
+            human_bytes(b.tar_bytes()),
+            human_bytes(b.stored_bytes()),
+        );
+    };
+    for b in &w.usable {
+        line(&mut s, b, "");
+    }
+    for (b, why) in &w.unusable {
+        line(&mut s, b, &format!("  NOT USABLE: {why}"));
+    }
+    for id in &list.incomplete {
+        let _ = writeln!(s, "  {id}  incomplete (running, or left by a crash)");
+    }
+    let point = |p: &Point| {
+        format!(
+            "{} on timeline {} ({})",
+            format_lsn(p.lsn),
+            p.timeline,
+            p.time.map_or("time unknown".into(), show_time)
+        )
+    };
+    match (&w.earliest, &w.latest) {
+        (Some(e), Some(l)) => {
+            let _ = writeln!(
+                s,
+                "Recoverable window: earliest {} (end of backup {}), latest {}",
+                point(e),
+                e.backup.as_deref().unwrap_or("?"),
+                point(l)
+            );
+        }
+        _ => s += "Recoverable window: none (no usable backup)\n",
+    }
+    s
+}
+
+fn show_time(t: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    humantime::format_rfc3339_millis(t).to_string()
 }

@@ -4,7 +4,8 @@
 //! libpq-style connection string ([`ConnInfo`]), opening a replication session over TCP or a unix
 //! socket with optional TLS and password/MD5/SCRAM authentication ([`ReplicationConnection`]),
 //! replication commands (`IDENTIFY_SYSTEM`, `SHOW`, `TIMELINE_HISTORY`, `CREATE_REPLICATION_SLOT`,
-//! `START_REPLICATION`) and the CopyBoth stream of WAL and keepalives ([`ReplicationStream`]).
+//! `START_REPLICATION`) and the CopyBoth stream of WAL and keepalives ([`ReplicationStream`]), and
+//! `BASE_BACKUP` ([`basebackup`]).
 //!
 //! Invariants shared by the submodules:
 //! - The client never buffers bytes it has not yet interpreted outside one read buffer, so a
@@ -13,6 +14,7 @@
 //!   returned by a query-style method the connection must be dropped, not reused.
 //! - LSNs are plain `u64` byte positions; [`format_lsn`]/[`parse_lsn`] convert the `X/Y` text form.
 
+pub mod basebackup;
 mod connect;
 mod connection;
 pub mod conninfo;

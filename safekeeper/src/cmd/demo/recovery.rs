@@ -1,31 +1,75 @@
 //! Rebuilding a primary from a base backup and the archive alone: the base backup taken before
-//! the load, the `restore_command` line, and starting the new server until recovery has ended.
+//! the load (`safekeeper backup`, into the archive), its restore (`safekeeper restore --latest`),
+//! the `restore_command` line, and starting the new server until recovery has ended.
 
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
 
 use super::postgres::{PgTools, Server, shell_quote};
+use crate::backup::BackupRecord;
+use crate::backup::restore::{RestoreOptions, Target, restore};
+use crate::backup::take::{TakeOptions, take_backup};
+use crate::object_format::Compression;
+use crate::pg::ConnInfo;
+use crate::remote::{S3Args, open_remote};
 
-/// pg_basebackup of `primary` into `target`'s data directory; returns its start LSN.
-pub(super) async fn base_backup(pg: &PgTools, primary: &Server, target: &Server) -> Result<String> {
-    let mut cmd = pg.command("pg_basebackup");
-    cmd.args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
-        .args(["-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"])
-        .arg("-D")
-        .arg(&target.data);
-    pg.run(cmd, "pg_basebackup", Duration::from_secs(300))
-        .await?;
-    let label = std::fs::read_to_string(target.data.join("backup_label"))
-        .context("the base backup has no backup_label")?;
-    Ok(label
-        .lines()
-        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or("?")
-        .to_string())
+/// `safekeeper backup` of `primary` into the archive at `remote_url` (in this process).
+pub(super) async fn base_backup(remote_url: &str, primary: &Server) -> Result<BackupRecord> {
+    let storage = open_remote(remote_url, &S3Args::default()).await?;
+    let opts = TakeOptions {
+        cluster: "main".into(),
+        primary: ConnInfo::parse(&format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            primary.port
+        ))?,
+        chunk_size: 16 << 20,
+        compression: Compression::parse("zstd").map_err(anyhow::Error::msg)?,
+        fast_checkpoint: true,
+        archive_timeout: Duration::from_secs(60),
+        wal_segment_size: None,
+        progress_bar: false,
+    };
+    take_backup(storage, &opts, &CancellationToken::new()).await
+}
+
+/// `safekeeper restore --latest` from the archive at `remote_url` into `target`'s data directory
+/// (in this process), handed to the PostgreSQL user.
+pub(super) async fn restore_latest(pg: &PgTools, remote_url: &str, target: &Server) -> Result<()> {
+    let storage = open_remote(remote_url, &S3Args::default()).await?;
+    let opts = RestoreOptions {
+        cluster: "main".into(),
+        wal_segment_size: None,
+        target_dir: target.data.clone(),
+        target: Target::Latest,
+        jobs: 4,
+        archive_flags: vec![
+            "--remote".into(),
+            remote_url.into(),
+            "--cluster".into(),
+            "main".into(),
+        ],
+        pg_bindir: Some(pg.bindir.clone()),
+    };
+    restore(storage, &opts, &CancellationToken::new()).await?;
+    give_tree(pg, &target.data)
+}
+
+/// Hands `dir` and everything below it to the PostgreSQL user.
+fn give_tree(pg: &PgTools, dir: &Path) -> Result<()> {
+    pg.give(dir)?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            give_tree(pg, &path)?;
+        } else {
+            pg.give(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// `restore_command` serving the archive at `remote_url` through `exe restore-wal`.
