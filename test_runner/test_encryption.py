@@ -212,3 +212,67 @@ def test_encrypted_archive(make_pg, safekeeper, remote, workdir, start_standby):
         assert cp.returncode == 255 and "does not decrypt" in cp.stderr, cp.stderr
     cp = sk("remote", "verify", *args, *sk_flags, env=remote.env())
     assert cp.returncode == 1 and "does not decrypt" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
+
+
+def test_encrypted_base_backup(make_pg, safekeeper, remote, workdir, start_standby):
+    """A base backup taken with the key file (issue 18's `safekeeper backup`) is sealed like WAL:
+    every object under basebackups/ is encrypted and holds no committed string in clear; `restore`
+    without the key fails naming the key and writes nothing, and with it `restore --latest` gives
+    every acknowledged commit (restore_command carrying the key file)."""
+    from test_backup import start_restored  # the restored server's start, as issue 18's tests do it
+
+    keyfile = os.path.join(workdir, "archive.keys")
+    key = keygen(keyfile, "--id", "key-a")
+    sk_flags = ["--encryption-key-file", keyfile]
+    primary = make_pg("primary")
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, note text NOT NULL)")
+    start_standby(safekeeper, primary, remote=remote, partial_interval="200ms", extra=sk_flags)
+    committed: list[int] = []
+    commit_rows(primary, committed, 5, switch=False)
+    args = remote.args() + ["--cluster", "main"]
+    cp = sk("backup", *args, *sk_flags, "--primary", primary.connstr(), env=remote.env(), timeout=180)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    lsn = commit_rows(primary, committed, 3, switch=False)
+    wait_until("archive holds every commit", lambda: archived_to(remote, lsn), timeout=30)
+    primary.kill9()
+    safekeeper.kill9()
+
+    keys = load_keys(keyfile)
+    backup_keys = remote.keys("main/basebackups/")
+    assert any("base.tar" in k for k in backup_keys), backup_keys
+    seen_marker = False
+    for k in backup_keys:
+        obj = remote.get(k)
+        assert is_encrypted(obj) and key_id(obj) == key, f"{k} is not sealed with {key}"
+        assert MARKER.encode() not in obj, f"{k} holds table data in clear"
+        seen_marker |= MARKER.encode() in decode(obj, k, keys)
+    assert seen_marker, "the backup's chunks should hold the committed rows once decrypted"
+
+    target = os.path.join(workdir, "restored", "data")  # where PgCluster(workdir, "restored") keeps it
+    cp = sk("restore", *args, "--target-dir", target, "--latest", env=remote.env(), timeout=300)
+    assert cp.returncode != 0 and f"key {key}" in cp.stderr, cp.stderr[-2000:]
+    assert not os.path.exists(target) or not os.listdir(target), "nothing is written without the key"
+    cp = sk("restore", *args, *sk_flags, "--target-dir", target, "--latest", env=remote.env(), timeout=300)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    with open(os.path.join(target, "postgresql.auto.conf")) as f:
+        assert os.path.abspath(keyfile) in f.read(), "restore_command carries the key file"
+    restored = start_restored(workdir, "restored", _KeyedRemote(remote, sk_flags), primary)
+    try:
+        have = {r[0] for r in restored.sql("SELECT id FROM t")}
+    finally:
+        restored.destroy()
+    assert have == set(committed), f"{len(set(committed) - have)} acknowledged commits missing"
+
+
+class _KeyedRemote:
+    """`remote` whose archive flags include the key file (for the restored server's own
+    restore_command when the remote needs credentials in its environment)."""
+
+    def __init__(self, remote, flags: list[str]):
+        self.remote, self.flags = remote, flags
+
+    def args(self) -> list[str]:
+        return self.remote.args() + self.flags
+
+    def env(self) -> dict:
+        return self.remote.env()
