@@ -21,6 +21,7 @@ import time
 import psycopg
 import pytest
 
+from fixtures.api import scrape
 from fixtures.majors import pg_matrix
 from fixtures.pg import PgCluster
 from fixtures.remote import LocalRemote
@@ -308,3 +309,62 @@ def test_retention_deletes_what_the_policy_allows_and_survives_kill9(workdir, pr
         assert got == batches, f"{name}: batches {got}"
         assert pg.sql_one("SELECT count(*) FROM t") == 1000 * len(batches)
         pg.stop()
+
+
+def test_run_takes_scheduled_backups_and_applies_retention(workdir, primary, safekeeper, start_standby):
+    """`run --backup-interval 8s --backup-keep-last 2`: backups appear on schedule without any
+    command, retention keeps exactly the newest two (and deletes the WAL below the older one), the
+    counters say so, the process stops cleanly with its schedule running and resumes it, and
+    `restore --latest` from what is left brings back every acknowledged commit."""
+    remote = LocalRemote(os.path.join(workdir, "remote"))
+    flags = ["--backup-interval", "8s", "--backup-keep-last", "2"]
+    start_standby(safekeeper, primary, remote=remote, partial_interval="1s", extra=flags)
+    primary.sql("CREATE TABLE t (id int PRIMARY KEY, pad text)")
+    committed: list[int] = []
+
+    def write(n: int) -> None:
+        first = len(committed) + 1
+        primary.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(%s::int, %s::int) g", (first, first + n - 1))
+        committed.extend(range(first, first + n))
+        primary.switch_wal()
+
+    seen: set[str] = set()
+
+    def three_taken() -> bool:
+        write(500)
+        seen.update(b["id"] for b in ls_json(remote)["backups"]["complete"])
+        return len(seen) >= 3
+    wait_until("three scheduled backups", three_taken, timeout=120, interval=2)
+    wait_until("retention keeps the newest two", lambda: len(ls_json(remote)["backups"]["complete"]) == 2, timeout=60)
+    listing = ls_json(remote)["backups"]
+    kept = [b["id"] for b in listing["complete"]]
+    assert kept == sorted(seen)[-len(kept):], (kept, sorted(seen))
+    oldest_start = min(parse_lsn(b["start_lsn"]) for b in listing["complete"])
+    wal_segnos = [s for s in (wal_segno(k) for k in remote.keys("main/wal/")) if s is not None]
+    assert wal_segnos and min(wal_segnos) >= oldest_start // (16 << 20), \
+        "WAL below the oldest kept backup's segment is deleted"
+    metrics = scrape(safekeeper.api())
+    assert metrics.value("safekeeper_backups_total", result="ok") >= 3
+    assert metrics.value("safekeeper_last_backup_end_seconds", cluster="main") > 0
+
+    # A clean stop with the schedule running, then a restart that resumes it.
+    assert safekeeper.stop() == 0
+    start_standby(safekeeper, primary, remote=remote, partial_interval="1s", extra=flags)
+    wait_until("the schedule resumed", lambda: "next scheduled backup" in safekeeper.log(), timeout=30)
+    write(100)
+    last = primary.current_lsn()
+    wait_until("the archive holds the last commit",
+               lambda: (w := ls_json(remote)["backups"]["window"]["latest"]) and parse_lsn(w["lsn"]) >= last,
+               timeout=30)
+    assert safekeeper.stop() == 0
+    primary.kill9()
+
+    latest = os.path.join(workdir, "latest", "data")
+    cp = restore(remote, latest, "--latest")
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    pg = start_restored(workdir, "latest", remote, primary)
+    try:
+        got = {r[0] for r in pg.sql("SELECT id FROM t")}
+    finally:
+        pg.stop()
+    assert got == set(committed), f"{len(set(committed) - got)} acknowledged commits missing"

@@ -1,5 +1,6 @@
 //! Starting and stopping followed clusters: each is a follower thread (WAL in, acknowledgements
-//! out) plus a manager task (control file, uploads, GC), tied together by channels.
+//! out) plus a manager task (control file, uploads, GC), tied together by channels, and, with
+//! `--backup-interval`, a task taking base backups on a schedule (`scheduled_backup`).
 //!
 //! Owns the wiring only. A [`ClusterHandle`] is how the rest of the process (the `run` command,
 //! the admin API) sees a cluster: read-only `watch` receivers of its state, a command channel to
@@ -10,6 +11,7 @@ pub(crate) mod control;
 pub(crate) mod follower;
 pub(crate) mod lag;
 pub(crate) mod manager;
+pub(crate) mod scheduled_backup;
 pub(crate) mod status;
 
 use std::path::PathBuf;
@@ -41,6 +43,8 @@ pub(crate) struct ServiceContext {
     pub storage: Arc<dyn RemoteStorage>,
     pub offload: OffloadSettings,
     pub ingest: IngestOptions,
+    /// `--backup-interval` and its retention policy; `None`: no scheduled backups.
+    pub backup: Option<scheduled_backup::BackupSchedule>,
 }
 
 /// A running cluster as the rest of the process sees it.
@@ -52,6 +56,7 @@ pub(crate) struct ClusterHandle {
     pub cancel: CancellationToken,
     follower: oneshot::Receiver<Result<()>>,
     manager: JoinHandle<Result<()>>,
+    backups: Option<JoinHandle<()>>,
 }
 
 /// Starts following one cluster. Fails (without starting anything) when its control file cannot
@@ -92,6 +97,16 @@ pub(crate) fn start_cluster(
         },
     );
     let span = info_span!("cluster", cluster = %config.name);
+    let backups = ctx.backup.map(|schedule| {
+        let task = scheduled_backup::run_schedule(
+            ctx.storage.clone(),
+            config.clone(),
+            ctx.offload.compression,
+            schedule,
+            cancel.clone(),
+        );
+        tokio::spawn(task.instrument(span.clone()))
+    });
     let manager = tokio::spawn(manager.run(cancel.clone()).instrument(span));
     let follower = spawn_follower_thread(
         ClusterSettings {
@@ -113,6 +128,7 @@ pub(crate) fn start_cluster(
         cancel,
         follower,
         manager,
+        backups,
     })
 }
 
@@ -128,6 +144,12 @@ impl ClusterHandle {
             .manager
             .await
             .unwrap_or_else(|e| Err(anyhow!("the manager task panicked: {e}")));
+        if let Some(backups) = self.backups {
+            // Ends with the cluster's token; a panic there is logged, not the cluster's error.
+            if let Err(e) = backups.await {
+                tracing::error!(error = %e, "the scheduled backup task panicked");
+            }
+        }
         follower.and(manager)
     }
 }

@@ -142,6 +142,7 @@ async fn start_clusters(
             status_interval: config.status_interval,
             receive_timeout: config.receive_timeout,
         },
+        backup: config.backup,
     };
     let runtime = clusters_toml::load(&config.data_dir)?;
     let (clusters, shadowed) = clusters_toml::merge(config.clusters.clone(), runtime);

@@ -31,6 +31,7 @@ fn app_with(auth: Auth, dir: &std::path::Path) -> (Router, utoipa::openapi::Open
             status_interval: Duration::from_secs(10),
             receive_timeout: Duration::from_secs(60),
         },
+        backup: None,
     };
     let set = ClusterSet::new(ctx, CancellationToken::new(), Some(dir.join("remote")));
     app(ApiState::new(set, 1, dir.to_path_buf(), None), auth)

@@ -24,6 +24,7 @@ use crate::cluster::config::{ClusterConfig, OffloadSettings, validate_cluster};
 use crate::remote::S3Args;
 pub use crate::telemetry::log::LogFormat;
 
+mod schedule;
 mod setting;
 
 use setting::Setting;
@@ -119,6 +120,9 @@ pub struct RunArgs {
     #[arg(long, env = "SAFEKEEPER_ENCRYPTION_KEY_FILE", value_name = "PATH")]
     pub encryption_key_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub backup: schedule::BackupScheduleArgs,
+
     /// How log lines are written on stderr: `text` for people, `json` for log shippers (one
     /// object per line; the cluster, LSNs and error are fields) (default text).
     #[arg(long, env = "SAFEKEEPER_LOG_FORMAT", value_name = "FORMAT")]
@@ -149,6 +153,11 @@ struct FileConfig {
     local_retention: Option<u64>,
     compression: Option<String>,
     encryption_key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    backup_interval: Option<Duration>,
+    backup_keep_last: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    backup_keep_within: Option<Duration>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
     #[serde(default)]
@@ -193,6 +202,8 @@ pub struct ServiceConfig {
     pub offload: OffloadSettings,
     /// `--encryption-key-file`, absolute; `cmd::run` installs its key ring before anything uploads.
     pub encryption_key_file: Option<PathBuf>,
+    /// `--backup-interval` and its retention policy (`None`: no scheduled backups).
+    pub backup: Option<crate::cluster::scheduled_backup::BackupSchedule>,
     pub clusters: Vec<ClusterConfig>,
     /// How log lines are written (`--log-format`).
     pub log_format: LogFormat,
@@ -250,6 +261,14 @@ impl ServiceConfig {
         // The S3 group merges the same way, flag (or env) over file, in `S3Args::or`.
         let s3 = args.s3.or(&file.s3());
         let log_format = Setting::new(&args.log_format, &file.log_format).or(LogFormat::Text);
+        let backup = schedule::resolve(
+            &args.backup,
+            (
+                file.backup_interval,
+                file.backup_keep_last,
+                file.backup_keep_within,
+            ),
+        )?;
         let clusters = resolve_clusters(args, file.cluster, id)?;
         Ok(ServiceConfig {
             log_format,
@@ -264,6 +283,7 @@ impl ServiceConfig {
             s3,
             offload,
             encryption_key_file,
+            backup,
             clusters,
         })
     }

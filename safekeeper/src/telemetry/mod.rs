@@ -21,7 +21,7 @@ pub(crate) mod log;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Unit, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,11 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const WAL_FSYNC_SECONDS: &str = "safekeeper_wal_fsync_seconds";
 /// Histogram: bytes written per fdatasync (group-commit batch size; label `cluster`).
 pub(crate) const WAL_FLUSH_BATCH_BYTES: &str = "safekeeper_wal_flush_batch_bytes";
+/// Counter: scheduled base backups (`run --backup-interval`) by `result` (`ok`, `error`).
+pub(crate) const BACKUPS_TOTAL: &str = "safekeeper_backups_total";
+/// Gauge: end time (seconds since the Unix epoch) of the newest base backup this process took on
+/// its schedule (label `cluster`).
+pub(crate) const LAST_BACKUP_END: &str = "safekeeper_last_backup_end_seconds";
 /// Upper bounds of the latency histograms, in seconds: 100 µs to 1 min.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -89,6 +94,15 @@ fn describe() {
         WAL_FLUSH_BATCH_BYTES,
         Unit::Bytes,
         "WAL bytes written per fdatasync (group-commit batch size)."
+    );
+    describe_counter!(
+        BACKUPS_TOTAL,
+        "Scheduled base backups (run --backup-interval) by result (ok, error)."
+    );
+    describe_gauge!(
+        LAST_BACKUP_END,
+        Unit::Seconds,
+        "End time (Unix seconds) of the newest scheduled base backup this process took."
     );
     // Upload counts, bytes, failures, retries and latency: the storage stack records them.
     remote_storage::metrics::describe();
