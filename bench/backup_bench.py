@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=70)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of every command, interleaved (the order flips every round); every run and the median are printed")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="bench-backup-", dir=os.environ.get("SK_TEST_TMP", "/tmp"))
     os.chmod(base, 0o755)
@@ -68,25 +71,36 @@ def main() -> None:
             sk = Safekeeper(base, i)
             sks.append(sk)
             start_standby(sk, pg, sync=False, remote=remote, partial_interval="1s")
-        rows = []
-        for name, remote in remotes.items():
+        runs: dict[str, list[tuple[float, str]]] = {}
+
+        def safekeeper_round(name: str, remote) -> None:
             flags = [*remote.args(), "--cluster", "main"]
             secs, out = timed([safekeeper_bin(), "backup", *flags, "--primary", pg.connstr()], remote.env())
-            rows.append((f"safekeeper backup -> {name}", secs, out))
+            runs.setdefault(f"safekeeper backup -> {name}", []).append((secs, out))
             target = os.path.join(base, f"restored-{name}")
             secs, out = timed([safekeeper_bin(), "restore", *flags, "--target-dir", target, "--latest"], remote.env())
-            rows.append((f"safekeeper restore <- {name}", secs, out.splitlines()[0]))
+            runs.setdefault(f"safekeeper restore <- {name}", []).append((secs, out.splitlines()[0]))
             shutil.rmtree(target, ignore_errors=True)
-        dest = os.path.join(base, "pg_basebackup")
-        os.makedirs(dest)
-        chown_to_pg_user(dest)
-        secs, _ = timed(as_pg_user([pg.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
-                                    "-D", dest, "-Ft", "-Z", "zstd", "-X", "none", "-c", "fast", "--no-sync"]))
-        stored = sum(os.path.getsize(os.path.join(dest, f)) for f in os.listdir(dest))
-        rows.append(("pg_basebackup -Ft -Z zstd -X none", secs, f"{stored / MIB:.0f} MiB stored"))
-        print(f"\n{'command':<36} {'seconds':>8} {'MiB/s':>8}")
-        for what, secs, note in rows:
-            print(f"{what:<36} {secs:>8.1f} {size / MIB / secs:>8.1f}   {note}")
+
+        def pg_basebackup_round() -> None:
+            dest = os.path.join(base, "pg_basebackup")
+            shutil.rmtree(dest, ignore_errors=True)
+            os.makedirs(dest)
+            chown_to_pg_user(dest)
+            secs, _ = timed(as_pg_user([pg.bin("pg_basebackup"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                                        "-D", dest, "-Ft", "-Z", "zstd", "-X", "none", "-c", "fast", "--no-sync"]))
+            stored = sum(os.path.getsize(os.path.join(dest, f)) for f in os.listdir(dest))
+            runs.setdefault("pg_basebackup -Ft -Z zstd -X none", []).append((secs, f"{stored / MIB:.0f} MiB stored"))
+
+        steps = [lambda n=n, rem=rem: safekeeper_round(n, rem) for n, rem in remotes.items()] + [pg_basebackup_round]
+        for rnd in range(args.rounds):
+            for step in (steps if rnd % 2 == 0 else list(reversed(steps))):
+                step()
+        print(f"\n{'command':<36} {'median s':>8} {'MiB/s':>8}   every run (s); last note")
+        for what, rs in runs.items():
+            med = statistics.median(secs for secs, _ in rs)
+            each = ", ".join(f"{secs:.1f}" for secs, _ in rs)
+            print(f"{what:<36} {med:>8.1f} {size / MIB / med:>8.1f}   {each}; {rs[-1][1]}")
     finally:
         for sk in sks:
             sk.cleanup()

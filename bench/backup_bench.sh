@@ -2,7 +2,7 @@
 # Backup and restore throughput of `safekeeper backup` / `safekeeper restore` (MiB/s of database)
 # to the local backend and to moto, next to `pg_basebackup -Ft -Z zstd` into a local directory
 # (see bench/backup_bench.py). Builds the release binary unless SAFEKEEPER_BIN names one.
-#   bench/backup_bench.sh [--scale 70] [--keep]
+#   bench/backup_bench.sh [--scale 70] [--rounds 2] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${SAFEKEEPER_BIN:-}" ]; then
