@@ -77,6 +77,7 @@ def check_objects(remote, keys: dict[str, bytes], header: re.Pattern) -> dict[st
     for key in remote.keys(WAL):
         obj = remote.get(key)
         assert is_encrypted(obj), f"{key} is not encrypted"
+        assert obj[10] == 2, f"{key}: sealed with scheme {obj[10]}, not AES-256-GCM (2)"
         assert MARKER.encode() not in obj and not header.search(obj), f"{key} holds WAL in clear"
         data = decode(obj, key, keys)
         seen_marker |= MARKER.encode() in data
@@ -86,20 +87,23 @@ def check_objects(remote, keys: dict[str, bytes], header: re.Pattern) -> dict[st
     return ids
 
 
-def test_oracle_reads_the_rust_golden_encrypted_object():
+def test_oracle_reads_the_rust_golden_encrypted_objects():
     """The independent decryptor: HChaCha20's published test vector (draft-irtf-cfrg-xchacha,
-    2.2.1), then the golden encrypted object the Rust side commits, under its name only."""
+    2.2.1), then the golden encrypted objects the Rust side commits (scheme 1, XChaCha20-Poly1305,
+    and scheme 2, AES-256-GCM with an HKDF-derived key), each under its name only."""
     nonce = bytes.fromhex("000000090000004a0000000031415927")
     assert hchacha20(bytes(range(32)), nonce).hex() == (
         "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc")
     fixtures = os.path.join(os.path.dirname(__file__), "..", "safekeeper", "tests", "fixtures", "objects")
-    with open(os.path.join(fixtures, "v1_xchacha_zstd3.obj"), "rb") as f:
-        obj = f.read()
     keys = load_keys(os.path.join(fixtures, "test.key"))
-    data = decode(obj, "main/wal/000000010000000000000001", keys)
-    assert data == bytes(0xD1 if i % 8192 < 24 else i % 251 for i in range(30_000))
-    with pytest.raises(ObjectError, match="does not decrypt"):
-        decode(obj, "main/wal/000000010000000000000002", keys)
+    for name, scheme in (("v1_xchacha_zstd3.obj", 1), ("v1_aes256gcm_zstd3.obj", 2)):
+        with open(os.path.join(fixtures, name), "rb") as f:
+            obj = f.read()
+        assert obj[10] == scheme, name
+        data = decode(obj, "main/wal/000000010000000000000001", keys)
+        assert data == bytes(0xD1 if i % 8192 < 24 else i % 251 for i in range(30_000)), name
+        with pytest.raises(ObjectError, match="does not decrypt"):
+            decode(obj, "main/wal/000000010000000000000002", keys)
 
 
 def test_key_file_others_can_read_is_refused(workdir):

@@ -6,7 +6,8 @@
 //! 0   8   magic            b"\x89SKWAL\r\n"
 //! 8   1   format version   1
 //! 9   1   codec            0 = none, 1 = zstd
-//! 10  1   encryption       0 = none, 1 = XChaCha20-Poly1305 (other values are refused)
+//! 10  1   encryption       0 = none, 1 = XChaCha20-Poly1305, 2 = AES-256-GCM with a per-object
+//!                          key (other values are refused)
 //! 11  1   reserved         0
 //! 12  4   header length    u32 LE, 40 in version 1 unencrypted; readers skip header bytes they
 //!                          do not know
@@ -16,18 +17,21 @@
 //! 36  4   header crc32c    u32 LE, of bytes [0, 36)
 //! ```
 //!
-//! An encrypted object (encryption 1, issue 19) extends the header after those 40 bytes, which
-//! keep their meaning (so [`decoded_len`] still needs only a 40-byte ranged GET):
+//! An encrypted object (encryption 1 or 2, issue 19) extends the header after those 40 bytes,
+//! which keep their meaning (so [`decoded_len`] still needs only a 40-byte ranged GET):
 //!
 //! ```text
 //! 40    1   key id length L  1..=32
 //! 41    L   key id           ASCII, the key's ID in the key file (`crate::encryption`)
-//! 41+L  24  nonce            random, fresh for every object
+//! 41+L  M   material         random, fresh for every object: scheme 2's 32-byte salt (the
+//!                            object's key is derived from it), scheme 1's 24-byte nonce
 //! ```
 //!
 //! and its payload is `seal(crc32c of the decoded bytes, u32 LE || stored payload)`: the stored
 //! payload (zstd or plain, as the codec says: compress, then encrypt, since ciphertext does not
-//! compress) with the checksum in front, encrypted, then the 16-byte Poly1305 tag. The
+//! compress) with the checksum in front, encrypted, then the 16-byte tag (GHASH for scheme 2,
+//! Poly1305 for scheme 1). New objects are written with scheme 2; scheme 1 objects (written
+//! before it) are read. The
 //! associated data is the whole header (all `header length` bytes) followed by the object's
 //! *bound name* ([`bound_name`]: its key relative to the cluster's prefix, `wal/NAME`), so
 //! neither a header field nor the name can change without the tag failing: an object copied
@@ -61,9 +65,7 @@
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::encryption::{
-    self, KeyRing, MAX_KEY_ID_LEN, NONCE_LEN, SCHEME_XCHACHA20_POLY1305, TAG_LEN,
-};
+use crate::encryption::{self, KeyRing, MAX_KEY_ID_LEN, Scheme, TAG_LEN};
 
 /// The first bytes of every encoded object (PNG-style: a high bit, then text, then CR LF, so a
 /// transfer that mangles line ends or strips the high bit is caught at once).
@@ -260,6 +262,16 @@ pub(crate) fn encode_with(
     key: &str,
     ring: Option<&KeyRing>,
 ) -> Bytes {
+    encode_sealed_with(data, compression, key, ring.map(|r| (r, Scheme::WRITING)))
+}
+
+/// [`encode_with`] sealing with a given scheme (tests write the read-only scheme 1 with it).
+pub(crate) fn encode_sealed_with(
+    data: &[u8],
+    compression: &Compression,
+    key: &str,
+    sealing: Option<(&KeyRing, Scheme)>,
+) -> Bytes {
     let crc = crc32c::crc32c(data);
     let compressed = match compression.codec {
         Codec::Zstd => zstd::bulk::compress(data, compression.level)
@@ -271,32 +283,39 @@ pub(crate) fn encode_with(
         Some(c) => (Codec::Zstd, c),
         None => (Codec::None, data),
     };
-    let Some(ring) = ring else {
+    let Some((ring, scheme)) = sealing else {
         let mut out = header(codec, 0, data.len(), payload.len(), crc, &[]);
         out.extend_from_slice(payload);
         return Bytes::from(out);
     };
+    seal(data.len(), crc, codec, payload, key, ring, scheme)
+}
+
+/// An encrypted object: the header with the extension for `scheme`, then the sealed payload
+/// (see the module documentation).
+fn seal(
+    wal_len: usize,
+    crc: u32,
+    codec: Codec,
+    payload: &[u8],
+    key: &str,
+    ring: &KeyRing,
+    scheme: Scheme,
+) -> Bytes {
     let sealing = ring.writing();
     let id = sealing.id().as_bytes();
-    let nonce = encryption::new_nonce();
-    let mut ext = Vec::with_capacity(1 + id.len() + NONCE_LEN);
+    let material = scheme.new_material();
+    let mut ext = Vec::with_capacity(1 + id.len() + material.len());
     ext.push(id.len() as u8);
     ext.extend_from_slice(id);
-    ext.extend_from_slice(&nonce);
+    ext.extend_from_slice(&material);
     let sealed_len = 4 + payload.len() + TAG_LEN;
-    let mut out = header(
-        codec,
-        SCHEME_XCHACHA20_POLY1305,
-        data.len(),
-        sealed_len,
-        0,
-        &ext,
-    );
+    let mut out = header(codec, scheme.id(), wal_len, sealed_len, 0, &ext);
     let header_len = out.len();
     let aad = [&out[..], bound_name(key).as_bytes()].concat();
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
-    let tag = sealing.seal_in_place(&nonce, &aad, &mut out[header_len..]);
+    let tag = sealing.seal_in_place(scheme, &material, &aad, &mut out[header_len..]);
     out.extend_from_slice(&tag);
     Bytes::from(out)
 }
@@ -342,7 +361,7 @@ pub(crate) fn peek_header(object: &[u8]) -> Result<Option<Header>, FormatError> 
     if object[8] != FORMAT_VERSION {
         return Err(FormatError::NewerVersion(object[8]));
     }
-    if object[10] != 0 && object[10] != SCHEME_XCHACHA20_POLY1305 {
+    if object[10] != 0 && Scheme::from_id(object[10]).is_none() {
         return Err(FormatError::Encrypted(object[10]));
     }
     let codec = Codec::from_id(object[9]).ok_or(FormatError::UnknownCodec(object[9]))?;
@@ -445,9 +464,11 @@ fn open_payload(
     key: &str,
     ring: Option<&KeyRing>,
 ) -> Result<(Bytes, u32), FormatError> {
+    let scheme = Scheme::from_id(h.encryption).ok_or(FormatError::Encrypted(h.encryption))?;
     let ext = &object[HEADER_LEN..h.header_len];
     let id_len = usize::from(*ext.first().ok_or(FormatError::EncryptionHeader)?);
-    if id_len == 0 || id_len > MAX_KEY_ID_LEN || ext.len() < 1 + id_len + NONCE_LEN {
+    let material_len = scheme.material_len();
+    if id_len == 0 || id_len > MAX_KEY_ID_LEN || ext.len() < 1 + id_len + material_len {
         return Err(FormatError::EncryptionHeader);
     }
     let id = std::str::from_utf8(&ext[1..1 + id_len])
@@ -455,8 +476,7 @@ fn open_payload(
         .filter(|id| encryption::check_id(id).is_ok())
         .ok_or(FormatError::EncryptionHeader)?
         .to_string();
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&ext[1 + id_len..1 + id_len + NONCE_LEN]);
+    let material = ext[1 + id_len..1 + id_len + material_len].to_vec();
     let ring = ring.ok_or_else(|| FormatError::NoKeyFile(id.clone()))?;
     let sealing = ring.get(&id).ok_or_else(|| FormatError::UnknownKey {
         id: id.clone(),
@@ -474,7 +494,13 @@ fn open_payload(
     let mut buf = object
         .try_into_mut()
         .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
-    if !sealing.open_in_place(&nonce, &aad, &mut buf[h.header_len..sealed_end], &tag) {
+    if !sealing.open_in_place(
+        scheme,
+        &material,
+        &aad,
+        &mut buf[h.header_len..sealed_end],
+        &tag,
+    ) {
         return Err(FormatError::Decrypt(id));
     }
     let at = h.header_len;

@@ -75,5 +75,9 @@ fn new_keys_parse_and_differ() {
     assert_ne!(a, b);
     let ring = KeyRing::parse(&format!("x {a}\ny {b}\n")).expect("generated keys parse");
     assert_eq!(ring.writing().id(), "y");
-    assert_ne!(new_nonce(), new_nonce());
+    for scheme in [Scheme::XChaCha20Poly1305, Scheme::Aes256GcmDerived] {
+        let (a, b) = (scheme.new_material(), scheme.new_material());
+        assert_eq!(a.len(), scheme.material_len());
+        assert_ne!(a, b);
+    }
 }

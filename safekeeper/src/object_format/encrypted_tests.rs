@@ -7,7 +7,9 @@ use proptest::prelude::*;
 
 use super::tests::walish;
 use super::*;
-use crate::encryption::{KEY_LEN, Key, KeyRing};
+use crate::encryption::{KEY_LEN, Key, KeyRing, Scheme};
+
+const SCHEMES: [Scheme; 2] = [Scheme::Aes256GcmDerived, Scheme::XChaCha20Poly1305];
 
 const NAME: &str = "main/wal/000000010000000000000003";
 
@@ -43,7 +45,7 @@ fn round_trip_hides_content_and_keeps_the_fixed_header() {
     data[1000..1016].copy_from_slice(b"MARKER-IN-CLEAR!");
     for c in [zstd(), none()] {
         let obj = encode_with(&data, &c, NAME, Some(&r));
-        assert_eq!(obj[10], SCHEME_XCHACHA20_POLY1305);
+        assert_eq!(obj[10], 2, "new objects are sealed with AES-256-GCM");
         assert_eq!(key_id_of(&obj), "a");
         let hidden = |needle: &[u8]| !obj.windows(needle.len()).any(|w| w == needle);
         assert!(hidden(b"MARKER-IN-CLEAR!"), "{c}: marker in clear");
@@ -62,11 +64,39 @@ fn round_trip_hides_content_and_keeps_the_fixed_header() {
 }
 
 #[test]
-fn nonces_are_fresh() {
+fn nonces_and_salts_are_fresh() {
     let r = ring(&[("a", 1)]);
-    let one = encode_with(b"same wal", &none(), NAME, Some(&r));
-    let two = encode_with(b"same wal", &none(), NAME, Some(&r));
-    assert_ne!(one, two);
+    for scheme in SCHEMES {
+        let one = encode_sealed_with(b"same wal", &none(), NAME, Some((&r, scheme)));
+        let two = encode_sealed_with(b"same wal", &none(), NAME, Some((&r, scheme)));
+        assert_eq!(one[10], scheme.id());
+        assert_ne!(one, two, "{scheme:?}");
+    }
+}
+
+/// Both schemes round trip, hide the content and bind the name; an object of one scheme with
+/// its byte changed to the other does not open.
+#[test]
+fn both_schemes_read_and_cannot_be_swapped() {
+    let r = ring(&[("a", 1)]);
+    let data = walish(70_000);
+    for scheme in SCHEMES {
+        let obj = encode_sealed_with(&data, &zstd(), NAME, Some((&r, scheme)));
+        assert_eq!(
+            decode_with(obj.clone(), NAME, Some(&r))
+                .expect("decode")
+                .data,
+            data
+        );
+        assert!(decode_with(obj.clone(), "main/wal/other", Some(&r)).is_err());
+        let mut other = obj.to_vec();
+        other[10] = if scheme.id() == 1 { 2 } else { 1 };
+        // The header checksum covers the scheme byte: refused before any key is used.
+        assert_eq!(
+            decode_with(Bytes::from(other), NAME, Some(&r)),
+            Err(FormatError::HeaderChecksum)
+        );
+    }
 }
 
 #[test]
@@ -122,14 +152,17 @@ fn rotation_keeps_old_objects_readable_and_writes_with_the_newest() {
 fn every_flipped_byte_is_detected() {
     let r = ring(&[("a", 1)]);
     let data = walish(6_000);
-    for c in [zstd(), none()] {
-        let obj = encode_with(&data, &c, NAME, Some(&r)).to_vec();
+    for (c, scheme) in [zstd(), none()]
+        .into_iter()
+        .flat_map(|c| SCHEMES.map(|s| (c.clone(), s)))
+    {
+        let obj = encode_sealed_with(&data, &c, NAME, Some((&r, scheme))).to_vec();
         for i in 0..obj.len() {
             let mut bad = obj.clone();
             bad[i] ^= 0x01;
             match decode_with(Bytes::from(bad), NAME, Some(&r)) {
                 Ok(d) if i < MAGIC.len() => assert_eq!(d.stored, Stored::Raw),
-                Ok(_) => panic!("{c}: flipped byte {i} of {} decoded", obj.len()),
+                Ok(_) => panic!("{c} {scheme:?}: flipped byte {i} of {} decoded", obj.len()),
                 Err(_) => {}
             }
         }
@@ -139,41 +172,48 @@ fn every_flipped_byte_is_detected() {
 #[test]
 fn truncation_is_detected() {
     let r = ring(&[("a", 1)]);
-    let obj = encode_with(&walish(50_000), &zstd(), NAME, Some(&r));
-    for cut in [
-        obj.len() - 1,
-        obj.len() - 16,
-        obj.len() / 2,
-        70,
-        HEADER_LEN + 1,
-        HEADER_LEN,
-    ] {
-        assert!(
-            decode_with(obj.slice(..cut), NAME, Some(&r)).is_err(),
-            "cut at {cut}"
-        );
+    for scheme in SCHEMES {
+        let obj = encode_sealed_with(&walish(50_000), &zstd(), NAME, Some((&r, scheme)));
+        for cut in [
+            obj.len() - 1,
+            obj.len() - 16,
+            obj.len() / 2,
+            70,
+            HEADER_LEN + 1,
+            HEADER_LEN,
+        ] {
+            assert!(
+                decode_with(obj.slice(..cut), NAME, Some(&r)).is_err(),
+                "{scheme:?}: cut at {cut}"
+            );
+        }
     }
 }
 
-/// The committed golden encrypted object and its (test-only) key file: every future version
-/// must keep decrypting it to the same bytes under its name.
+/// The committed golden encrypted objects (scheme 1, written before scheme 2 existed, and
+/// scheme 2) and their (test-only) key file: every future version must keep decrypting them to
+/// the same bytes under their name.
 #[test]
-fn golden_encrypted_object_decodes() {
+fn golden_encrypted_objects_decode() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects");
     let text = std::fs::read_to_string(dir.join("test.key")).expect("test key file");
     let r = KeyRing::parse(&text).expect("test key file parses");
-    let obj = std::fs::read(dir.join("v1_xchacha_zstd3.obj")).expect("fixture");
-    let d = decode_with(Bytes::from(obj.clone()), GOLDEN_NAME, Some(&r)).expect("golden");
-    assert_eq!(d.data, walish(30_000));
-    assert_eq!(key_id_of(&obj), "golden-2");
-    // Bound to its name: under another name it does not decrypt.
-    assert!(decode_with(Bytes::from(obj), "c/wal/other", Some(&r)).is_err());
+    for (file, scheme) in [("v1_xchacha_zstd3.obj", 1), ("v1_aes256gcm_zstd3.obj", 2)] {
+        let obj = std::fs::read(dir.join(file)).expect("fixture");
+        assert_eq!(obj[10], scheme, "{file}");
+        let d = decode_with(Bytes::from(obj.clone()), GOLDEN_NAME, Some(&r)).expect(file);
+        assert_eq!(d.data, walish(30_000), "{file}");
+        assert_eq!(key_id_of(&obj), "golden-2");
+        // Bound to its name: under another name it does not decrypt.
+        assert!(decode_with(Bytes::from(obj), "c/wal/other", Some(&r)).is_err());
+    }
 }
 
 /// Name the golden encrypted object was written under (its bound name is `wal/...`).
 const GOLDEN_NAME: &str = "main/wal/000000010000000000000001";
 
-/// Rewrites the golden encrypted object (only when the format changes: the old ones stay).
+/// Writes the golden encrypted object of the writing scheme (only when a scheme is added: the
+/// old ones stay as they were written).
 #[test]
 #[ignore = "rewrites the committed golden encrypted object"]
 fn regenerate_golden_encrypted_object() {
@@ -185,7 +225,12 @@ fn regenerate_golden_encrypted_object() {
         level: 3,
     };
     let obj = encode_with(&walish(30_000), &zstd3, GOLDEN_NAME, Some(&r));
-    std::fs::write(dir.join("v1_xchacha_zstd3.obj"), obj).expect("write");
+    assert_eq!(
+        Scheme::WRITING,
+        Scheme::Aes256GcmDerived,
+        "name the new scheme's file"
+    );
+    std::fs::write(dir.join("v1_aes256gcm_zstd3.obj"), obj).expect("write");
 }
 
 proptest! {
