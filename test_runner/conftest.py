@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures.majors import DEFAULT_MAJOR, require_install  # noqa: E402
 from fixtures.pg import PgCluster  # noqa: E402
 from fixtures.remote import LocalRemote  # noqa: E402
+from fixtures.restore import prefetch_workers  # noqa: E402
 from fixtures.s3 import MotoServer, S3Bucket, new_bucket  # noqa: E402
 from fixtures.safekeeper import Safekeeper  # noqa: E402
 from fixtures.standby import start_standby_fixture  # noqa: E402,F401 - the `start_standby` fixture
@@ -43,6 +45,13 @@ def workdir(request):
     os.chmod(d, 0o755)
     chown_to_pg_user(d)
     yield d
+    # restore-wal's prefetch workers exit on their own within seconds of the last call; a test's
+    # are stopped with it, by PID.
+    for pid in prefetch_workers(d):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and (rep.passed or hasattr(rep, "wasxfail")) and not os.environ.get("SK_KEEP"):
         shutil.rmtree(d, ignore_errors=True)

@@ -28,7 +28,7 @@ import pytest
 
 from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.pg import PgCluster
-from fixtures.restore import restore_from_backup, restore_wal_command
+from fixtures.restore import prefetch_leftovers, prefetch_workers, restore_from_backup, restore_wal_command, wait_prefetch_gone
 from fixtures.s3 import s3_env
 from fixtures.safekeeper import safekeeper_cli as sk
 from fixtures.utils import chown_to_pg_user, wait_until
@@ -149,9 +149,8 @@ def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, 
     partial beside a full segment: PostgreSQL replays to C exactly (the most WAL, whatever the
     terms), then ends recovery and promotes."""
     names = fill_archive(writer, real_wal)
-    # On S3 with prefetching, as one would run it against a remote region.
-    prefetch = ["--prefetch", "2"] if writer.bucket else []
-    cmd = restore_wal_command(writer.args(), writer.env(), *prefetch)
+    # The default restore_command (prefetch on).
+    cmd = restore_wal_command(writer.args(), writer.env())
     pg = restore_from_backup(workdir, "restored", real_wal.backup, cmd)
     try:
         pg.start(timeout=120)
@@ -165,11 +164,11 @@ def test_postgres_recovers_every_commit_up_to_the_best_partial(writer, workdir, 
         assert names["bogus"] not in log
         for name in real_wal.segments:
             assert f"restored log file \"{name}\" from archive" in log or name < min(real_wal.segments)
-        if prefetch:
+        if writer.bucket:
+            # S3 answers slowly enough for the worker to get ahead of replay.
             assert "restored from the prefetch spool" in log
-            spool = os.path.join(pg.pg_wal, ".safekeeper-prefetch")
-            wait_until("spool emptied at the end of the WAL",
-                       lambda: not [n for n in os.listdir(spool) if len(n) == 24], timeout=30)
+        # Recovery over: the worker left, and took its spool with it.
+        wait_prefetch_gone(pg.pg_wal)
     finally:
         pg.destroy()
 
@@ -413,7 +412,7 @@ def test_prefetch_serves_the_same_bytes_and_never_spools_partials(s3_bucket, wor
             return f.read()
 
     def spooled() -> set[str]:
-        return {n for n in os.listdir(spool) if len(n) == 24}
+        return {n for n in os.listdir(spool) if len(n) == 24} if os.path.isdir(spool) else set()
 
     assert restore(segment_name(1, 1, MIB)) == segs[1]
     want = {segment_name(1, s, MIB) for s in (2, 3, 4)}
@@ -497,3 +496,48 @@ def writer_bytes(w: ArchiveWriter, name: str) -> bytes:
 
 def line_names(line: str, *names: str) -> bool:
     return all(n in line for n in names)
+
+
+def test_prefetch_worker_is_shared_never_serves_damage_and_leaves_nothing(s3_bucket, workdir):
+    """The default command: one worker for successive calls, which never spools an object that
+    fails its checks (the call for it fails clearly, exit 255, naming the object), and which exits
+    and removes its spool once nobody asks any more."""
+    w = ArchiveWriter(bucket=s3_bucket)
+    segs = {segno: synthetic_segment(segno, MIB, SYSID) for segno in range(1, 9)}
+    for segno, data in segs.items():
+        w.put(segment_name(1, segno, MIB), data)
+    bad = segment_name(1, 6, MIB)
+    w.damage(bad, segs[6][:-1] + bytes([segs[6][-1] ^ 0x01]))
+    pg_wal = os.path.join(workdir, "pg_wal")
+    os.makedirs(pg_wal)
+    spool = os.path.join(pg_wal, ".safekeeper-prefetch")
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+    workers: set[int] = set()
+
+    def restore(segno: int):
+        cp = sk("restore-wal", *w.args(), segment_name(1, segno, MIB), dest, env=w.env())
+        workers.update(prefetch_workers(pg_wal))
+        return cp
+
+    assert restore(1).returncode == 0
+    ahead = {segment_name(1, s, MIB) for s in (2, 3, 4, 5)}
+    wait_until("segments 2..5 spooled", lambda: ahead <= set(os.listdir(spool)), timeout=30)
+    for segno in range(2, 6):
+        cp = restore(segno)
+        assert cp.returncode == 0 and "restored from the prefetch spool" in cp.stderr, cp.stderr
+        with open(dest, "rb") as f:
+            assert f.read() == segs[segno]
+    # The worker went on past 5: 7 and 8 arrive, the damaged 6 never does.
+    wait_until("7 and 8 spooled", lambda: {segment_name(1, 7, MIB), segment_name(1, 8, MIB)} <= set(os.listdir(spool)),
+               timeout=30)
+    assert bad not in os.listdir(spool)
+    cp = restore(6)
+    assert cp.returncode == 255, cp.stderr
+    fatal = [line for line in cp.stderr.splitlines() if "FATAL" in line]
+    assert len(fatal) == 1 and bad in fatal[0], cp.stderr
+    assert len(workers) == 1, f"one worker serves the whole recovery, saw {sorted(workers)}"
+
+    # Nobody asks any more: the worker exits (5 s idle) and removes the spool.
+    wait_prefetch_gone(pg_wal, timeout=30)
+    assert prefetch_leftovers(pg_wal) == [] and not os.path.exists(spool)
+

@@ -6,7 +6,15 @@
 //! - `SEGMENT`: a complete, verified, fsynced full segment (written as `.SEGMENT.tmp.PID`, renamed);
 //! - `SEGMENT.claim`: a prefetch worker (its pid inside) is downloading SEGMENT;
 //! - `SOURCE`: the remote URL and cluster the spooled files came from;
-//! - `SERVED`: the last segment served to PostgreSQL; workers skip it and everything before it.
+//! - `SERVED`: the last segment served to PostgreSQL; workers skip it and everything before it;
+//! - `WORKER`: locked (`flock`, exclusive) by the one prefetch worker serving this spool, for as
+//!   long as it runs; its pid inside, for people.
+//!
+//! The spool lives as long as its worker: the worker removes the whole directory when it exits
+//! (PostgreSQL stopped asking, or recovery ended), so nothing stays behind in `pg_wal`. It does so
+//! by renaming the directory away first ([`Spool::close`]) and then checking that no request
+//! reached it in between: a request that did is kept (the directory is put back), and a
+//! `restore-wal` that finds the directory gone simply fetches directly and starts a new worker.
 //!
 //! Invariants:
 //! - only full segments are ever spooled (their content is fixed by their name within one cluster's
@@ -19,9 +27,11 @@
 //!   (PostgreSQL has moved past it);
 //! - when a timeline's WAL ends (a partial was served, or a segment is not in the archive) its
 //!   spooled segments are removed: sequential replay on it cannot reach them;
-//! - a claim whose process is gone is stale and ignored, so a killed worker never blocks anyone.
+//! - a claim whose process is gone is stale and ignored, so a killed worker never blocks anyone;
+//!   so is a `WORKER` file nobody holds locked (the kernel drops a dead process's locks);
+//! - a file vanishing under a reader (the worker closing the spool) is a miss, never an error.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +44,7 @@ use crate::wal::store::fsync_dir;
 const SOURCE_FILE: &str = "SOURCE";
 const SERVED_FILE: &str = "SERVED";
 const CLAIM_SUFFIX: &str = ".claim";
+const WORKER_FILE: &str = "WORKER";
 
 /// A spool directory bound to one remote and cluster.
 #[derive(Debug, Clone)]
@@ -71,6 +82,72 @@ impl Spool {
         self.dir.join(segment)
     }
 
+    /// Takes the worker lock: `None` when a live worker holds it.
+    pub(crate) fn try_lock_worker(&self) -> Result<Option<WorkerLock>> {
+        let path = self.dir.join(WORKER_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // For people only: the lock is what counts.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()));
+        Ok(Some(WorkerLock { _file: file }))
+    }
+
+    /// Whether a worker runs for this spool (holds the `WORKER` lock).
+    pub(crate) fn worker_running(&self) -> bool {
+        let Ok(file) = File::open(self.dir.join(WORKER_FILE)) else {
+            return false;
+        };
+        matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+
+    /// The last segment served to PostgreSQL, if any.
+    pub(crate) fn served(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join(SERVED_FILE))
+            .ok()
+            .filter(|s| looks_like_segment_name(s))
+    }
+
+    /// Removes the spool directory, unless a request came in since the worker last read
+    /// `SERVED` (`seen`): then it stays and this returns false. Called by the worker holding
+    /// the lock, with no download in flight. See the module documentation.
+    pub(crate) fn close(&self, seen: Option<&str>) -> Result<bool> {
+        let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else {
+            anyhow::bail!("spool {} has no directory name", self.dir.display());
+        };
+        let closing = self
+            .dir
+            .with_file_name(format!(".{name}.closing.{}", std::process::id()));
+        fs::rename(&self.dir, &closing).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                self.dir.display(),
+                closing.display()
+            )
+        })?;
+        let served = fs::read_to_string(closing.join(SERVED_FILE)).ok();
+        if served.as_deref() != seen && fs::rename(&closing, &self.dir).is_ok() {
+            return Ok(false);
+        }
+        // Either nothing new, or a `restore-wal` already made a new spool directory (it then
+        // starts its own worker: this one holds the lock of the old directory only).
+        fs::remove_dir_all(&closing)
+            .with_context(|| format!("cannot remove {}", closing.display()))?;
+        Ok(true)
+    }
+
     /// Whether `segment` is spooled or being fetched by a live worker.
     pub(crate) fn has_or_claimed(&self, segment: &str) -> bool {
         self.path(segment).exists() || self.live_claim(segment)
@@ -83,8 +160,12 @@ impl Spool {
         let src = self.path(segment);
         loop {
             if src.exists() {
-                move_into_place(&src, dest)?;
-                return Ok(true);
+                match move_into_place(&src, dest) {
+                    Ok(()) => return Ok(true),
+                    // The worker closed the spool under us: a miss.
+                    Err(e) if is_not_found(&e) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
             }
             if !self.live_claim(segment) || Instant::now() >= deadline {
                 return Ok(false);
@@ -194,6 +275,19 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// The worker lock ([`Spool::try_lock_worker`]): held until dropped (or the process ends).
+#[derive(Debug)]
+pub(crate) struct WorkerLock {
+    _file: File,
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::NotFound)
+    })
 }
 
 /// A download in progress; removing the claim file when dropped.

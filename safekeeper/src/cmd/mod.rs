@@ -6,6 +6,7 @@ pub mod backup;
 pub mod control_file;
 pub mod demo;
 pub mod keygen;
+pub mod prefetch_worker;
 pub mod recover;
 pub mod remote;
 pub mod remote_cat;
@@ -46,7 +47,7 @@ enum Command {
     RestoreWal(restore_wal::RestoreWalArgs),
     /// Background worker of `restore-wal --prefetch` (internal).
     #[command(hide = true)]
-    RestoreWalPrefetch(restore_wal::PrefetchArgs),
+    RestoreWalPrefetch(prefetch_worker::PrefetchArgs),
     /// List or verify a cluster's archive in remote storage.
     #[command(subcommand)]
     Remote(remote::RemoteCommand),
@@ -105,7 +106,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::ControlFile(c) => control_file::run(c),
         Command::RestoreWal(args) => restore_wal::run(args),
-        Command::RestoreWalPrefetch(args) => restore_wal::run_prefetch(args),
+        Command::RestoreWalPrefetch(args) => prefetch_worker::run_prefetch(args),
         Command::Remote(c) => remote::run(c),
         Command::Recover(args) => recover::run(args),
         Command::Demo(args) => demo::run(args),

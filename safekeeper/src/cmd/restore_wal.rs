@@ -16,10 +16,12 @@
 //!
 //! `%p` is written to a temporary file next to it, fsynced and renamed: never half-written.
 //!
-//! With `--prefetch N`, after a full segment is served a detached worker process
-//! (`restore-wal-prefetch`, hidden) fetches the next N full segments in parallel into the spool
-//! ([`crate::archive::spool`]), so sequential replay is not bound by request latency. A
-//! prefetch failure never fails a restore: the foreground falls back to a normal fetch.
+//! Prefetch (on unless `--prefetch 0`): after a full segment is served, a detached worker process
+//! ([`super::prefetch_worker`], one per spool for the whole recovery) keeps the next full
+//! segments downloaded into the spool ([`crate::archive::spool`]), so sequential replay is not
+//! bound by request latency. A call the spool can answer does no more than a rename and an
+//! fsync: no async runtime, no storage client, no request. A prefetch failure never fails a
+//! restore: the foreground falls back to a normal fetch.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -27,15 +29,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use control_file::names::{parse_segment_file_name, segment_file_name};
 use futures::{StreamExt, TryStreamExt};
 use remote_storage::{ListOptions, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::fetch::{
-    FetchError, FetchOptions, Fetched, WalFileName, fetch_full_segment, fetch_wal_file,
-};
+use crate::archive::fetch::{FetchError, FetchOptions, Fetched, WalFileName, fetch_wal_file};
 use crate::archive::spool::{Spool, write_file_atomic};
 use crate::remote::wal_prefix;
 
@@ -57,9 +56,10 @@ pub struct RestoreWalArgs {
     #[command(flatten)]
     pub archive: ArchiveArgs,
 
-    /// After serving a full segment, fetch the next N full segments in the background so that
-    /// PostgreSQL finds them locally (0: off). Partials are never prefetched.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// Keep up to N full segments after the one served downloaded in the background (one worker
+    /// process per recovery; the depth adapts to how fast replay consumes them, within N and
+    /// 512 MiB), so PostgreSQL finds them locally. 0: off. Partials are never prefetched.
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub prefetch: usize,
 
     /// Directory for prefetched segments (default: .safekeeper-prefetch next to DEST, i.e. in
@@ -88,29 +88,16 @@ pub struct RestoreWalArgs {
     pub destination: PathBuf,
 }
 
-/// Arguments of the hidden prefetch worker that `restore-wal --prefetch` starts.
-#[derive(Args, Debug)]
-pub struct PrefetchArgs {
-    #[command(flatten)]
-    pub archive: ArchiveArgs,
-    #[arg(long, value_name = "DIR")]
-    pub spool_dir: PathBuf,
-    /// The segment just served; the worker fetches the ones after it.
-    #[arg(long, value_name = "SEGMENT")]
-    pub after: String,
-    #[arg(long, value_name = "N")]
-    pub count: usize,
-    /// Size of the segment just served.
-    #[arg(long, value_name = "BYTES")]
-    pub segment_bytes: u32,
-}
-
 enum Outcome {
     Restored,
     NotFound,
 }
 
 pub fn run(args: RestoreWalArgs) -> ExitCode {
+    // The cheap path first: a segment the prefetch worker already spooled.
+    if serve_from_spool(&args) {
+        return ExitCode::SUCCESS;
+    }
     let result = runtime().and_then(|rt| rt.block_on(restore(&args)));
     match result {
         Ok(Outcome::Restored) => ExitCode::SUCCESS,
@@ -125,6 +112,38 @@ pub fn run(args: RestoreWalArgs) -> ExitCode {
     }
 }
 
+/// Serves the segment from the prefetch spool if it is there (waiting a little for one being
+/// downloaded right now), keeping the worker going. Synchronous: a hit needs no runtime.
+fn serve_from_spool(args: &RestoreWalArgs) -> bool {
+    let Some(WalFileName::Segment(segment)) = WalFileName::parse(&args.wal_file) else {
+        return false;
+    };
+    if args.prefetch == 0 {
+        return false;
+    }
+    let Some(spool) = open_spool(args) else {
+        return false;
+    };
+    let wait = args.retry_for.min(MAX_SPOOL_WAIT);
+    match spool.take(&segment, &args.destination, wait) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            warn!("prefetch spool unusable, fetching directly: {e:#}");
+            return false;
+        }
+    }
+    info!(file = %segment, "restored from the prefetch spool");
+    match std::fs::metadata(&args.destination).map(|m| u32::try_from(m.len())) {
+        Ok(Ok(size)) => prefetch_after(args, &spool, &segment, size),
+        _ => warn!(
+            "cannot stat {}: prefetch not continued",
+            args.destination.display()
+        ),
+    }
+    true
+}
+
 async fn restore(args: &RestoreWalArgs) -> Result<Outcome> {
     let Some(name) = WalFileName::parse(&args.wal_file) else {
         warn!(file = %args.wal_file, "not a WAL segment or history file name: answering 'not found'");
@@ -134,23 +153,6 @@ async fn restore(args: &RestoreWalArgs) -> Result<Outcome> {
         (WalFileName::Segment(_), n) if n > 0 => open_spool(args),
         _ => None,
     };
-    if let (Some(spool), WalFileName::Segment(segment)) = (&spool, &name) {
-        let wait = args.retry_for.min(MAX_SPOOL_WAIT);
-        match tokio::task::block_in_place(|| spool.take(segment, &args.destination, wait)) {
-            Ok(true) => {
-                info!(file = %segment, "restored from the prefetch spool");
-                let size = std::fs::metadata(&args.destination)
-                    .with_context(|| format!("cannot stat {}", args.destination.display()))?
-                    .len();
-                if let Ok(size) = u32::try_from(size) {
-                    prefetch_after(args, spool, segment, size);
-                }
-                return Ok(Outcome::Restored);
-            }
-            Ok(false) => {}
-            Err(e) => warn!("prefetch spool unusable, fetching directly: {e:#}"),
-        }
-    }
     let storage = args.archive.open().await?;
     let cancel = CancellationToken::new();
     let fetched = fetch_with_retries(&*storage, args, &name, &cancel).await?;
@@ -265,22 +267,23 @@ fn open_spool(args: &RestoreWalArgs) -> Option<Spool> {
     }
 }
 
-/// After `served` (a full segment of `seg_size` bytes): drop what PostgreSQL no longer needs from
-/// the spool and start a worker for the next segments unless they are all there or claimed.
+/// After `served` (a full segment of `seg_size` bytes): record it for the worker (which drops
+/// what PostgreSQL no longer needs and fetches what follows) and start a worker unless one runs.
 fn prefetch_after(args: &RestoreWalArgs, spool: &Spool, served: &str, seg_size: u32) {
     if let Err(e) = spool.mark_served(served) {
-        warn!("cannot update the prefetch spool: {e:#}");
+        // The worker closed the spool just now (it had been idle): start afresh.
+        warn!("cannot update the prefetch spool ({e:#}): opening it again");
+        match Spool::open(spool.dir(), &args.archive.remote, &args.archive.cluster)
+            .and_then(|s| s.mark_served(served))
+        {
+            Ok(()) => {}
+            Err(e) => return warn!("prefetch not continued: {e:#}"),
+        }
     }
-    let Ok((tli, segno)) = parse_segment_file_name(served, seg_size) else {
-        return;
-    };
-    let missing = (1..=args.prefetch as u64)
-        .map(|i| segment_file_name(tli, segno + i, seg_size))
-        .any(|s| !spool.has_or_claimed(&s));
-    if !missing {
+    if spool.worker_running() {
         return;
     }
-    if let Err(e) = spawn_worker(args, spool.dir(), served, seg_size) {
+    if let Err(e) = spawn_worker(args, spool.dir(), seg_size) {
         warn!("cannot start the prefetch worker: {e:#}");
     }
 }
@@ -294,12 +297,7 @@ fn forget_timeline(spool: &Spool, segment: &str) {
 
 /// Starts the worker detached: its own process group, no stdin, output appended to
 /// `prefetch.log` in the spool (never our stdout/stderr, so nobody waits on it).
-fn spawn_worker(
-    args: &RestoreWalArgs,
-    spool_dir: &Path,
-    served: &str,
-    seg_size: u32,
-) -> Result<()> {
+fn spawn_worker(args: &RestoreWalArgs, spool_dir: &Path, seg_size: u32) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the safekeeper binary")?;
     let log_path = spool_dir.join("prefetch.log");
@@ -311,13 +309,15 @@ fn spawn_worker(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    // Absolute, so the worker's command line names the spool wherever it runs from.
+    let spool_dir = std::fs::canonicalize(spool_dir)
+        .with_context(|| format!("cannot resolve {}", spool_dir.display()))?;
     std::process::Command::new(exe)
         .arg("restore-wal-prefetch")
         .args(args.archive.to_flags())
         .arg("--spool-dir")
-        .arg(spool_dir)
-        .args(["--after", served])
-        .args(["--count", &args.prefetch.to_string()])
+        .arg(&spool_dir)
+        .args(["--max-depth", &args.prefetch.to_string()])
         .args(["--segment-bytes", &seg_size.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -325,50 +325,5 @@ fn spawn_worker(
         .process_group(0)
         .spawn()
         .context("cannot spawn the prefetch worker")?;
-    Ok(())
-}
-
-/// The hidden `restore-wal-prefetch` command: fetch the full segments after `--after` into the
-/// spool, in parallel, stopping at the first one that does not exist.
-pub fn run_prefetch(args: PrefetchArgs) -> ExitCode {
-    match runtime().and_then(|rt| rt.block_on(prefetch(&args))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("safekeeper restore-wal-prefetch: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn prefetch(args: &PrefetchArgs) -> Result<()> {
-    let spool = Spool::open(&args.spool_dir, &args.archive.remote, &args.archive.cluster)?;
-    let (tli, segno) = parse_segment_file_name(&args.after, args.segment_bytes)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let storage = args.archive.open().await?;
-    let cancel = CancellationToken::new();
-    let names: Vec<String> = (1..=args.count as u64)
-        .map(|i| segment_file_name(tli, segno + i, args.segment_bytes))
-        .collect();
-    let storage = &*storage;
-    let (spool, cancel) = (&spool, &cancel);
-    futures::stream::iter(names)
-        .map(|name| async move {
-            let Some(claim) = spool.claim(&name)? else {
-                return Ok::<_, anyhow::Error>(());
-            };
-            let cluster = &args.archive.cluster;
-            match fetch_full_segment(storage, cluster, &name, args.segment_bytes, cancel).await {
-                Ok(Some(fetched)) => {
-                    spool.store(&name, fetched.data(), claim)?;
-                    info!(file = %name, "prefetched");
-                }
-                Ok(None) => info!(file = %name, "not in the archive (yet): not prefetched"),
-                Err(e) => warn!(file = %name, "prefetch failed: {e}"),
-            }
-            Ok(())
-        })
-        .buffer_unordered(args.count.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
     Ok(())
 }
