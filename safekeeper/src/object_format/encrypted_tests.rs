@@ -154,7 +154,7 @@ fn every_flipped_byte_is_detected() {
     let data = walish(6_000);
     for (c, scheme) in [zstd(), none()]
         .into_iter()
-        .flat_map(|c| SCHEMES.map(|s| (c.clone(), s)))
+        .flat_map(|c| SCHEMES.map(|s| (c, s)))
     {
         let obj = encode_sealed_with(&data, &c, NAME, Some((&r, scheme))).to_vec();
         for i in 0..obj.len() {
