@@ -26,7 +26,7 @@ import pytest
 
 from fixtures.archive import ArchiveWriter
 from fixtures.objects import ObjectError, decode, hchacha20, is_encrypted, key_id, load_keys
-from fixtures.restore import recover, restore_from_backup, restore_wal_command, take_base_backup
+from fixtures.restore import spool_files, recover, restore_from_backup, restore_wal_command, take_base_backup
 from fixtures.s3 import S3Bucket
 from fixtures.safekeeper import safekeeper_cli as sk
 from fixtures.utils import chown_to_pg_user, wait_until
@@ -186,8 +186,8 @@ def test_encrypted_archive(make_pg, safekeeper, remote, workdir, start_standby):
     cp = sk("restore-wal", *args, *sk_flags, "--prefetch", "2", "--spool-dir", spool, fulls[0][len(WAL):], dest,
             env=remote.env())
     assert cp.returncode == 0, cp.stderr
-    prefetched = os.path.join(spool, fulls[1][len(WAL):])
-    wait_until("the next segment prefetched", lambda: os.path.exists(prefetched), timeout=30)
+    name = fulls[1][len(WAL):]
+    prefetched = wait_until("the next segment prefetched", lambda: spool_files(spool).get(name), timeout=30)
     with open(prefetched, "rb") as f:
         assert f.read() == decode(remote.get(fulls[1]), fulls[1], load_keys(keyfile))
 

@@ -28,7 +28,8 @@ import pytest
 
 from fixtures.archive import ArchiveWriter, synthetic_segment
 from fixtures.pg import PgCluster
-from fixtures.restore import prefetch_leftovers, prefetch_workers, restore_from_backup, restore_wal_command, wait_prefetch_gone
+from fixtures.restore import (prefetch_leftovers, prefetch_workers, restore_from_backup, restore_wal_command, spool_files,
+                              wait_prefetch_gone)
 from fixtures.s3 import s3_env
 from fixtures.safekeeper import safekeeper_cli as sk
 from fixtures.utils import chown_to_pg_user, wait_until
@@ -412,14 +413,14 @@ def test_prefetch_serves_the_same_bytes_and_never_spools_partials(s3_bucket, wor
             return f.read()
 
     def spooled() -> set[str]:
-        return {n for n in os.listdir(spool) if len(n) == 24} if os.path.isdir(spool) else set()
+        return {n for n in spool_files(spool) if len(n) == 24}
 
     assert restore(segment_name(1, 1, MIB)) == segs[1]
     want = {segment_name(1, s, MIB) for s in (2, 3, 4)}
     wait_until("segments 2..4 prefetched", lambda: spooled() == want, timeout=30)
     for segno in range(2, 7):
         assert restore(segment_name(1, segno, MIB)) == segs[segno]
-    wait_until("workers done", lambda: not [n for n in os.listdir(spool) if n.endswith(".claim")], timeout=30)
+    wait_until("workers done", lambda: not [n for n in spool_files(spool) if n.endswith(".claim")], timeout=30)
     assert spooled() == set(), f"nothing after segment 6 is a full segment: {spooled()}"
     padded = restore(segment_name(1, 7, MIB))
     assert padded[:8192] == synthetic_segment(7, MIB, SYSID)[:8192] and len(padded) == MIB
@@ -521,16 +522,16 @@ def test_prefetch_worker_is_shared_never_serves_damage_and_leaves_nothing(s3_buc
 
     assert restore(1).returncode == 0
     ahead = {segment_name(1, s, MIB) for s in (2, 3, 4, 5)}
-    wait_until("segments 2..5 spooled", lambda: ahead <= set(os.listdir(spool)), timeout=30)
+    wait_until("segments 2..5 spooled", lambda: ahead <= set(spool_files(spool)), timeout=30)
     for segno in range(2, 6):
         cp = restore(segno)
         assert cp.returncode == 0 and "restored from the prefetch spool" in cp.stderr, cp.stderr
         with open(dest, "rb") as f:
             assert f.read() == segs[segno]
     # The worker went on past 5: 7 and 8 arrive, the damaged 6 never does.
-    wait_until("7 and 8 spooled", lambda: {segment_name(1, 7, MIB), segment_name(1, 8, MIB)} <= set(os.listdir(spool)),
+    wait_until("7 and 8 spooled", lambda: {segment_name(1, 7, MIB), segment_name(1, 8, MIB)} <= set(spool_files(spool)),
                timeout=30)
-    assert bad not in os.listdir(spool)
+    assert bad not in spool_files(spool)
     cp = restore(6)
     assert cp.returncode == 255, cp.stderr
     fatal = [line for line in cp.stderr.splitlines() if "FATAL" in line]
@@ -541,3 +542,24 @@ def test_prefetch_worker_is_shared_never_serves_damage_and_leaves_nothing(s3_buc
     wait_prefetch_gone(pg_wal, timeout=30)
     assert prefetch_leftovers(pg_wal) == [] and not os.path.exists(spool)
 
+
+
+def test_prefetch_never_serves_another_archives_segments(s3_bucket, workdir):
+    """A spool filled from one archive (cluster) is never served for another one's request in the
+    same pg_wal, even when the names match: the other archive's bytes are what is restored."""
+    first, second = ArchiveWriter(bucket=s3_bucket, cluster="main"), ArchiveWriter(bucket=s3_bucket, cluster="other")
+    for segno in range(1, 6):
+        first.put(segment_name(1, segno, MIB), synthetic_segment(segno, MIB, SYSID))
+        second.put(segment_name(1, segno, MIB), synthetic_segment(segno, MIB, SYSID + 1))
+    pg_wal = os.path.join(workdir, "pg_wal")
+    os.makedirs(pg_wal)
+    spool = os.path.join(pg_wal, ".safekeeper-prefetch")
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+    assert sk("restore-wal", *first.args(), segment_name(1, 1, MIB), dest, env=first.env()).returncode == 0
+    wait_until("main's 2..4 spooled", lambda: {segment_name(1, s, MIB) for s in (2, 3, 4)} <= set(spool_files(spool)),
+               timeout=30)
+    for segno in (2, 3):
+        cp = sk("restore-wal", *second.args(), segment_name(1, segno, MIB), dest, env=second.env())
+        assert cp.returncode == 0, cp.stderr
+        with open(dest, "rb") as f:
+            assert f.read() == synthetic_segment(segno, MIB, SYSID + 1), f"segment {segno} of the wrong archive served"

@@ -2,13 +2,17 @@
 //! requests, kept in a local directory until PostgreSQL asks for them.
 //!
 //! Layout of the spool directory (by default `.safekeeper-prefetch` next to `%p`, i.e. inside
-//! `pg_wal`, on the same filesystem so serving a file is a rename):
+//! `pg_wal`, on the same filesystem so serving a file is a rename): one subdirectory per archive,
+//! named by a hash of the remote URL and cluster, so segments fetched from one archive can never
+//! be served for another's request of the same name, even while a worker of the first is still
+//! storing (checking a shared `SOURCE` file before each store would leave a window). In it:
 //! - `SEGMENT`: a complete, verified, fsynced full segment (written as `.SEGMENT.tmp.PID`, renamed);
 //! - `SEGMENT.claim`: a prefetch worker (its pid inside) is downloading SEGMENT;
 //! - `SOURCE`: the remote URL and cluster the spooled files came from;
 //! - `SERVED`: the last segment served to PostgreSQL; workers skip it and everything before it;
 //! - `WORKER`: locked (`flock`, exclusive) by the one prefetch worker serving this spool, for as
-//!   long as it runs; its pid inside, for people.
+//!   long as it runs; its pid inside, for people;
+//! - `prefetch.log`: the worker's log.
 //!
 //! The spool lives as long as its worker: the worker removes the whole directory when it exits
 //! (PostgreSQL stopped asking, or recovery ended), so nothing stays behind in `pg_wal`. It does so
@@ -19,7 +23,8 @@
 //! Invariants:
 //! - only full segments are ever spooled (their content is fixed by their name within one cluster's
 //!   archive), never partials, which change as the safekeeper uploads newer versions;
-//! - a spool filled from another remote or cluster is emptied before use (`SOURCE` differs);
+//! - segments of another remote or cluster are never served: they live in another subdirectory
+//!   (and a subdirectory whose `SOURCE` does not match, a hash collision, is emptied first);
 //! - serving a segment removes it from the spool, and every spooled segment of another timeline
 //!   or at or below the one served is removed, so a timeline switch invalidates what was
 //!   prefetched on the old timeline and the spool holds at most about N segments; a worker never
@@ -49,20 +54,30 @@ const WORKER_FILE: &str = "WORKER";
 /// A spool directory bound to one remote and cluster.
 #[derive(Debug, Clone)]
 pub(crate) struct Spool {
+    /// The directory given (`.safekeeper-prefetch` or `--spool-dir`).
+    base: PathBuf,
+    /// This archive's subdirectory of `base`.
     dir: PathBuf,
 }
 
 impl Spool {
-    /// Opens (creating it if needed) the spool at `dir` for `remote`/`cluster`, emptying it if it
-    /// was filled from elsewhere.
-    pub(crate) fn open(dir: &Path, remote: &str, cluster: &str) -> Result<Spool> {
-        fs::create_dir_all(dir)
+    /// Opens (creating it if needed) the spool of `remote`/`cluster` in `base`, emptying it if it
+    /// was filled from elsewhere (see the module documentation).
+    pub(crate) fn open(base: &Path, remote: &str, cluster: &str) -> Result<Spool> {
+        let source = format!("remote={remote}\ncluster={cluster}\n");
+        let digest = ring::digest::digest(&ring::digest::SHA256, source.as_bytes());
+        let id: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = base.join(id);
+        fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
         let spool = Spool {
-            dir: dir.to_path_buf(),
+            base: base.to_path_buf(),
+            dir,
         };
-        let source = format!("remote={remote}\ncluster={cluster}\n");
-        let path = dir.join(SOURCE_FILE);
+        let path = spool.dir.join(SOURCE_FILE);
         match fs::read_to_string(&path) {
             Ok(s) if s == source => {}
             Ok(_) | Err(_) => {
@@ -74,8 +89,14 @@ impl Spool {
         Ok(spool)
     }
 
+    /// This archive's directory (where segments, claims and `SERVED` are).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The spool directory given, holding one directory per archive.
+    pub(crate) fn base(&self) -> &Path {
+        &self.base
     }
 
     fn path(&self, segment: &str) -> PathBuf {
@@ -145,6 +166,8 @@ impl Spool {
         // starts its own worker: this one holds the lock of the old directory only).
         fs::remove_dir_all(&closing)
             .with_context(|| format!("cannot remove {}", closing.display()))?;
+        // The base goes too unless another archive's spool (or a new one of ours) is in it.
+        let _ = fs::remove_dir(&self.base);
         Ok(true)
     }
 
@@ -418,7 +441,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spool_from_another_archive_is_emptied() {
+    fn archives_have_separate_spools() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("spool");
         let spool = Spool::open(&path, "file:///a", "main").expect("open");
@@ -428,6 +451,39 @@ mod tests {
             names(&Spool::open(&path, "file:///a", "main").expect("reopen")).len(),
             1
         );
-        assert!(names(&Spool::open(&path, "file:///b", "main").expect("other")).is_empty());
+        let other = Spool::open(&path, "file:///b", "main").expect("other remote");
+        assert!(names(&other).is_empty());
+        assert!(
+            names(&Spool::open(&path, "file:///a", "other").expect("other cluster")).is_empty()
+        );
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(!other.take(S2, &dest, Duration::ZERO).expect("take"));
+        assert_eq!(
+            names(&spool),
+            vec![S2.to_string()],
+            "the first archive's spool is untouched"
+        );
+        // A subdirectory whose SOURCE names another archive is emptied before use.
+        fs::write(spool.dir().join(SOURCE_FILE), "remote=x\ncluster=y\n").expect("w");
+        assert!(names(&Spool::open(&path, "file:///a", "main").expect("reopen")).is_empty());
+    }
+
+    #[test]
+    fn close_removes_everything_unless_a_request_came_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("spool");
+        let spool = Spool::open(&base, "file:///a", "main").expect("open");
+        spool.mark_served(S1).expect("served");
+        let _lock = spool.try_lock_worker().expect("lock").expect("free");
+        assert!(spool.worker_running());
+        // A request after the worker last looked: the spool stays.
+        assert!(!spool.close(None).expect("close"));
+        assert_eq!(spool.served().as_deref(), Some(S1));
+        assert!(spool.close(Some(S1)).expect("close"));
+        assert!(
+            !base.exists(),
+            "nothing left: {:?}",
+            fs::read_dir(dir.path()).map(|d| d.count())
+        );
     }
 }

@@ -167,7 +167,7 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
         }
         state.in_flight.clear();
         let idle = state.last_request.elapsed() >= args.idle_exit;
-        if (idle || recovery_over(spool.dir())) && spool.close(state.seen.as_deref())? {
+        if (idle || recovery_over(spool.base())) && spool.close(state.seen.as_deref())? {
             info!(idle, "prefetch worker done: spool removed");
             return Ok(());
         }

@@ -23,7 +23,7 @@
 //! fsync: no async runtime, no storage client, no request. A prefetch failure never fails a
 //! restore: the foreground falls back to a normal fetch.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -273,7 +273,7 @@ fn prefetch_after(args: &RestoreWalArgs, spool: &Spool, served: &str, seg_size: 
     if let Err(e) = spool.mark_served(served) {
         // The worker closed the spool just now (it had been idle): start afresh.
         warn!("cannot update the prefetch spool ({e:#}): opening it again");
-        match Spool::open(spool.dir(), &args.archive.remote, &args.archive.cluster)
+        match Spool::open(spool.base(), &args.archive.remote, &args.archive.cluster)
             .and_then(|s| s.mark_served(served))
         {
             Ok(()) => {}
@@ -283,7 +283,7 @@ fn prefetch_after(args: &RestoreWalArgs, spool: &Spool, served: &str, seg_size: 
     if spool.worker_running() {
         return;
     }
-    if let Err(e) = spawn_worker(args, spool.dir(), seg_size) {
+    if let Err(e) = spawn_worker(args, spool, seg_size) {
         warn!("cannot start the prefetch worker: {e:#}");
     }
 }
@@ -297,10 +297,11 @@ fn forget_timeline(spool: &Spool, segment: &str) {
 
 /// Starts the worker detached: its own process group, no stdin, output appended to
 /// `prefetch.log` in the spool (never our stdout/stderr, so nobody waits on it).
-fn spawn_worker(args: &RestoreWalArgs, spool_dir: &Path, seg_size: u32) -> Result<()> {
+fn spawn_worker(args: &RestoreWalArgs, spool: &Spool, seg_size: u32) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the safekeeper binary")?;
-    let log_path = spool_dir.join("prefetch.log");
+    // In the archive's own directory, which the worker removes when it is done.
+    let log_path = spool.dir().join("prefetch.log");
     if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 1 << 20) {
         let _ = std::fs::remove_file(&log_path);
     }
@@ -310,8 +311,8 @@ fn spawn_worker(args: &RestoreWalArgs, spool_dir: &Path, seg_size: u32) -> Resul
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     // Absolute, so the worker's command line names the spool wherever it runs from.
-    let spool_dir = std::fs::canonicalize(spool_dir)
-        .with_context(|| format!("cannot resolve {}", spool_dir.display()))?;
+    let spool_dir = std::fs::canonicalize(spool.base())
+        .with_context(|| format!("cannot resolve {}", spool.base().display()))?;
     std::process::Command::new(exe)
         .arg("restore-wal-prefetch")
         .args(args.archive.to_flags())
