@@ -33,11 +33,12 @@ use clap::Args;
 use control_file::names::{parse_segment_file_name, segment_file_name};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use remote_storage::RemoteStorage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::archive::fetch::fetch_full_segment;
-use crate::archive::spool::Spool;
+use crate::archive::spool::{Claim, Spool};
 
 use super::archive_args::{ArchiveArgs, runtime};
 
@@ -49,6 +50,9 @@ const RECHECK_MISSING: Duration = Duration::from_secs(1);
 const INITIAL_DEPTH: usize = 4;
 /// Most bytes the spool may hold ahead of PostgreSQL (with 1 GiB segments: 1 segment).
 const BYTE_BUDGET: u64 = 512 << 20;
+/// Longest a download may take: a hung request must not keep the worker (and its spool in
+/// `pg_wal`) alive after recovery; the foreground fetches what the worker gave up on.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Arguments of the hidden worker that `restore-wal` starts.
 #[derive(Args, Debug)]
@@ -138,20 +142,12 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
             let (storage, spool, cancel) = (Arc::clone(&storage), spool.clone(), cancel.clone());
             let (cluster, bytes) = (args.archive.cluster.clone(), args.segment_bytes);
             downloads.push(tokio::spawn(async move {
-                let result =
-                    match fetch_full_segment(&*storage, &cluster, &name, bytes, &cancel).await {
-                        Ok(Some(fetched)) => {
-                            let segment = name.clone();
-                            tokio::task::spawn_blocking(move || {
-                                spool.store(&segment, fetched.data(), claim)
-                            })
-                            .await
-                            .map_err(anyhow::Error::from)
-                            .and_then(|stored| stored.map(|()| true))
-                        }
-                        Ok(None) => Ok(false),
-                        Err(e) => Err(anyhow::Error::from(e)),
-                    };
+                let result = tokio::time::timeout(
+                    DOWNLOAD_TIMEOUT,
+                    download(&*storage, spool, &cluster, &name, bytes, claim, &cancel),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {DOWNLOAD_TIMEOUT:?}")));
                 (name, result)
             }));
         }
@@ -172,6 +168,24 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Downloads `name` and spools it (checked, fsynced); false when it is not in the archive.
+async fn download(
+    storage: &dyn RemoteStorage,
+    spool: Spool,
+    cluster: &str,
+    name: &str,
+    bytes: u32,
+    claim: Claim,
+    cancel: &CancellationToken,
+) -> Result<bool> {
+    let Some(fetched) = fetch_full_segment(storage, cluster, name, bytes, cancel).await? else {
+        return Ok(false);
+    };
+    let segment = name.to_string();
+    tokio::task::spawn_blocking(move || spool.store(&segment, fetched.data(), claim)).await??;
+    Ok(true)
 }
 
 /// The worker's view of the recovery.
