@@ -520,6 +520,10 @@ def test_prefetch_worker_is_shared_never_serves_damage_and_leaves_nothing(s3_buc
         workers.update(prefetch_workers(pg_wal))
         return cp
 
+    # Calls that serve no full segment start no worker and leave nothing in pg_wal.
+    assert restore(9).returncode == 1
+    assert sk("restore-wal", *w.args(), "00000002.history", dest, env=w.env()).returncode == 1
+    assert prefetch_leftovers(pg_wal) == [] and not workers, (prefetch_leftovers(pg_wal), workers)
     assert restore(1).returncode == 0
     ahead = {segment_name(1, s, MIB) for s in (2, 3, 4, 5)}
     wait_until("segments 2..5 spooled", lambda: ahead <= set(spool_files(spool)), timeout=30)

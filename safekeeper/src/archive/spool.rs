@@ -61,22 +61,37 @@ pub(crate) struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating it if needed) the spool of `remote`/`cluster` in `base`, emptying it if it
-    /// was filled from elsewhere (see the module documentation).
-    pub(crate) fn open(base: &Path, remote: &str, cluster: &str) -> Result<Spool> {
-        let source = format!("remote={remote}\ncluster={cluster}\n");
-        let digest = ring::digest::digest(&ring::digest::SHA256, source.as_bytes());
+    /// Where the spool of `remote`/`cluster` in `base` is (nothing created).
+    fn locate(base: &Path, remote: &str, cluster: &str) -> Spool {
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, source(remote, cluster).as_bytes());
         let id: String = digest.as_ref()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let dir = base.join(id);
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the spool directory {}", dir.display()))?;
-        let spool = Spool {
+        Spool {
             base: base.to_path_buf(),
-            dir,
-        };
+            dir: base.join(id),
+        }
+    }
+
+    /// The spool of `remote`/`cluster` in `base` if it exists (a worker runs or ran for it):
+    /// looking creates nothing, so a call that starts no worker leaves nothing behind.
+    pub(crate) fn open_existing(base: &Path, remote: &str, cluster: &str) -> Result<Option<Spool>> {
+        if !Spool::locate(base, remote, cluster).dir.is_dir() {
+            return Ok(None);
+        }
+        Spool::open(base, remote, cluster).map(Some)
+    }
+
+    /// Opens (creating it if needed) the spool of `remote`/`cluster` in `base`, emptying it if it
+    /// was filled from elsewhere (see the module documentation).
+    pub(crate) fn open(base: &Path, remote: &str, cluster: &str) -> Result<Spool> {
+        let spool = Spool::locate(base, remote, cluster);
+        fs::create_dir_all(&spool.dir).with_context(|| {
+            format!("cannot create the spool directory {}", spool.dir.display())
+        })?;
+        let source = source(remote, cluster);
         let path = spool.dir.join(SOURCE_FILE);
         match fs::read_to_string(&path) {
             Ok(s) if s == source => {}
@@ -169,6 +184,12 @@ impl Spool {
         // The base goes too unless another archive's spool (or a new one of ours) is in it.
         let _ = fs::remove_dir(&self.base);
         Ok(true)
+    }
+
+    /// Removes the spool (when no worker could be started for it).
+    pub(crate) fn discard(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir(&self.base);
     }
 
     /// Whether `segment` is spooled or being fetched by a live worker.
@@ -323,6 +344,11 @@ impl Drop for Claim {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// What `SOURCE` holds: the archive a spool is filled from.
+fn source(remote: &str, cluster: &str) -> String {
+    format!("remote={remote}\ncluster={cluster}\n")
 }
 
 /// The 8 hex digits of a segment name's timeline.

@@ -118,10 +118,7 @@ fn serve_from_spool(args: &RestoreWalArgs) -> bool {
     let Some(WalFileName::Segment(segment)) = WalFileName::parse(&args.wal_file) else {
         return false;
     };
-    if args.prefetch == 0 {
-        return false;
-    }
-    let Some(spool) = open_spool(args) else {
+    let Some(spool) = open_spool(args, false) else {
         return false;
     };
     let wait = args.retry_for.min(MAX_SPOOL_WAIT);
@@ -149,27 +146,27 @@ async fn restore(args: &RestoreWalArgs) -> Result<Outcome> {
         warn!(file = %args.wal_file, "not a WAL segment or history file name: answering 'not found'");
         return Ok(Outcome::NotFound);
     };
-    let spool = match (&name, args.prefetch) {
-        (WalFileName::Segment(_), n) if n > 0 => open_spool(args),
-        _ => None,
-    };
     let storage = args.archive.open().await?;
     let cancel = CancellationToken::new();
     let fetched = fetch_with_retries(&*storage, args, &name, &cancel).await?;
     let Some(fetched) = fetched else {
         ensure_archive_exists(&*storage, &args.archive.cluster, &cancel).await?;
         info!(file = %args.wal_file, "not in the archive");
-        if let (Some(spool), WalFileName::Segment(segment)) = (&spool, &name) {
-            forget_timeline(spool, segment);
+        if let WalFileName::Segment(segment) = &name {
+            forget_timeline(args, segment);
         }
         return Ok(Outcome::NotFound);
     };
     write_file_atomic(&args.destination, fetched.data())?;
     info!(file = %args.wal_file, "restored {}", fetched.describe());
-    if let (Some(spool), WalFileName::Segment(segment)) = (&spool, &name) {
+    if let WalFileName::Segment(segment) = &name {
         match &fetched {
-            Fetched::Full { seg_size, .. } => prefetch_after(args, spool, segment, *seg_size),
-            _ => forget_timeline(spool, segment),
+            Fetched::Full { seg_size, .. } => {
+                if let Some(spool) = open_spool(args, true) {
+                    prefetch_after(args, &spool, segment, *seg_size);
+                }
+            }
+            _ => forget_timeline(args, segment),
         }
     }
     Ok(Outcome::Restored)
@@ -250,7 +247,12 @@ async fn ensure_archive_exists(
     Ok(())
 }
 
-fn open_spool(args: &RestoreWalArgs) -> Option<Spool> {
+/// The spool of this archive (created when `create`; else `None` when it does not exist), or
+/// `None` with prefetch off or the spool unusable (a warning: prefetch is an optimization).
+fn open_spool(args: &RestoreWalArgs, create: bool) -> Option<Spool> {
+    if args.prefetch == 0 {
+        return None;
+    }
     let dir = args.spool_dir.clone().unwrap_or_else(|| {
         match args.destination.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -258,8 +260,14 @@ fn open_spool(args: &RestoreWalArgs) -> Option<Spool> {
         }
         .join(DEFAULT_SPOOL)
     });
-    match Spool::open(&dir, &args.archive.remote, &args.archive.cluster) {
-        Ok(spool) => Some(spool),
+    let (remote, cluster) = (&args.archive.remote, &args.archive.cluster);
+    let opened = if create {
+        Spool::open(&dir, remote, cluster).map(Some)
+    } else {
+        Spool::open_existing(&dir, remote, cluster)
+    };
+    match opened {
+        Ok(spool) => spool,
         Err(e) => {
             warn!("prefetch disabled: {e:#}");
             None
@@ -285,11 +293,16 @@ fn prefetch_after(args: &RestoreWalArgs, spool: &Spool, served: &str, seg_size: 
     }
     if let Err(e) = spawn_worker(args, spool, seg_size) {
         warn!("cannot start the prefetch worker: {e:#}");
+        // Nobody would remove it.
+        spool.discard();
     }
 }
 
 /// No WAL follows `segment` on its timeline (it was not found, or a partial was served).
-fn forget_timeline(spool: &Spool, segment: &str) {
+fn forget_timeline(args: &RestoreWalArgs, segment: &str) {
+    let Some(spool) = open_spool(args, false) else {
+        return;
+    };
     if let Err(e) = spool.forget_timeline_of(segment) {
         warn!("cannot clean the prefetch spool: {e:#}");
     }
