@@ -20,24 +20,31 @@
 //!   in flight, and never losing a request that arrived meanwhile ([`Spool::close`]).
 //! - Behind a segment that is not in the archive it fetches nothing until it asks again
 //!   ([`RECHECK_MISSING`] later): a recovery at the end of the archive does not poll the store
-//!   in a tight loop.
+//!   in a tight loop; a segment whose download failed (storage error, damaged object) is not
+//!   asked for again before that either.
+//! - What it spooled stays what the archive holds: every spooled segment not confirmed for
+//!   [`CONFIRM_AFTER`] is confirmed with a HEAD (same size, crc32c and modification time as the
+//!   object read) and dropped when the object was replaced or removed, or when it cannot be
+//!   confirmed; the foreground serves only segments confirmed within
+//!   [`crate::archive::spool::MAX_UNCHECKED_AGE`]. Segments left by an earlier worker (killed)
+//!   are dropped at start: nobody knows which object they came from.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use clap::Args;
 use control_file::names::{parse_segment_file_name, segment_file_name};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use remote_storage::RemoteStorage;
+use remote_storage::{ObjectMeta, RemoteStorage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::fetch::fetch_full_segment;
+use crate::archive::fetch::{fetch_full_segment, full_segment_key};
 use crate::archive::spool::{Claim, Spool};
 
 use super::archive_args::{ArchiveArgs, runtime};
@@ -53,6 +60,13 @@ const BYTE_BUDGET: u64 = 512 << 20;
 /// Longest a download may take: a hung request must not keep the worker (and its spool in
 /// `pg_wal`) alive after recovery; the foreground fetches what the worker gave up on.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// A spooled segment not confirmed in the archive for this long is confirmed again (well within
+/// the foreground's `MAX_UNCHECKED_AGE`, so a healthy worker's segments stay servable). Replay
+/// usually takes a segment within a second of its download, so this costs no request then; a
+/// slow replay costs at most one HEAD per spooled segment per interval.
+const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+/// Longest a confirmation may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Arguments of the hidden worker that `restore-wal` starts.
 #[derive(Args, Debug)]
@@ -113,8 +127,34 @@ pub fn run_prefetch(args: PrefetchArgs) -> ExitCode {
     }
 }
 
-/// One download's result: the segment and whether it is now spooled.
-type Done = (String, Result<bool>);
+/// What identifies the version of an object that was read: a replaced object differs in size,
+/// crc32c or modification time, a removed one is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ObjectVersion {
+    size: u64,
+    crc32c: Option<u32>,
+    modified: Option<SystemTime>,
+}
+
+impl From<&ObjectMeta> for ObjectVersion {
+    fn from(m: &ObjectMeta) -> Self {
+        ObjectVersion {
+            size: m.size,
+            crc32c: m.crc32c,
+            modified: m.last_modified,
+        }
+    }
+}
+
+/// A finished background job.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A download: `Some(version)` when spooled, `None` when not in the archive (or no longer
+    /// wanted once downloaded).
+    Downloaded(String, Result<Option<ObjectVersion>>),
+    /// A confirmation: what the archive holds under the segment's key now (`None`: nothing).
+    Checked(String, Result<Option<ObjectVersion>>),
+}
 
 async fn prefetch(args: &PrefetchArgs) -> Result<()> {
     let spool = Spool::open(&args.spool_dir, &args.archive.remote, &args.archive.cluster)?;
@@ -122,16 +162,13 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
         info!("another prefetch worker serves {}", spool.dir().display());
         return Ok(());
     };
+    // Left by a worker that is gone: nobody knows which objects they came from.
+    spool.discard_all()?;
     let storage = args.archive.open().await?;
     let cancel = CancellationToken::new();
-    let mut state = Worker {
-        policy: DepthPolicy::new(args.max_depth, args.segment_bytes),
-        seen: None,
-        last_request: Instant::now(),
-        in_flight: HashSet::new(),
-        missing: None,
-    };
-    let mut downloads = FuturesUnordered::new();
+    let mut state = Worker::new(DepthPolicy::new(args.max_depth, args.segment_bytes));
+    let mut jobs = FuturesUnordered::new();
+    let cluster = args.archive.cluster.clone();
     loop {
         state.follow(&spool, args.segment_bytes);
         for name in state.wanted(&spool, args.segment_bytes) {
@@ -140,25 +177,38 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
             };
             state.in_flight.insert(name.clone());
             let (storage, spool, cancel) = (Arc::clone(&storage), spool.clone(), cancel.clone());
-            let (cluster, bytes) = (args.archive.cluster.clone(), args.segment_bytes);
-            downloads.push(tokio::spawn(async move {
+            let (cluster, bytes) = (cluster.clone(), args.segment_bytes);
+            jobs.push(tokio::spawn(async move {
                 let result = tokio::time::timeout(
                     DOWNLOAD_TIMEOUT,
                     download(&*storage, spool, &cluster, &name, bytes, claim, &cancel),
                 )
                 .await
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {DOWNLOAD_TIMEOUT:?}")));
-                (name, result)
+                Done::Downloaded(name, result)
             }));
         }
+        // Not while winding down: an idle worker closes as soon as nothing is in flight.
+        if state.last_request.elapsed() < args.idle_exit {
+            for name in state.due_confirmations(&spool) {
+                let (storage, cancel) = (Arc::clone(&storage), cancel.clone());
+                let key = full_segment_key(&cluster, &name);
+                jobs.push(tokio::spawn(async move {
+                    let result = tokio::time::timeout(CONFIRM_TIMEOUT, head(&*storage, &key, &cancel))
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {CONFIRM_TIMEOUT:?}")));
+                    Done::Checked(name, result)
+                }));
+            }
+        }
         tokio::select! {
-            Some(joined) = downloads.next(), if !downloads.is_empty() => match joined {
-                Ok(done) => state.finished(done),
-                Err(e) => warn!("prefetch download task failed: {e}"),
+            Some(joined) = jobs.next(), if !jobs.is_empty() => match joined {
+                Ok(done) => state.finished(done, &spool),
+                Err(e) => warn!("prefetch task failed: {e}"),
             },
             _ = tokio::time::sleep(POLL) => {}
         }
-        if !downloads.is_empty() {
+        if !jobs.is_empty() {
             continue;
         }
         state.in_flight.clear();
@@ -170,7 +220,8 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
     }
 }
 
-/// Downloads `name` and spools it (checked, fsynced); false when it is not in the archive.
+/// Downloads `name` and spools it (checked, fsynced): the version spooled, `None` when it is
+/// not in the archive or PostgreSQL moved past it meanwhile.
 async fn download(
     storage: &dyn RemoteStorage,
     spool: Spool,
@@ -179,17 +230,40 @@ async fn download(
     bytes: u32,
     claim: Claim,
     cancel: &CancellationToken,
-) -> Result<bool> {
-    let Some(fetched) = fetch_full_segment(storage, cluster, name, bytes, cancel).await? else {
-        return Ok(false);
+) -> Result<Option<ObjectVersion>> {
+    let Some((fetched, meta)) = fetch_full_segment(storage, cluster, name, bytes, cancel).await?
+    else {
+        return Ok(None);
     };
     let segment = name.to_string();
-    tokio::task::spawn_blocking(move || spool.store(&segment, fetched.data(), claim)).await??;
-    Ok(true)
+    let stored =
+        tokio::task::spawn_blocking(move || spool.store(&segment, fetched.data(), claim)).await??;
+    Ok(stored.then(|| ObjectVersion::from(&meta)))
+}
+
+/// What the archive holds under `key` now.
+async fn head(
+    storage: &dyn RemoteStorage,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<ObjectVersion>> {
+    match storage.head(key, cancel).await {
+        Ok(meta) => Ok(Some(ObjectVersion::from(&meta))),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A spooled segment: the object it came from, and when that was last confirmed.
+#[derive(Debug)]
+struct Spooled {
+    version: ObjectVersion,
+    confirmed: Instant,
+    checking: bool,
 }
 
 /// The worker's view of the recovery.
-struct Worker {
+pub(crate) struct Worker {
     policy: DepthPolicy,
     /// `SERVED` as last read.
     seen: Option<String>,
@@ -197,9 +271,25 @@ struct Worker {
     in_flight: HashSet<String>,
     /// The first segment found missing, and when.
     missing: Option<(String, Instant)>,
+    /// Segments whose download failed, and when.
+    failed: HashMap<String, Instant>,
+    /// What this worker spooled and PostgreSQL has not taken (as far as it knows).
+    spooled: HashMap<String, Spooled>,
 }
 
 impl Worker {
+    pub(crate) fn new(policy: DepthPolicy) -> Worker {
+        Worker {
+            policy,
+            seen: None,
+            last_request: Instant::now(),
+            in_flight: HashSet::new(),
+            missing: None,
+            failed: HashMap::new(),
+            spooled: HashMap::new(),
+        }
+    }
+
     /// Reads `SERVED`; on a new request, adapts the depth.
     fn follow(&mut self, spool: &Spool, segment_bytes: u32) {
         let served = spool.served();
@@ -208,12 +298,20 @@ impl Worker {
         }
         self.last_request = Instant::now();
         if let Some(s) = &served {
-            let ready = self
-                .ahead(s, segment_bytes)
-                .iter()
-                .filter(|n| spool.dir().join(n).exists())
-                .count();
-            self.policy.on_served(ready);
+            // Only once there was a look-ahead to reach (not at the worker's first request).
+            if self.seen.is_some() {
+                let ready = self
+                    .ahead(s, segment_bytes)
+                    .iter()
+                    .filter(|n| spool.dir().join(n).exists())
+                    .count();
+                self.policy.on_served(ready);
+            }
+            // The spool dropped these (`Spool::mark_served`); forget them too.
+            let tli = &s[..8];
+            let passed = |n: &String| !n.starts_with(tli) || n.as_str() <= s.as_str();
+            self.spooled.retain(|n, _| !passed(n));
+            self.failed.retain(|n, _| !passed(n));
         }
         self.seen = served;
     }
@@ -228,8 +326,8 @@ impl Worker {
             .collect()
     }
 
-    /// Segments of the look-ahead to download now: not spooled, claimed or in flight, and
-    /// before the first one known missing.
+    /// Segments of the look-ahead to download now: not spooled, claimed, in flight or recently
+    /// failed, and before the first one known missing.
     fn wanted(&mut self, spool: &Spool, segment_bytes: u32) -> Vec<String> {
         let Some(served) = self.seen.clone() else {
             return Vec::new();
@@ -241,25 +339,92 @@ impl Worker {
         {
             self.missing = None;
         }
+        self.failed.retain(|_, at| at.elapsed() < RECHECK_MISSING);
         self.ahead(&served, segment_bytes)
             .into_iter()
             .take_while(|n| self.missing.as_ref().is_none_or(|(m, _)| n < m))
-            .filter(|n| !self.in_flight.contains(n) && !spool.has_or_claimed(n))
+            .filter(|n| {
+                !self.in_flight.contains(n)
+                    && !self.failed.contains_key(n)
+                    && !spool.has_or_claimed(n)
+            })
             .collect()
     }
 
-    fn finished(&mut self, (name, result): Done) {
+    /// Spooled segments to confirm now (marked as being checked); forgets those PostgreSQL took.
+    fn due_confirmations(&mut self, spool: &Spool) -> Vec<String> {
+        let mut due = Vec::new();
+        self.spooled.retain(|name, s| {
+            if s.checking || s.confirmed.elapsed() < CONFIRM_AFTER {
+                return true;
+            }
+            if !spool.dir().join(name).exists() {
+                return false;
+            }
+            s.checking = true;
+            due.push(name.clone());
+            true
+        });
+        due
+    }
+
+    fn finished(&mut self, done: Done, spool: &Spool) {
+        match done {
+            Done::Downloaded(name, result) => self.downloaded(name, result),
+            Done::Checked(name, result) => self.checked(name, result, spool),
+        }
+    }
+
+    fn downloaded(&mut self, name: String, result: Result<Option<ObjectVersion>>) {
         self.in_flight.remove(&name);
         match result {
-            Ok(true) => info!(file = %name, "prefetched"),
-            Ok(false) => {
+            Ok(Some(version)) => {
+                info!(file = %name, "prefetched");
+                let confirmed = Instant::now();
+                let checking = false;
+                self.spooled.insert(name, Spooled { version, confirmed, checking });
+            }
+            Ok(None) => {
                 info!(file = %name, "not in the archive (yet): not prefetched");
                 if self.missing.as_ref().is_none_or(|(m, _)| name < *m) {
                     self.missing = Some((name, Instant::now()));
                 }
             }
             // Never spooled; the foreground fetches it itself and reports what is wrong.
-            Err(e) => warn!(file = %name, "prefetch failed: {e:#}"),
+            Err(e) => {
+                warn!(file = %name, "prefetch failed: {e:#}");
+                self.failed.insert(name, Instant::now());
+            }
+        }
+    }
+
+    /// A confirmation came back: keep the segment (fresh again) only if the archive still holds
+    /// the object it was read from.
+    fn checked(&mut self, name: String, result: Result<Option<ObjectVersion>>, spool: &Spool) {
+        let Some(entry) = self.spooled.get_mut(&name) else {
+            return;
+        };
+        let why = match result {
+            Ok(Some(now)) if now == entry.version => match spool.confirm(&name) {
+                Ok(true) => {
+                    entry.checking = false;
+                    entry.confirmed = Instant::now();
+                    return;
+                }
+                Ok(false) => {
+                    self.spooled.remove(&name);
+                    return;
+                }
+                Err(e) => format!("cannot mark it confirmed: {e:#}"),
+            },
+            Ok(Some(_)) => "the object was replaced in the archive".to_string(),
+            Ok(None) => "the object was removed from the archive".to_string(),
+            Err(e) => format!("cannot confirm it in the archive: {e:#}"),
+        };
+        warn!(file = %name, "spooled segment dropped: {why}");
+        self.spooled.remove(&name);
+        if let Err(e) = spool.discard(&name) {
+            warn!(file = %name, "cannot drop it: {e:#}");
         }
     }
 }
@@ -308,6 +473,100 @@ mod tests {
         assert_eq!(big.depth(), 8, "512 MiB of 64 MiB segments");
         assert_eq!(DepthPolicy::new(0, MIB).depth(), 1);
         assert_eq!(DepthPolicy::new(2, MIB).depth(), 2);
+    }
+
+    fn seg(segno: u64) -> String {
+        segment_file_name(1, segno, MIB)
+    }
+
+    fn version(crc: u32) -> ObjectVersion {
+        ObjectVersion {
+            size: u64::from(MIB),
+            crc32c: Some(crc),
+            modified: None,
+        }
+    }
+
+    /// A worker and its spool, PostgreSQL having been served segment 1.
+    fn started() -> (tempfile::TempDir, Spool, Worker) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&dir.path().join("spool"), "file:///a", "main").expect("open");
+        let mut w = Worker::new(DepthPolicy::new(16, MIB));
+        w.follow(&spool, MIB);
+        assert!(w.wanted(&spool, MIB).is_empty(), "nothing asked yet");
+        spool.mark_served(&seg(1)).expect("served");
+        w.follow(&spool, MIB);
+        (dir, spool, w)
+    }
+
+    /// Spools `segno` as a download of the worker would.
+    fn spool_one(spool: &Spool, w: &mut Worker, segno: u64, crc: u32) {
+        let claim = spool.claim(&seg(segno)).expect("claim").expect("free");
+        assert!(spool.store(&seg(segno), b"x", claim).expect("store"));
+        w.finished(Done::Downloaded(seg(segno), Ok(Some(version(crc)))), spool);
+    }
+
+    #[test]
+    fn worker_wants_the_look_ahead_stops_at_a_missing_segment_and_backs_off_failures() {
+        let (_dir, spool, mut w) = started();
+        assert_eq!(w.wanted(&spool, MIB), (2..=5).map(seg).collect::<Vec<_>>());
+        w.in_flight.extend([seg(2), seg(3), seg(4), seg(5)]);
+        assert!(w.wanted(&spool, MIB).is_empty(), "all in flight");
+        spool_one(&spool, &mut w, 2, 1);
+        w.finished(Done::Downloaded(seg(3), Err(anyhow::anyhow!("damaged"))), &spool);
+        w.finished(Done::Downloaded(seg(4), Ok(None)), &spool);
+        w.finished(Done::Downloaded(seg(5), Ok(Some(version(5)))), &spool);
+        assert!(w.in_flight.is_empty());
+        assert!(
+            w.wanted(&spool, MIB).is_empty(),
+            "2 spooled, 3 failed just now, nothing from 4 (missing) on"
+        );
+        // A second later both are asked for again.
+        let past = Instant::now().checked_sub(RECHECK_MISSING).expect("clock");
+        w.failed.insert(seg(3), past);
+        w.missing = Some((seg(4), past));
+        assert_eq!(w.wanted(&spool, MIB), (3..=5).map(seg).collect::<Vec<_>>());
+        // PostgreSQL moves on: what it passed is forgotten, the look-ahead moves, and deepens
+        // (PostgreSQL found none of 4..7 ready).
+        spool.mark_served(&seg(3)).expect("served");
+        w.follow(&spool, MIB);
+        assert!(!w.spooled.contains_key(&seg(2)) && w.failed.is_empty());
+        assert_eq!(w.policy.depth(), 8);
+        assert_eq!(w.wanted(&spool, MIB), (4..=11).map(seg).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn worker_confirms_spooled_segments_and_drops_replaced_or_removed_ones() {
+        let (_dir, spool, mut w) = started();
+        for segno in 2..=5 {
+            spool_one(&spool, &mut w, segno, segno as u32);
+        }
+        assert!(w.due_confirmations(&spool).is_empty(), "just downloaded");
+        let past = Instant::now().checked_sub(CONFIRM_AFTER).expect("clock");
+        for s in w.spooled.values_mut() {
+            s.confirmed = past;
+        }
+        // PostgreSQL took 2 meanwhile (without the worker having read SERVED yet).
+        assert!(spool.take(&seg(2), &spool.dir().join("dest"), Duration::ZERO).expect("take"));
+        let mut due = w.due_confirmations(&spool);
+        due.sort();
+        assert_eq!(due, (3..=5).map(seg).collect::<Vec<_>>());
+        assert!(w.due_confirmations(&spool).is_empty(), "being checked");
+        assert!(!w.spooled.contains_key(&seg(2)), "taken: forgotten");
+
+        w.finished(Done::Checked(seg(3), Ok(Some(version(3)))), &spool);
+        w.finished(Done::Checked(seg(4), Ok(Some(version(40)))), &spool);
+        w.finished(Done::Checked(seg(5), Ok(None)), &spool);
+        let left: Vec<String> = (3..=5).map(seg).filter(|n| spool.dir().join(n).exists()).collect();
+        assert_eq!(left, vec![seg(3)], "replaced (4) and removed (5) are dropped");
+        assert!(w.spooled[&seg(3)].confirmed > past && !w.spooled[&seg(3)].checking);
+        assert!(w.due_confirmations(&spool).is_empty(), "3 confirmed just now");
+        // A confirmation that fails drops the segment too; it is downloaded again.
+        w.spooled.get_mut(&seg(3)).expect("3").confirmed = past;
+        assert_eq!(w.due_confirmations(&spool), vec![seg(3)]);
+        w.finished(Done::Checked(seg(3), Err(anyhow::anyhow!("503"))), &spool);
+        assert!(!spool.dir().join(seg(3)).exists() && w.spooled.is_empty());
+        assert!(w.wanted(&spool, MIB).contains(&seg(3)));
     }
 
     #[test]
