@@ -146,12 +146,21 @@ impl From<&ObjectMeta> for ObjectVersion {
     }
 }
 
+/// What a download did.
+#[derive(Debug)]
+pub(crate) enum Download {
+    /// Spooled, read from this version of the object.
+    Spooled(ObjectVersion),
+    /// Not in the archive.
+    Missing,
+    /// PostgreSQL moved past it meanwhile: not spooled.
+    Passed,
+}
+
 /// A finished background job.
 #[derive(Debug)]
 pub(crate) enum Done {
-    /// A download: `Some(version)` when spooled, `None` when not in the archive (or no longer
-    /// wanted once downloaded).
-    Downloaded(String, Result<Option<ObjectVersion>>),
+    Downloaded(String, Result<Download>),
     /// A confirmation: what the archive holds under the segment's key now (`None`: nothing).
     Checked(String, Result<Option<ObjectVersion>>),
 }
@@ -220,8 +229,7 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
     }
 }
 
-/// Downloads `name` and spools it (checked, fsynced): the version spooled, `None` when it is
-/// not in the archive or PostgreSQL moved past it meanwhile.
+/// Downloads `name` and spools it (checked, fsynced).
 async fn download(
     storage: &dyn RemoteStorage,
     spool: Spool,
@@ -230,15 +238,18 @@ async fn download(
     bytes: u32,
     claim: Claim,
     cancel: &CancellationToken,
-) -> Result<Option<ObjectVersion>> {
+) -> Result<Download> {
     let Some((fetched, meta)) = fetch_full_segment(storage, cluster, name, bytes, cancel).await?
     else {
-        return Ok(None);
+        return Ok(Download::Missing);
     };
     let segment = name.to_string();
     let stored =
         tokio::task::spawn_blocking(move || spool.store(&segment, fetched.data(), claim)).await??;
-    Ok(stored.then(|| ObjectVersion::from(&meta)))
+    Ok(match stored {
+        true => Download::Spooled(ObjectVersion::from(&meta)),
+        false => Download::Passed,
+    })
 }
 
 /// What the archive holds under `key` now.
@@ -375,16 +386,17 @@ impl Worker {
         }
     }
 
-    fn downloaded(&mut self, name: String, result: Result<Option<ObjectVersion>>) {
+    fn downloaded(&mut self, name: String, result: Result<Download>) {
         self.in_flight.remove(&name);
         match result {
-            Ok(Some(version)) => {
+            Ok(Download::Spooled(version)) => {
                 info!(file = %name, "prefetched");
                 let confirmed = Instant::now();
                 let checking = false;
                 self.spooled.insert(name, Spooled { version, confirmed, checking });
             }
-            Ok(None) => {
+            Ok(Download::Passed) => info!(file = %name, "served before its download finished"),
+            Ok(Download::Missing) => {
                 info!(file = %name, "not in the archive (yet): not prefetched");
                 if self.missing.as_ref().is_none_or(|(m, _)| name < *m) {
                     self.missing = Some((name, Instant::now()));
@@ -503,7 +515,7 @@ mod tests {
     fn spool_one(spool: &Spool, w: &mut Worker, segno: u64, crc: u32) {
         let claim = spool.claim(&seg(segno)).expect("claim").expect("free");
         assert!(spool.store(&seg(segno), b"x", claim).expect("store"));
-        w.finished(Done::Downloaded(seg(segno), Ok(Some(version(crc)))), spool);
+        w.finished(Done::Downloaded(seg(segno), Ok(Download::Spooled(version(crc)))), spool);
     }
 
     #[test]
@@ -514,8 +526,8 @@ mod tests {
         assert!(w.wanted(&spool, MIB).is_empty(), "all in flight");
         spool_one(&spool, &mut w, 2, 1);
         w.finished(Done::Downloaded(seg(3), Err(anyhow::anyhow!("damaged"))), &spool);
-        w.finished(Done::Downloaded(seg(4), Ok(None)), &spool);
-        w.finished(Done::Downloaded(seg(5), Ok(Some(version(5)))), &spool);
+        w.finished(Done::Downloaded(seg(4), Ok(Download::Missing)), &spool);
+        w.finished(Done::Downloaded(seg(5), Ok(Download::Spooled(version(5)))), &spool);
         assert!(w.in_flight.is_empty());
         assert!(
             w.wanted(&spool, MIB).is_empty(),
@@ -532,6 +544,8 @@ mod tests {
         w.follow(&spool, MIB);
         assert!(!w.spooled.contains_key(&seg(2)) && w.failed.is_empty());
         assert_eq!(w.policy.depth(), 8);
+        // A download PostgreSQL overtook (it fetched 3 itself) holds nothing up.
+        w.finished(Done::Downloaded(seg(3), Ok(Download::Passed)), &spool);
         assert_eq!(w.wanted(&spool, MIB), (4..=11).map(seg).collect::<Vec<_>>());
     }
 
