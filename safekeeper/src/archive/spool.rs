@@ -526,14 +526,23 @@ mod tests {
         }
         let long_ago = std::time::SystemTime::now() - MAX_UNCHECKED_AGE - Duration::from_secs(1);
         for s in [S2, S3] {
-            let f = OpenOptions::new().write(true).open(spool.path(s)).expect("open");
+            let f = OpenOptions::new()
+                .write(true)
+                .open(spool.path(s))
+                .expect("open");
             f.set_modified(long_ago).expect("set time");
         }
-        assert!(!spool.take(S2, &dest, Duration::ZERO).expect("take"), "not confirmed lately");
+        assert!(
+            !spool.take(S2, &dest, Duration::ZERO).expect("take"),
+            "not confirmed lately"
+        );
         assert!(!dest.exists());
         assert!(spool.confirm(S2).expect("confirm"));
         assert!(spool.take(S2, &dest, Duration::ZERO).expect("take"));
-        assert!(!spool.confirm(S2).expect("confirm"), "taken: nothing to confirm");
+        assert!(
+            !spool.confirm(S2).expect("confirm"),
+            "taken: nothing to confirm"
+        );
         spool.discard(S3).expect("discard");
         assert!(names(&spool).is_empty());
     }
