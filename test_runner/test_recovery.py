@@ -607,6 +607,14 @@ def test_prefetch_never_serves_a_segment_replaced_or_removed_after_spooling(s3_b
     wait_until("the worker dropped the changed segments",
                lambda: os.path.isdir(spool) and spooled_bytes(3) in (None, replaced) and spooled_bytes(4) is None,
                timeout=4)
+    # What did not change was confirmed and stays (the same check ran for it, segments 2..5 were
+    # spooled together).
+    time.sleep(0.5)
+    with open(spool_files(spool)["prefetch.log"]) as f:
+        log = f.read()
+    dropped = {line.split("file=")[-1].split()[0] for line in log.splitlines() if "spooled segment dropped" in line}
+    assert dropped == {segment_name(1, 3, MIB), segment_name(1, 4, MIB)}, log
+    assert spooled_bytes(5) == segs[5], log
     cp = restore(3)
     assert cp.returncode == 0, cp.stderr
     with open(dest, "rb") as f:
