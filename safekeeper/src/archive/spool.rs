@@ -248,12 +248,12 @@ impl Spool {
     }
 
     /// Removes spooled `segment` (its object changed in the archive, or cannot be confirmed).
-    pub(crate) fn discard(&self, segment: &str) -> Result<()> {
+    pub(crate) fn drop_segment(&self, segment: &str) -> Result<()> {
         self.remove_segments(|name| name == segment)
     }
 
     /// Removes every spooled segment (left by a worker that is gone: nobody can confirm them).
-    pub(crate) fn discard_all(&self) -> Result<()> {
+    pub(crate) fn drop_all_segments(&self) -> Result<()> {
         self.remove_segments(|_| true)
     }
 
@@ -543,7 +543,7 @@ mod tests {
             !spool.confirm(S2).expect("confirm"),
             "taken: nothing to confirm"
         );
-        spool.discard(S3).expect("discard");
+        spool.drop_segment(S3).expect("drop");
         assert!(names(&spool).is_empty());
     }
 

@@ -172,7 +172,7 @@ async fn prefetch(args: &PrefetchArgs) -> Result<()> {
         return Ok(());
     };
     // Left by a worker that is gone: nobody knows which objects they came from.
-    spool.discard_all()?;
+    spool.drop_all_segments()?;
     let storage = args.archive.open().await?;
     let cancel = CancellationToken::new();
     let mut state = Worker::new(DepthPolicy::new(args.max_depth, args.segment_bytes));
@@ -445,7 +445,7 @@ impl Worker {
         };
         warn!(file = %name, "spooled segment dropped: {why}");
         self.spooled.remove(&name);
-        if let Err(e) = spool.discard(&name) {
+        if let Err(e) = spool.drop_segment(&name) {
             warn!(file = %name, "cannot drop it: {e:#}");
         }
     }
