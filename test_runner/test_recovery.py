@@ -567,3 +567,70 @@ def test_prefetch_never_serves_another_archives_segments(s3_bucket, workdir):
         assert cp.returncode == 0, cp.stderr
         with open(dest, "rb") as f:
             assert f.read() == synthetic_segment(segno, MIB, SYSID + 1), f"segment {segno} of the wrong archive served"
+
+
+def test_prefetch_never_serves_a_segment_replaced_or_removed_after_spooling(s3_bucket, workdir):
+    """Segments spooled, then one replaced by another (valid) object and one removed in the
+    archive: once the worker has looked again (every 2 s), the spool serves neither: the new
+    object's bytes are restored and the removed one is 'not found'; what did not change is still
+    served from the spool."""
+    w = ArchiveWriter(bucket=s3_bucket)
+    segs = {segno: synthetic_segment(segno, MIB, SYSID) for segno in range(1, 6)}
+    for segno, data in segs.items():
+        w.put(segment_name(1, segno, MIB), data)
+    pg_wal = os.path.join(workdir, "pg_wal")
+    os.makedirs(pg_wal)
+    spool = os.path.join(pg_wal, ".safekeeper-prefetch")
+    dest = os.path.join(pg_wal, "RECOVERYXLOG")
+
+    def restore(segno: int):
+        return sk("restore-wal", *w.args(), segment_name(1, segno, MIB), dest, env=w.env())
+
+    def spooled_bytes(segno: int):
+        path = spool_files(spool).get(segment_name(1, segno, MIB))
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (TypeError, OSError):
+            return None
+
+    assert restore(1).returncode == 0
+    wait_until("segments 2..4 spooled", lambda: all(spooled_bytes(s) for s in (2, 3, 4)), timeout=30)
+    replaced = synthetic_segment(3, MIB, SYSID + 1)
+    w.put(segment_name(1, 3, MIB), replaced)
+    w.delete(segment_name(1, 4, MIB))
+    # Keep PostgreSQL's requests coming as a replay would (the worker exits after 5 s idle).
+    cp = restore(2)
+    assert cp.returncode == 0 and "restored from the prefetch spool" in cp.stderr, cp.stderr
+    with open(dest, "rb") as f:
+        assert f.read() == segs[2]
+    wait_until("the worker dropped the changed segments",
+               lambda: os.path.isdir(spool) and spooled_bytes(3) in (None, replaced) and spooled_bytes(4) is None,
+               timeout=4)
+    # What did not change was confirmed and stays (the same check ran for it, segments 2..5 were
+    # spooled together).
+    time.sleep(0.5)
+    with open(spool_files(spool)["prefetch.log"]) as f:
+        log = f.read()
+    dropped = {line.split("file=")[-1].split()[0] for line in log.splitlines() if "spooled segment dropped" in line}
+    assert dropped == {segment_name(1, 3, MIB), segment_name(1, 4, MIB)}, log
+    assert spooled_bytes(5) == segs[5], log
+    cp = restore(3)
+    assert cp.returncode == 0, cp.stderr
+    with open(dest, "rb") as f:
+        assert f.read() == replaced, "the segment spooled before it was replaced was served"
+    cp = restore(4)
+    assert cp.returncode == 1, f"a segment removed from the archive was served: {cp.stderr}"
+    # A killed worker's spooled segments are not served once they are no longer confirmed.
+    assert restore(1).returncode == 0
+    wait_until("2..4 spooled again", lambda: spooled_bytes(2) is not None, timeout=30)
+    for pid in prefetch_workers(pg_wal):
+        os.kill(pid, 9)
+    wait_until("the worker gone", lambda: not prefetch_workers(pg_wal), timeout=10)
+    w.put(segment_name(1, 2, MIB), synthetic_segment(2, MIB, SYSID + 1))
+    time.sleep(11)   # MAX_UNCHECKED_AGE (10 s) and a margin
+    cp = restore(2)
+    assert cp.returncode == 0 and "restored from the prefetch spool" not in cp.stderr, cp.stderr
+    with open(dest, "rb") as f:
+        assert f.read() == synthetic_segment(2, MIB, SYSID + 1)
+    wait_prefetch_gone(pg_wal, timeout=30)

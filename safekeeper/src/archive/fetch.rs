@@ -202,20 +202,30 @@ pub(crate) async fn fetch_wal_file(
     }
 }
 
-/// Only the full segment `segment`, never a partial: what the prefetcher may spool.
+/// Only the full segment `segment`, never a partial: what the prefetcher may spool. With the
+/// metadata of the object read, so that a later `head` tells whether it was replaced.
 pub(crate) async fn fetch_full_segment(
     storage: &dyn RemoteStorage,
     cluster: &str,
     segment: &str,
     seg_size: u32,
     cancel: &CancellationToken,
-) -> Result<Option<Fetched>, FetchError> {
-    let key = format!("{}{segment}", wal_prefix(cluster));
-    match storage.get_bytes(&key, cancel).await {
-        Ok(data) => check_full(key, segment, data, Some(seg_size)).map(Some),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(object_error(e)),
-    }
+) -> Result<Option<(Fetched, ObjectMeta)>, FetchError> {
+    let key = full_segment_key(cluster, segment);
+    let got = match storage.get(&key, None, cancel).await {
+        Ok(got) => got,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(object_error(e)),
+    };
+    let meta = got.meta.clone();
+    let data = got.bytes().await.map_err(object_error)?;
+    let fetched = check_full(key, segment, data, Some(seg_size))?;
+    Ok(Some((fetched, meta)))
+}
+
+/// The key of full segment `segment` in `cluster`'s archive.
+pub(crate) fn full_segment_key(cluster: &str, segment: &str) -> String {
+    format!("{}{segment}", wal_prefix(cluster))
 }
 
 async fn fetch_history(

@@ -7,6 +7,8 @@
 //! be served for another's request of the same name, even while a worker of the first is still
 //! storing (checking a shared `SOURCE` file before each store would leave a window). In it:
 //! - `SEGMENT`: a complete, verified, fsynced full segment (written as `.SEGMENT.tmp.PID`, renamed);
+//!   its modification time is when the worker last confirmed that the archive still holds the
+//!   very object it was read from (see "fresh" below);
 //! - `SEGMENT.claim`: a prefetch worker (its pid inside) is downloading SEGMENT;
 //! - `SOURCE`: the remote URL and cluster the spooled files came from;
 //! - `SERVED`: the last segment served to PostgreSQL; workers skip it and everything before it;
@@ -32,6 +34,13 @@
 //!   (PostgreSQL has moved past it);
 //! - when a timeline's WAL ends (a partial was served, or a segment is not in the archive) its
 //!   spooled segments are removed: sequential replay on it cannot reach them;
+//! - a spooled segment is served only while *fresh*: confirmed at most [`MAX_UNCHECKED_AGE`] ago
+//!   (its mtime). The worker confirms every spooled segment older than a couple of seconds with a
+//!   HEAD (same size, crc32c and modification time as the object it read) and drops it when the
+//!   object was replaced or removed; one it could not confirm (a worker killed, the storage
+//!   failing) goes stale and the foreground fetches directly. So a segment replaced or removed
+//!   in the archive after it was spooled is not served once that is seen (normally within
+//!   seconds) and never after [`MAX_UNCHECKED_AGE`];
 //! - a claim whose process is gone is stale and ignored, so a killed worker never blocks anyone;
 //!   so is a `WORKER` file nobody holds locked (the kernel drops a dead process's locks);
 //! - a file vanishing under a reader (the worker closing the spool) is a miss, never an error.
@@ -50,6 +59,8 @@ const SOURCE_FILE: &str = "SOURCE";
 const SERVED_FILE: &str = "SERVED";
 const CLAIM_SUFFIX: &str = ".claim";
 const WORKER_FILE: &str = "WORKER";
+/// Longest a spooled segment is served after its object was last confirmed in the archive.
+pub(crate) const MAX_UNCHECKED_AGE: Duration = Duration::from_secs(10);
 
 /// A spool directory bound to one remote and cluster.
 #[derive(Debug, Clone)]
@@ -203,7 +214,11 @@ impl Spool {
         let deadline = Instant::now() + wait;
         let src = self.path(segment);
         loop {
-            if src.exists() {
+            if let Ok(meta) = fs::metadata(&src) {
+                if !is_fresh(&meta) {
+                    // Not confirmed lately (see the module documentation): fetch directly.
+                    return Ok(false);
+                }
                 match move_into_place(&src, dest) {
                     Ok(()) => return Ok(true),
                     // The worker closed the spool under us: a miss.
@@ -216,6 +231,30 @@ impl Spool {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Marks spooled `segment` as confirmed in the archive just now (fresh again); false when it
+    /// is not spooled any more.
+    pub(crate) fn confirm(&self, segment: &str) -> Result<bool> {
+        let path = self.path(segment);
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        file.set_modified(std::time::SystemTime::now())
+            .with_context(|| format!("cannot set the time of {}", path.display()))?;
+        Ok(true)
+    }
+
+    /// Removes spooled `segment` (its object changed in the archive, or cannot be confirmed).
+    pub(crate) fn drop_segment(&self, segment: &str) -> Result<()> {
+        self.remove_segments(|name| name == segment)
+    }
+
+    /// Removes every spooled segment (left by a worker that is gone: nobody can confirm them).
+    pub(crate) fn drop_all_segments(&self) -> Result<()> {
+        self.remove_segments(|_| true)
     }
 
     /// Records that full segment `served` went to PostgreSQL and removes what it will not ask
@@ -273,13 +312,14 @@ impl Spool {
     }
 
     /// Stores a downloaded segment durably under its name (unless PostgreSQL moved past it
-    /// meanwhile) and releases the claim.
-    pub(crate) fn store(&self, segment: &str, data: &[u8], claim: Claim) -> Result<()> {
-        if !self.is_behind(segment) {
+    /// meanwhile) and releases the claim. Returns whether it was stored.
+    pub(crate) fn store(&self, segment: &str, data: &[u8], claim: Claim) -> Result<bool> {
+        let wanted = !self.is_behind(segment);
+        if wanted {
             write_file_atomic(&self.path(segment), data)?;
         }
         drop(claim);
-        Ok(())
+        Ok(wanted)
     }
 
     /// Whether a claim file for `segment` names a live process.
@@ -325,6 +365,15 @@ impl Spool {
 #[derive(Debug)]
 pub(crate) struct WorkerLock {
     _file: File,
+}
+
+/// Whether a spooled file was confirmed in the archive at most [`MAX_UNCHECKED_AGE`] ago. A
+/// time in the future (the clock stepped back) is not fresh: a miss is only slower.
+fn is_fresh(meta: &fs::Metadata) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age <= MAX_UNCHECKED_AGE)
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
@@ -464,6 +513,38 @@ mod tests {
         spool.forget_timeline_of(S3).expect("forget");
         assert!(names(&spool).is_empty());
         assert!(!spool.take(S3, &dest, Duration::ZERO).expect("take"));
+    }
+
+    #[test]
+    fn only_fresh_segments_are_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(&dir.path().join("spool"), "file:///a", "main").expect("open");
+        let dest = dir.path().join("RECOVERYXLOG");
+        for s in [S2, S3] {
+            let claim = spool.claim(s).expect("claim").expect("free");
+            assert!(spool.store(s, s.as_bytes(), claim).expect("store"));
+        }
+        let long_ago = std::time::SystemTime::now() - MAX_UNCHECKED_AGE - Duration::from_secs(1);
+        for s in [S2, S3] {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(spool.path(s))
+                .expect("open");
+            f.set_modified(long_ago).expect("set time");
+        }
+        assert!(
+            !spool.take(S2, &dest, Duration::ZERO).expect("take"),
+            "not confirmed lately"
+        );
+        assert!(!dest.exists());
+        assert!(spool.confirm(S2).expect("confirm"));
+        assert!(spool.take(S2, &dest, Duration::ZERO).expect("take"));
+        assert!(
+            !spool.confirm(S2).expect("confirm"),
+            "taken: nothing to confirm"
+        );
+        spool.drop_segment(S3).expect("drop");
+        assert!(names(&spool).is_empty());
     }
 
     #[test]

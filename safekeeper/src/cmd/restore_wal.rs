@@ -20,8 +20,10 @@
 //! ([`super::prefetch_worker`], one per spool for the whole recovery) keeps the next full
 //! segments downloaded into the spool ([`crate::archive::spool`]), so sequential replay is not
 //! bound by request latency. A call the spool can answer does no more than a rename and an
-//! fsync: no async runtime, no storage client, no request. A prefetch failure never fails a
-//! restore: the foreground falls back to a normal fetch.
+//! fsync: no async runtime, no storage client, no request. It serves only a segment the worker
+//! confirmed in the archive lately (the spool's "fresh" rule): a replaced or removed object is
+//! not served from the spool. A prefetch failure never fails a restore: the foreground falls
+//! back to a normal fetch.
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
