@@ -2,9 +2,11 @@
 # Restore throughput of `safekeeper restore-wal` (segments/s) against a local moto S3 server.
 #   bench/restore_bench.sh [--segments 64] [--prefetch 8] [--segment-mb 16] [--object-format v1|raw]
 #       synthetic segments, restore-wal with --prefetch 0 vs the given depths (bench/restore_bench.py)
-#   bench/restore_bench.sh --vs-pgbackrest [--segments 64] [--rounds 2] [--latency-ms 20] [--keep]
-#       real WAL, restore-wal next to `pgbackrest archive-get` (serial and async), direct and with
-#       added latency per request (bench/restore_vs_pgbackrest.py; needs Debian's pgbackrest)
+#   bench/restore_bench.sh --vs-pgbackrest [--quick] [--segments 64] [--rounds 2] [--latency-ms 20] [--keep]
+#       real WAL, restore-wal (default, --prefetch 0, --prefetch 8) next to `pgbackrest archive-get`
+#       (serial and async), direct and with added latency per request
+#       (bench/restore_vs_pgbackrest.py; needs Debian's pgbackrest). Hard limit: 30 min (--quick 8),
+#       then SIGTERM, on which the Python side stops every process it started by PID.
 # Builds the release binary unless SAFEKEEPER_BIN names one; uses the test venv (moto, boto3, crc32c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,8 @@ if [ "${1:-}" = "--vs-pgbackrest" ]; then
   fi
   . scripts/lib/find_pg.sh
   PG_BINDIR=${PG_BINDIR:-$(find_pg_bindir)}; export PG_BINDIR
-  exec timeout --signal=INT 1800 test_runner/.venv/bin/python bench/restore_vs_pgbackrest.py "$@"
+  limit=1800
+  case " $* " in *" --quick "*) limit=480 ;; esac
+  exec timeout --signal=TERM --kill-after=60 "$limit" test_runner/.venv/bin/python bench/restore_vs_pgbackrest.py "$@"
 fi
 exec test_runner/.venv/bin/python bench/restore_bench.py "$@"

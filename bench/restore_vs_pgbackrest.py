@@ -14,7 +14,10 @@ Tools:
 - `pgbackrest serial`: `pgbackrest --stanza=bench archive-get %f %p`;
 - `pgbackrest async`: the same with `--archive-async --archive-get-queue-max=128MiB --process-max=4`;
 - `safekeeper default`: `safekeeper restore-wal ... %f %p`, the README's command (prefetch on);
-- `safekeeper --prefetch 0`: no prefetch.
+- `safekeeper --prefetch 0`: no prefetch;
+- `safekeeper --prefetch 8`: a fixed look-ahead of 8 segments.
+The `--prefetch` variants are skipped (and say so) when the binary's `restore-wal --help` has no
+such flag.
 
 Conditions: `direct`, and `+N ms/request` (`--latency-ms`, default 20): every request of both tools
 goes through a proxy on 127.0.0.1 (bench/lib/latency_proxy.py) that adds the delay to each HTTP
@@ -24,7 +27,11 @@ request. pgBackRest's S3 client needs TLS, so its proxy also terminates TLS (sel
 Runs are interleaved: each round runs every (condition, tool) pair, the tool order flipping every
 round. Prints every run, the medians, and safekeeper default / pgBackRest for each condition.
 
-Usage: bench/restore_bench.sh --vs-pgbackrest [--segments 64] [--rounds 2] [--latency-ms 20] [--keep]
+On SIGTERM/SIGINT (bench/restore_bench.sh puts a hard timeout on the run) every process this
+started is stopped by PID: the PostgreSQL primary, moto, the proxies (threads), the safekeeper's
+prefetch workers and pgBackRest's async archive-get workers; the directory goes unless `--keep`.
+
+Usage: bench/restore_bench.sh --vs-pgbackrest [--quick] [--segments 64] [--rounds 2] [--latency-ms 20] [--keep]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +60,67 @@ from fixtures.utils import chown_to_pg_user, pg_os_user  # noqa: E402
 from latency_proxy import LatencyProxy, self_signed_cert  # noqa: E402
 
 STANZA = "bench"
+TOOLS = ("pgbackrest serial", "pgbackrest async", "safekeeper default", "safekeeper --prefetch 0",
+         "safekeeper --prefetch 8")
+
+
+def on_signal(signum, _frame) -> None:
+    """SIGTERM (the .sh's timeout) unwinds like Ctrl-C, so every `finally` stops what it started."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pids_with_arg(needle: str) -> list[int]:
+    """PIDs of processes one of whose arguments contains `needle` (a path unique to this run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(needle.encode() in a for a in args):
+            found.append(int(entry))
+    return found
+
+
+def stop_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not zombie(p)]
+        time.sleep(0.05)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def accepted_tools(binary: str, tools: list[str]) -> list[str]:
+    """`tools` without the safekeeper variants whose flags `restore-wal --help` does not list."""
+    cp = subprocess.run([binary, "restore-wal", "--help"], capture_output=True, text=True, timeout=60)
+    kept = []
+    for tool in tools:
+        flag = tool.split()[1] if tool.startswith("safekeeper --") else None
+        if flag is not None and flag not in cp.stdout:
+            print(f"skipping {tool!r}: this binary's restore-wal has no {flag}")
+            continue
+        kept.append(tool)
+    return kept
 
 
 def as_pg(**kw) -> dict:
@@ -159,8 +228,8 @@ def run_tool(tool: str, names: list[str], work: str, conf: str, writer: ArchiveW
         sk_args = ["--remote", writer.bucket.url, "--s3-endpoint", sk_endpoint, "--s3-force-path-style",
                    "--cluster", writer.cluster]
         base = [binary, "restore-wal", *sk_args]
-        if tool == "safekeeper --prefetch 0":
-            base += ["--prefetch", "0"]
+        if tool.startswith("safekeeper --"):
+            base += tool.split()[1:]
         env = dict(os.environ, **s3_env(), RUST_LOG="warn")
     # pgBackRest insists on running in its pg1-path (PostgreSQL runs restore_command in the data
     # directory); it then gets %p as an absolute path into this run's pg_wal.
@@ -174,8 +243,12 @@ def run_tool(tool: str, names: list[str], work: str, conf: str, writer: ArchiveW
             raise RuntimeError(f"{tool}: {name} exited {cp.returncode}: {cp.stderr}")
         os.rename(os.path.join(pg_wal, "RECOVERYXLOG"), os.path.join(pg_wal, name))
     elapsed = time.monotonic() - started
-    for pid in prefetch_workers(run_dir):
-        os.kill(pid, 15)
+    # Background workers left by this run: the safekeeper's prefetch worker, pgBackRest's async
+    # archive-get process (both name this run's directory in their arguments or spool path).
+    leftovers = prefetch_workers(run_dir) + pids_with_arg(spool)
+    if leftovers:
+        print(f"  ({tool}: stopped {len(leftovers)} background worker(s) still running after the last call)")
+    stop_pids(leftovers)
     for name in names:
         with open(os.path.join(pg_wal, name), "rb") as f:
             if hashlib.sha256(f.read()).hexdigest() != digests[name]:
@@ -186,16 +259,22 @@ def run_tool(tool: str, names: list[str], work: str, conf: str, writer: ArchiveW
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--segments", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 segments, 1 round, unless given")
+    ap.add_argument("--segments", type=int, default=None, help="16 MiB segments restored per run (64)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (2)")
     ap.add_argument("--latency-ms", type=float, default=20.0)
-    ap.add_argument("--tools", default="pgbackrest serial,pgbackrest async,safekeeper default,safekeeper --prefetch 0")
+    ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    if args.segments is None:
+        args.segments = 8 if args.quick else 64
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    signal.signal(signal.SIGTERM, on_signal)
     if shutil.which("pgbackrest") is None:
         sys.exit("pgbackrest not found: install Debian's pgbackrest package (apt-get install pgbackrest)")
     binary = os.environ.get("SAFEKEEPER_BIN") or os.path.join(HERE, "..", "target", "release", "safekeeper")
-    tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    tools = accepted_tools(binary, [t.strip() for t in args.tools.split(",") if t.strip()])
     work = tempfile.mkdtemp(prefix="sk-restore-vs-pgbackrest-")
     os.chmod(work, 0o755)
     chown_to_pg_user(work)
@@ -248,6 +327,9 @@ def main() -> None:
             pg.stop("immediate")
         if server is not None:
             server.stop()
+        # Whatever is left that names this run's directory (prefetch or archive-get workers of an
+        # interrupted run).
+        stop_pids(pids_with_arg(work))
         if args.keep:
             print(f"kept {work}")
         else:
@@ -255,4 +337,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        sys.exit(f"interrupted ({e or 'SIGINT'}): every process it started was stopped")
