@@ -6,8 +6,8 @@ written enough segments) is put into moto's S3 twice: into a pgBackRest reposito
 own `archive-push` (zstd level 1), and into a safekeeper archive as the safekeeper writes objects
 (current object format, zstd level 1: fixtures/archive.py + fixtures/objects.py). Then each tool
 restores every segment, one process per segment, exactly as PostgreSQL runs a `restore_command`
-(working directory = a data directory, `%p` = `pg_wal/RECOVERYXLOG`, the file renamed to its name
-after each call, as PostgreSQL does), as the PostgreSQL OS user. Every restored file is compared
+(`/bin/sh -c`, working directory = a data directory, `%p` = `pg_wal/RECOVERYXLOG`, the file
+renamed to its name after each call, as PostgreSQL does), as the PostgreSQL OS user. Every restored file is compared
 (sha256) with the source after each run, outside the timed loop; a mismatch aborts the benchmark.
 
 Tools:
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -170,8 +171,9 @@ def run_tool(tool: str, cond: Condition, names: list[str], work: str, writer: Ar
     requests_before = proxy.requests
     started = time.monotonic()
     for name in names:
-        cp = subprocess.run([*base, name, dest], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=300, **as_pg())
+        # PostgreSQL runs restore_command through system(), i.e. `/bin/sh -c`.
+        cp = subprocess.run(["/bin/sh", "-c", shlex.join([*base, name, dest])], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300, **as_pg())
         if cp.returncode != 0:
             raise RuntimeError(f"{tool}: {name} exited {cp.returncode}: {cp.stderr}")
         os.rename(os.path.join(pg_wal, "RECOVERYXLOG"), os.path.join(pg_wal, name))
