@@ -26,7 +26,8 @@ request. pgBackRest's S3 client needs TLS, so its proxy also terminates TLS (sel
 `repo1-storage-verify-tls=n`); the safekeeper's proxy speaks plain HTTP to moto like its client.
 In `direct` both proxies add nothing, so both tools pay the same one relay hop in each condition.
 
-Runs are interleaved: each round runs every (condition, tool) pair, the order reversed every
+First every (condition, tool) restores `--warmup-segments` (4) segments untimed. Then the runs are
+interleaved: each round runs every (condition, tool) pair, the order reversed every
 other round. Prints every run, the medians, and safekeeper default / pgBackRest (serial, async)
 for each condition, from the medians and per round.
 
@@ -152,7 +153,7 @@ def tool_command(tool: str, cond: Condition, writer: ArchiveWriter, binary: str,
 
 
 def run_tool(tool: str, cond: Condition, names: list[str], work: str, writer: ArchiveWriter,
-             digests: dict, binary: str, pg_data: str) -> tuple[float, int]:
+             digests: dict, binary: str, pg_data: str, verbose: bool = True) -> tuple[float, int]:
     """Restores every segment as PostgreSQL would; returns the wall time of the calls and the
     number of HTTP requests the tool sent (background workers included, until they were stopped)."""
     run_dir = tempfile.mkdtemp(prefix="run-", dir=work)
@@ -181,7 +182,7 @@ def run_tool(tool: str, cond: Condition, names: list[str], work: str, writer: Ar
     # Background workers left by this run: the safekeeper's prefetch worker, pgBackRest's async
     # archive-get process (both name this run's directory in their arguments or spool path).
     leftovers = prefetch_workers(run_dir) + pids_with_arg(spool)
-    if leftovers:
+    if leftovers and verbose:
         print(f"  ({tool}: stopped {len(leftovers)} background worker(s) still running after the last call)")
     stop_pids(leftovers)
     requests = proxy.requests - requests_before
@@ -217,6 +218,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (2)")
     ap.add_argument("--latency-ms", type=float, default=20.0, help="delay added per request (20)")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of the tools")
+    ap.add_argument("--warmup-segments", type=int, default=4,
+                    help="segments each (condition, tool) restores untimed before round 1 (4; 0: none)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     args = ap.parse_args()
     if args.segments is None:
@@ -254,6 +257,15 @@ def main() -> None:
         print(f"{len(names)} segments of 16 MiB, {args.rounds} rounds, one process per segment\n", flush=True)
         pairs = [(cond, tool) for cond in conditions for tool in tools]
         results: dict[tuple[str, str], list[float]] = {(c.name, t): [] for c, t in pairs}
+        # Untimed warm-up: the first timed run of the bench was ~25% slower than later runs of the
+        # same tool (cold moto code paths, binaries, page cache), whichever tool came first.
+        warm = names[:args.warmup_segments]
+        if warm:
+            t0 = time.monotonic()
+            for cond, tool in pairs:
+                run_tool(tool, cond, warm, work, writer, digests, binary, pg.datadir, verbose=False)
+            print(f"warm-up: every (condition, tool) restored {len(warm)} segments, untimed "
+                  f"({time.monotonic() - t0:.1f} s)\n", flush=True)
         for r in range(args.rounds):
             for cond, tool in (pairs if r % 2 == 0 else reversed(pairs)):
                 elapsed, requests = run_tool(tool, cond, names, work, writer, digests, binary, pg.datadir)
