@@ -82,11 +82,19 @@ class LatencyProxy:
         await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
 
     def stop(self) -> None:
-        def shutdown() -> None:
+        """Closes the listener, cancels every connection and ends the thread."""
+        async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
-            self._loop.stop()
-        self._loop.call_soon_threadsafe(shutdown)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
