@@ -7,7 +7,9 @@ own `archive-push` (zstd level 1), and into a safekeeper archive as the safekeep
 (current object format, zstd level 1: fixtures/archive.py + fixtures/objects.py). Then each tool
 restores every segment, one process per segment, exactly as PostgreSQL runs a `restore_command`
 (`/bin/sh -c`, working directory = a data directory, `%p` = `pg_wal/RECOVERYXLOG`, the file
-renamed to its name after each call, as PostgreSQL does), as the PostgreSQL OS user. Every restored file is compared
+kept under its name after each call as PostgreSQL keeps a restored file: fsync, rename, fsync of
+`pg_wal`, its `durable_rename`, timed with the call since PostgreSQL's startup process waits for
+it too), as the PostgreSQL OS user. Every restored file is compared
 (sha256) with the source after each run, outside the timed loop; a mismatch aborts the benchmark.
 
 Tools:
@@ -177,7 +179,7 @@ def run_tool(tool: str, cond: Condition, names: list[str], work: str, writer: Ar
                             capture_output=True, text=True, timeout=300, **as_pg())
         if cp.returncode != 0:
             raise RuntimeError(f"{tool}: {name} exited {cp.returncode}: {cp.stderr}")
-        os.rename(os.path.join(pg_wal, "RECOVERYXLOG"), os.path.join(pg_wal, name))
+        keep_restored_file(pg_wal, name)
     elapsed = time.monotonic() - started
     # Background workers left by this run: the safekeeper's prefetch worker, pgBackRest's async
     # archive-get process (both name this run's directory in their arguments or spool path).
@@ -192,6 +194,23 @@ def run_tool(tool: str, cond: Condition, names: list[str], work: str, writer: Ar
                 raise RuntimeError(f"{tool}: {name} restored with other bytes than the source")
     shutil.rmtree(run_dir, ignore_errors=True)
     return elapsed, requests
+
+
+def keep_restored_file(pg_wal: str, name: str) -> None:
+    """What PostgreSQL does with a file its restore_command wrote (KeepFileRestoredFromArchive:
+    durable_rename of RECOVERYXLOG to the segment's name): fsync the file, rename, fsync pg_wal."""
+    src = os.path.join(pg_wal, "RECOVERYXLOG")
+    fd = os.open(src, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(src, os.path.join(pg_wal, name))
+    dfd = os.open(pg_wal, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def report(results: dict, conditions: list[Condition]) -> None:

@@ -6,7 +6,9 @@ The delay is applied when a chunk from the client starts with an HTTP method (a 
 connection), before it is forwarded; responses pass through untouched. Both tools' requests are
 small GETs/HEADs/LISTs, so each request pays the delay once, whichever tool sends it.
 
-Runs its own event loop in a daemon thread; `stop()` closes the listener and every connection.
+Runs in its own process (its event loop must not share a GIL with the benchmark's driver, which
+times the tools: in one process, a proxy relaying hundreds of MiB/s slowed the calls it timed and
+capped the faster tool); `stop()` ends that process by its PID.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import asyncio
 import os
 import ssl
 import subprocess
-import threading
+import multiprocessing
+import signal
 from typing import Optional
 
 METHODS = (b"GET ", b"PUT ", b"HEAD ", b"POST ", b"DELETE ")
@@ -31,44 +34,58 @@ def self_signed_cert(directory: str) -> tuple[str, str]:
 
 
 class LatencyProxy:
+    """The proxy's process, seen from the benchmark: `port`, `requests` (HTTP requests relayed so
+    far), `stop()`."""
+
     def __init__(self, upstream_port: int, delay_s: float = 0.0, tls: Optional[tuple[str, str]] = None):
-        self.upstream_port = upstream_port
-        self.delay_s = delay_s
-        self.requests = 0
-        self._ssl = None
-        if tls is not None:
-            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._ssl.load_cert_chain(*tls)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._server: Optional[asyncio.AbstractServer] = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("proxy did not start")
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._ssl))
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._requests = ctx.Value("q", 0)
+        ports = ctx.Queue()
+        self._proc = ctx.Process(target=_serve, args=(upstream_port, delay_s, tls, self._requests, ports),
+                                 daemon=True)
+        self._proc.start()
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            self.port = ports.get(timeout=30)
+        except Exception:
+            self.stop()
+            raise RuntimeError("proxy did not start") from None
+
+    @property
+    def requests(self) -> int:
+        return self._requests.value
+
+    def stop(self) -> None:
+        """Ends the proxy's process (SIGTERM by PID, then SIGKILL): every connection goes with it."""
+        if self._proc.pid is not None and self._proc.is_alive():
+            os.kill(self._proc.pid, signal.SIGTERM)
+            self._proc.join(10)
+            if self._proc.is_alive():
+                os.kill(self._proc.pid, signal.SIGKILL)
+        self._proc.join(10)
+
+
+def _serve(upstream_port: int, delay_s: float, tls: Optional[tuple[str, str]], requests, ports) -> None:
+    """The proxy process: accepts on an ephemeral port of 127.0.0.1, reports it, relays forever."""
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
         except OSError:
             writer.close()
             return
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: bool) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, client_side: bool) -> None:
             try:
-                while chunk := await src.read(1 << 16):
-                    if delay and chunk.startswith(METHODS):
-                        self.requests += 1
-                        if self.delay_s:
-                            await asyncio.sleep(self.delay_s)
+                while chunk := await src.read(1 << 18):
+                    if client_side and chunk.startswith(METHODS):
+                        with requests.get_lock():
+                            requests.value += 1
+                        if delay_s:
+                            await asyncio.sleep(delay_s)
                     dst.write(chunk)
                     await dst.drain()
             except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
@@ -81,20 +98,10 @@ class LatencyProxy:
 
         await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
 
-    def stop(self) -> None:
-        """Closes the listener, cancels every connection and ends the thread."""
-        async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        ports.put(server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
 
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                pass
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+    asyncio.run(main())
