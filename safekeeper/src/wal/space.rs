@@ -130,6 +130,9 @@ pub(crate) struct SpacePolicy {
     pub backup_lsn: Arc<dyn Fn() -> Option<Lsn> + Send + Sync>,
     /// The reserve file: whatever it misses of its full size must stay free for refilling it.
     pub reserve: Option<PathBuf>,
+    /// Prepare the next segment's file ahead, off the commit path (`wal::spare`). Off for tools
+    /// and for tests that count the files of a directory.
+    pub spare: bool,
 }
 
 impl SpacePolicy {
@@ -140,6 +143,7 @@ impl SpacePolicy {
             probe: Arc::new(Statvfs),
             backup_lsn: Arc::new(|| None),
             reserve: None,
+            spare: false,
         }
     }
 
@@ -278,11 +282,9 @@ pub(crate) fn preallocate(
 pub(crate) fn remove_leftover_temp_files(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .ends_with(PREALLOC_SUFFIX)
-        {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(PREALLOC_SUFFIX) || crate::wal::spare::is_spare_temp(&name) {
             fs::remove_file(entry.path())
                 .with_context(|| format!("cannot remove {}", entry.path().display()))?;
             info!(path = %entry.path().display(), "removed the temp file of an unfinished write");

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::wal::format::{self, Expect, ScanStop};
 use crate::wal::space::{self, PREALLOC_SUFFIX, SpacePolicy};
+use crate::wal::spare::Spare;
 
 /// Suffix of the segment being written.
 pub(crate) const PARTIAL_SUFFIX: &str = ".partial";
@@ -69,6 +70,8 @@ pub(crate) struct WalStore {
     flushed_lsn: Lsn,
     /// How room for the next segment is measured and made (see `wal::space`).
     space: SpacePolicy,
+    /// The next segment's file, prepared ahead when the space policy asks for it.
+    spare: Option<Spare>,
 }
 
 impl WalStore {
@@ -103,6 +106,7 @@ impl WalStore {
             written_lsn: recorded_flush_lsn,
             flushed_lsn: recorded_flush_lsn,
             space: SpacePolicy::none(),
+            spare: None,
         };
         let resume = store.find_resume_point(recorded_flush_lsn, floor)?;
         store.written_lsn = resume;
@@ -134,6 +138,7 @@ impl WalStore {
             written_lsn: start,
             flushed_lsn: start,
             space: SpacePolicy::none(),
+            spare: None,
         };
         if !start.is_segment_start(id.seg_size) {
             let segno = start.segment_number(id.seg_size);
@@ -160,8 +165,22 @@ impl WalStore {
 
     /// Sets how room for new segments is made (by default nothing may be freed).
     pub(crate) fn with_space(mut self, space: SpacePolicy) -> WalStore {
+        self.spare = space
+            .spare
+            .then(|| Spare::new(&self.dir, self.id.seg_size, space.probe.clone()));
+        if let Some(spare) = &mut self.spare {
+            spare.prepare_next();
+        }
         self.space = space;
         self
+    }
+
+    /// Waits for the spare being prepared, if any (tests).
+    #[cfg(test)]
+    pub(crate) fn wait_for_spare(&mut self) {
+        if let Some(spare) = &mut self.spare {
+            spare.wait();
+        }
     }
 
     pub(crate) fn identity(&self) -> WalIdentity {
@@ -281,11 +300,19 @@ impl WalStore {
             .context("internal error: no open segment")
     }
 
-    /// Creates `SEGMENT.partial` full of zeros: written to a temporary name, fsynced, renamed.
-    /// Room is made first (uploaded segments freed, see `wal::space`); a full disk is a
+    /// Creates `SEGMENT.partial` full of zeros, durably: the spare prepared ahead when there is
+    /// one (a rename, see `wal::spare`), else written to a temporary name, fsynced, renamed, with
+    /// room made first (uploaded segments freed, see `wal::space`); a full disk is a
     /// [`space::DiskFull`] error that leaves nothing behind and changes nothing in the store.
-    fn create_preallocated(&self, segno: u64) -> Result<File> {
+    /// Either way the next spare is then prepared off the commit path.
+    fn create_preallocated(&mut self, segno: u64) -> Result<File> {
         let final_path = self.partial_path(segno);
+        if let Some(spare) = &mut self.spare {
+            if let Some(file) = spare.take(&final_path)? {
+                spare.prepare_next();
+                return Ok(file);
+            }
+        }
         let seg_size = self.id.seg_size;
         self.space
             .make_room(&self.dir, seg_size, self.id.timeline, u64::from(seg_size))?;
@@ -299,6 +326,9 @@ impl WalStore {
             &*self.space.probe,
         )?;
         debug!(segment = %final_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "segment preallocated");
+        if let Some(spare) = &mut self.spare {
+            spare.prepare_next();
+        }
         Ok(file)
     }
 

@@ -286,6 +286,7 @@ impl Follower<'_> {
                     .path()
                     .to_path_buf(),
             ),
+            spare: true,
         }
     }
 

@@ -61,6 +61,7 @@ impl Manager {
             probe: Arc::new(Statvfs),
             backup_lsn: Arc::new(move || Some(backup_lsn)),
             reserve: Some(self.wiring.wal_dir.with_file_name(space::RESERVE_FILE_NAME)),
+            spare: false,
         };
         let dir = &self.wiring.wal_dir;
         if let Err(e) = policy.make_room(dir, st.wal_segment_size, st.timeline, seg_size) {

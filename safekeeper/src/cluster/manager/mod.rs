@@ -65,7 +65,7 @@ use control_file::{ClusterState, Lsn};
 use remote_storage::RemoteStorage;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::{MissedTickBehavior, interval, sleep_until, timeout};
+use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -83,12 +83,28 @@ use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
 /// How often the follower's published LSNs are read (uploads start at most this late).
 const PROGRESS_SAMPLE: Duration = Duration::from_millis(50);
-/// How often LSNs from the follower are written to the control file.
+/// How often LSNs from the follower are written to the control file (and GC and audits are
+/// looked at again).
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// The same for a quiet cluster (see [`Manager::quiet`]): nothing changes there, and a hundred
+/// idle clusters must not wake a hundred times a second.
+const QUIET_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
+/// How long after the follower's last change a cluster with no work in flight counts as quiet.
+const QUIET_AFTER: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Bound on the final partial upload at shutdown.
 const FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Returns once `progress` holds a value not seen yet, but not before `not_before`; an error
+/// when the follower is gone. Cancel-safe (both awaits are).
+async fn progress_changed(
+    progress: &mut watch::Receiver<ClusterStatus>,
+    not_before: Instant,
+) -> Result<(), watch::error::RecvError> {
+    sleep_until(not_before.into()).await;
+    progress.changed().await
+}
 
 /// Requests from the admin API.
 pub(crate) enum ManagerCommand {
@@ -162,6 +178,8 @@ struct Progress {
     live: bool,
     /// When `persist_lsns` last logged a failure (it logs at most once a minute).
     persist_warned: Option<Instant>,
+    /// When a change of the follower's status was last sampled (see `Manager::quiet`).
+    changed_at: Instant,
 }
 
 /// Back-off after a failure; no work is scheduled before `at`.
@@ -249,6 +267,7 @@ impl Manager {
                 timeline,
                 live: false,
                 persist_warned: None,
+                changed_at: Instant::now(),
             },
             retry: Retry {
                 at: None,
@@ -275,10 +294,10 @@ impl Manager {
 
     /// Runs until the follower has stopped (its status channel closes) after `cancel`.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
-        let mut persist = interval(PERSIST_INTERVAL);
-        persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut progress_tick = interval(PROGRESS_SAMPLE);
-        progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_persist = Instant::now() + PERSIST_INTERVAL;
+        // The follower's LSNs are sampled at most every PROGRESS_SAMPLE, and only when they
+        // changed (or a partial upload waits to become due): an idle cluster's manager sleeps.
+        let mut sampled_at = Instant::now() - PROGRESS_SAMPLE;
         let mut follower_running = true;
         self.schedule();
         while follower_running {
@@ -290,20 +309,31 @@ impl Manager {
                 },
                 // Sampled, not woken per change: the follower publishes after every fsync batch
                 // (hundreds a second under sync load), and nothing here needs that cadence.
-                _ = progress_tick.tick() => match self.io.progress.has_changed() {
-                    Ok(true) => self.on_progress(),
-                    Ok(false) => {}
-                    Err(_) => follower_running = false,
-                },
+                changed = progress_changed(&mut self.io.progress, sampled_at + PROGRESS_SAMPLE) => {
+                    sampled_at = Instant::now();
+                    match changed {
+                        Ok(()) => {
+                            self.on_progress();
+                            self.progress.changed_at = sampled_at;
+                            next_persist = next_persist.min(sampled_at + PERSIST_INTERVAL);
+                        }
+                        Err(_) => follower_running = false,
+                    }
+                }
+                // A partial upload becomes due with time alone, after the WAL stopped coming.
+                _ = sleep_until((sampled_at + PROGRESS_SAMPLE).into()),
+                    if self.partial.pending_since.is_some() => sampled_at = Instant::now(),
                 cmd = self.io.commands.recv(), if !cancel.is_cancelled() => match cmd {
                     Some(cmd) => self.handle_command(cmd).await,
                     None => {}
                 },
                 Some(done) = self.tasks.join_next() => self.on_task_done(done),
-                _ = persist.tick() => {
+                _ = sleep_until(next_persist.into()) => {
                     self.persist_lsns();
                     // Superseded versions wait for their keys to be quiet (`gc.rs`): look again.
                     self.gc.wanted = true;
+                    let now = Instant::now();
+                    next_persist = now + if self.quiet(now) { QUIET_PERSIST_INTERVAL } else { PERSIST_INTERVAL };
                 }
                 _ = sleep_until(retry_at.into()), if self.retry.at.is_some() => {
                     self.retry.at = None;
@@ -323,6 +353,17 @@ impl Manager {
             }
         }
         self.shutdown().await
+    }
+
+    /// No WAL came for [`QUIET_AFTER`] and nothing is in flight, pending or due: the periodic
+    /// look at the control file, GC and audits can slow down.
+    fn quiet(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.progress.changed_at) >= QUIET_AFTER
+            && self.tasks.is_empty()
+            && self.partial.pending_since.is_none()
+            && self.retry.at.is_none()
+            && self.audit.due.is_empty()
+            && self.gc.waiters.is_empty()
     }
 
     /// Starts whatever work is due: full uploads, history uploads, GC.
@@ -450,16 +491,27 @@ impl Manager {
         let newest = self.newest_uploaded_partial_entry();
         let backup_lsn = st.map(|s| s.backup_lsn).unwrap_or_default();
         let remote_lsn = st.map(bookkeeping::remote_end).unwrap_or_default();
-        self.io.offload_tx.send_modify(|o| {
+        let newest_partial =
+            st.and_then(|s| newest.map(|p| p.name.to_file_name(s.wal_segment_size)));
+        let uploads_in_flight =
+            self.full.in_flight.len() + usize::from(self.partial.in_flight.is_some());
+        let listed_objects = st
+            .map(|s| s.remote.partials.len() + s.remote.history.len())
+            .unwrap_or(0);
+        // Watchers (the lag tracker, the API) are woken only by a change: an idle cluster's
+        // control-file saves republish the same values.
+        self.io.offload_tx.send_if_modified(|o| {
+            let changed = o.backup_lsn != backup_lsn
+                || o.remote_lsn != remote_lsn
+                || o.newest_partial != newest_partial
+                || o.uploads_in_flight != uploads_in_flight
+                || o.listed_objects != listed_objects;
             o.backup_lsn = backup_lsn;
             o.remote_lsn = remote_lsn;
-            o.newest_partial =
-                st.and_then(|s| newest.map(|p| p.name.to_file_name(s.wal_segment_size)));
-            o.uploads_in_flight =
-                self.full.in_flight.len() + usize::from(self.partial.in_flight.is_some());
-            o.listed_objects = st
-                .map(|s| s.remote.partials.len() + s.remote.history.len())
-                .unwrap_or(0);
+            o.newest_partial = newest_partial;
+            o.uploads_in_flight = uploads_in_flight;
+            o.listed_objects = listed_objects;
+            changed
         });
     }
 

@@ -83,6 +83,7 @@ fn policy(disk: &Arc<VirtualDisk>, backup: &Arc<AtomicU64>, reserve: &Path) -> S
             b => Some(Lsn(b)),
         }),
         reserve: Some(reserve.to_path_buf()),
+        spare: false,
     }
 }
 

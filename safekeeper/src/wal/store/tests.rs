@@ -181,3 +181,50 @@ fn leftover_preallocation_is_removed() {
     assert!(!leftover.exists());
     assert_eq!(store.written_lsn(), seg_lsn(9));
 }
+
+#[test]
+fn segment_switches_take_the_spare_prepared_ahead_and_write_identical_segments() {
+    use std::os::unix::fs::MetadataExt;
+
+    use crate::wal::spare::SPARE_FILE_NAME;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let start = seg_lsn(3);
+    let policy = SpacePolicy {
+        spare: true,
+        ..SpacePolicy::none()
+    };
+    let mut store = WalStore::open(&wal, identity(), start)
+        .unwrap()
+        .with_space(policy);
+    store.wait_for_spare();
+    let spare_inode = fs::metadata(wal.join(SPARE_FILE_NAME)).unwrap().ino();
+    let stream = pattern(2 * SEG as usize + 777, 11);
+    let mut lsn = start;
+    for chunk in stream.chunks(65_521) {
+        store.write(lsn, chunk).unwrap();
+        lsn = lsn + chunk.len() as u64;
+        store.flush().unwrap();
+        store.wait_for_spare();
+    }
+    // Segment 3 was the spare prepared at open; each switch prepared the next one.
+    let seg3 = wal.join(segment_file_name(1, 3, SEG));
+    assert_eq!(fs::metadata(&seg3).unwrap().ino(), spare_inode);
+    assert!(
+        wal.join(SPARE_FILE_NAME).exists(),
+        "a spare is ready for the next switch"
+    );
+    // Byte-identical to what was streamed, and the partial is zeros past the written end.
+    assert_eq!(fs::read(&seg3).unwrap(), stream[..SEG as usize]);
+    let seg4 = wal.join(segment_file_name(1, 4, SEG));
+    assert_eq!(
+        fs::read(&seg4).unwrap(),
+        stream[SEG as usize..2 * SEG as usize]
+    );
+    let partial = fs::read(wal.join(format!("{}.partial", segment_file_name(1, 5, SEG)))).unwrap();
+    assert_eq!(partial.len(), SEG as usize);
+    assert_eq!(&partial[..777], &stream[2 * SEG as usize..]);
+    assert!(partial[777..].iter().all(|b| *b == 0));
+    assert_eq!(store.written_lsn(), lsn);
+}
