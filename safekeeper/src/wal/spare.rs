@@ -1,7 +1,9 @@
 //! The spare segment of one WAL directory: a zero-filled, fsynced file of one segment's size,
-//! prepared off the commit path while the current segment fills, so that a segment switch is a
-//! rename instead of writing and fsyncing 16 MiB of zeros while the primary waits (PostgreSQL
-//! recycles or preallocates its WAL segments ahead for the same reason).
+//! prepared off the commit path once the current segment is half written (`WalStore::write`), so
+//! that the segment switch is a rename instead of writing and fsyncing 16 MiB of zeros while the
+//! primary waits (PostgreSQL recycles or preallocates its WAL segments ahead for the same
+//! reason). A cluster whose WAL does not move never gets one: a hundred idle clusters cost no
+//! disk for spares.
 //!
 //! Owns the file `next-segment.zeroed` in the WAL directory and the temporary files that become
 //! it (`next-segment.zeroed.tmp.PID.N`).

@@ -168,9 +168,6 @@ impl WalStore {
         self.spare = space
             .spare
             .then(|| Spare::new(&self.dir, self.id.seg_size, space.probe.clone()));
-        if let Some(spare) = &mut self.spare {
-            spare.prepare_next();
-        }
         self.space = space;
         self
     }
@@ -256,6 +253,14 @@ impl WalStore {
             lsn = lsn + n as u64;
             self.written_lsn = lsn;
             data = &data[n..];
+            // Half way through a segment, the next one's file is prepared (`wal::spare`): early
+            // enough to be ready at the switch, and never for a cluster whose WAL does not move.
+            let half = u64::from(seg_size) / 2;
+            if offset < half && offset + n as u64 >= half {
+                if let Some(spare) = &mut self.spare {
+                    spare.prepare_next();
+                }
+            }
             if lsn.is_segment_start(seg_size) {
                 self.complete_segment()?;
             }
@@ -304,12 +309,10 @@ impl WalStore {
     /// one (a rename, see `wal::spare`), else written to a temporary name, fsynced, renamed, with
     /// room made first (uploaded segments freed, see `wal::space`); a full disk is a
     /// [`space::DiskFull`] error that leaves nothing behind and changes nothing in the store.
-    /// Either way the next spare is then prepared off the commit path.
     fn create_preallocated(&mut self, segno: u64) -> Result<File> {
         let final_path = self.partial_path(segno);
         if let Some(spare) = &mut self.spare {
             if let Some(file) = spare.take(&final_path)? {
-                spare.prepare_next();
                 return Ok(file);
             }
         }
@@ -326,9 +329,6 @@ impl WalStore {
             &*self.space.probe,
         )?;
         debug!(segment = %final_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "segment preallocated");
-        if let Some(spare) = &mut self.spare {
-            spare.prepare_next();
-        }
         Ok(file)
     }
 

@@ -199,32 +199,42 @@ fn segment_switches_take_the_spare_prepared_ahead_and_write_identical_segments()
         .unwrap()
         .with_space(policy);
     store.wait_for_spare();
-    let spare_inode = fs::metadata(wal.join(SPARE_FILE_NAME)).unwrap().ino();
-    let stream = pattern(2 * SEG as usize + 777, 11);
+    assert!(!wal.join(SPARE_FILE_NAME).exists(), "none before WAL moves");
+    let tail = SEG as usize / 2 + 777;
+    let stream = pattern(2 * SEG as usize + tail, 11);
     let mut lsn = start;
+    let mut spare_inodes = Vec::new();
     for chunk in stream.chunks(65_521) {
         store.write(lsn, chunk).unwrap();
         lsn = lsn + chunk.len() as u64;
         store.flush().unwrap();
         store.wait_for_spare();
+        if let Ok(meta) = fs::metadata(wal.join(SPARE_FILE_NAME)) {
+            if spare_inodes.last() != Some(&meta.ino()) {
+                spare_inodes.push(meta.ino());
+            }
+        }
     }
-    // Segment 3 was the spare prepared at open; each switch prepared the next one.
+    // Half way through segments 3, 4 and 5 a spare was prepared; 4 and 5 are the first two.
+    assert_eq!(spare_inodes.len(), 3, "{spare_inodes:?}");
     let seg3 = wal.join(segment_file_name(1, 3, SEG));
-    assert_eq!(fs::metadata(&seg3).unwrap().ino(), spare_inode);
+    let seg4 = wal.join(segment_file_name(1, 4, SEG));
+    let seg5 = wal.join(format!("{}.partial", segment_file_name(1, 5, SEG)));
+    assert_eq!(fs::metadata(&seg4).unwrap().ino(), spare_inodes[0]);
+    assert_eq!(fs::metadata(&seg5).unwrap().ino(), spare_inodes[1]);
     assert!(
         wal.join(SPARE_FILE_NAME).exists(),
         "a spare is ready for the next switch"
     );
     // Byte-identical to what was streamed, and the partial is zeros past the written end.
     assert_eq!(fs::read(&seg3).unwrap(), stream[..SEG as usize]);
-    let seg4 = wal.join(segment_file_name(1, 4, SEG));
     assert_eq!(
         fs::read(&seg4).unwrap(),
         stream[SEG as usize..2 * SEG as usize]
     );
-    let partial = fs::read(wal.join(format!("{}.partial", segment_file_name(1, 5, SEG)))).unwrap();
+    let partial = fs::read(&seg5).unwrap();
     assert_eq!(partial.len(), SEG as usize);
-    assert_eq!(&partial[..777], &stream[2 * SEG as usize..]);
-    assert!(partial[777..].iter().all(|b| *b == 0));
+    assert_eq!(&partial[..tail], &stream[2 * SEG as usize..]);
+    assert!(partial[tail..].iter().all(|b| *b == 0));
     assert_eq!(store.written_lsn(), lsn);
 }
