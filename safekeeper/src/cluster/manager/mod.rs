@@ -52,6 +52,7 @@ mod gc;
 mod history;
 mod local;
 mod offloader;
+mod pacing;
 mod partial;
 mod requests;
 
@@ -78,33 +79,16 @@ use crate::cluster::manager::full::FullUploads;
 use crate::cluster::manager::gc::Gc;
 use crate::cluster::manager::history::HistoryUploads;
 use crate::cluster::manager::offloader::{Offloader, Uploaded};
+use crate::cluster::manager::pacing::{
+    PERSIST_INTERVAL, PROGRESS_SAMPLE, QUIET_PERSIST_INTERVAL, progress_changed,
+};
 use crate::cluster::manager::partial::PartialUploads;
 use crate::cluster::status::{ClusterStatus, OffloadStatus};
 
-/// How often the follower's published LSNs are read (uploads start at most this late).
-const PROGRESS_SAMPLE: Duration = Duration::from_millis(50);
-/// How often LSNs from the follower are written to the control file (and GC and audits are
-/// looked at again).
-const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-/// The same for a quiet cluster (see [`Manager::quiet`]): nothing changes there, and a hundred
-/// idle clusters must not wake a hundred times a second.
-const QUIET_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
-/// How long after the follower's last change a cluster with no work in flight counts as quiet.
-const QUIET_AFTER: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Bound on the final partial upload at shutdown.
 const FINAL_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Returns once `progress` holds a value not seen yet, but not before `not_before`; an error
-/// when the follower is gone. Cancel-safe (both awaits are).
-async fn progress_changed(
-    progress: &mut watch::Receiver<ClusterStatus>,
-    not_before: Instant,
-) -> Result<(), watch::error::RecvError> {
-    sleep_until(not_before.into()).await;
-    progress.changed().await
-}
 
 /// Requests from the admin API.
 pub(crate) enum ManagerCommand {
@@ -353,17 +337,6 @@ impl Manager {
             }
         }
         self.shutdown().await
-    }
-
-    /// No WAL came for [`QUIET_AFTER`] and nothing is in flight, pending or due: the periodic
-    /// look at the control file, GC and audits can slow down.
-    fn quiet(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.progress.changed_at) >= QUIET_AFTER
-            && self.tasks.is_empty()
-            && self.partial.pending_since.is_none()
-            && self.retry.at.is_none()
-            && self.audit.due.is_empty()
-            && self.gc.waiters.is_empty()
     }
 
     /// Starts whatever work is due: full uploads, history uploads, GC.
