@@ -10,7 +10,8 @@ read /proc of the process: resident memory (VmRSS, VmHWM), threads (by name), CP
 idle window. Per idle cluster = (RSS with N - RSS with 1) / (N - 1).
 
 Busy cluster: primary 0 gets `pgbench -i -s 10` and the safekeeper as its synchronous standby;
-after an untimed 5 s warm-up, `pgbench -c 4 -j 2 -T D` runs with the safekeeper following only
+after an untimed 5 s warm-up, and once the safekeeper has settled (its start-up work for every
+cluster done: < 2% of a core over a second), `pgbench -c 4 -j 2 -T D` runs with it following only
 primary 0, and following all N, interleaved over rounds (order swapped every round). Printed: TPS every run, medians, the ratio.
 
 Not a test: nothing is asserted. Usage:
@@ -128,9 +129,22 @@ def measure_idle(base: str, pgs: list[PgCluster], idle: float, profile: str | No
         stop(sk)
 
 
+def settle(pid: int, limit_s: float = 90) -> float:
+    """Waits until the process used < 2% of a core over a second (every cluster has stored and
+    uploaded the WAL it found at start), at most `limit_s`; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        c0 = cpu_seconds(pid)
+        time.sleep(1)
+        if cpu_seconds(pid) - c0 < 0.02:
+            break
+    return time.monotonic() - t0
+
+
 def busy_tps(base: str, pgs: list[PgCluster], busy: PgCluster, duration: int, tag: str) -> float:
     sk = start_safekeeper(base, tag, pgs)
     try:
+        settle(sk.pid)
         busy.set_sync_standby(sk.application_name)
         wait_until("safekeeper is the sync standby",
                    lambda: (r := busy.replication(sk.application_name)) and r["sync_state"] == "sync", timeout=60)
